@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` and `make test`.
+# Each makes the virtual environment (.venv) when it is missing or stale.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+$(BIN)/zerocompute: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/zerocompute
+	$(BIN)/zerocompute demo
+
+lint: $(BIN)/zerocompute
+	$(BIN)/ruff check .
+
+test: $(BIN)/zerocompute lint
+	$(BIN)/python -m pytest -q -ra tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

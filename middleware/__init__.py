@@ -1,0 +1,1 @@
+"""The Swift WSGI filters of zerocompute (``zerocompute.middleware``)."""

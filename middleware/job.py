@@ -1,0 +1,339 @@
+"""Proxy filter: the zerocompute job API.
+
+A job is ``POST /v1/<account>`` with ``X-Zerocompute-Execute: 1`` and a JSON
+manifest as the body (``doc/manifest.md``).  This filter validates the
+manifest, checks the executable, the inputs and the output location *as the
+requesting user* (sub-requests through the rest of the pipeline, so the auth
+middleware's ACLs apply), expands ``*`` inputs by container listing, runs one
+map task per input object on an object server that holds a replica (chosen by
+the scheduler from live load), writes each task's output as a Swift object,
+and answers with the job report in JSON.  A job that succeeds also writes
+``_SUCCESS`` and ``_report.json`` beside its outputs.
+
+A bad request is answered with a 4xx whose JSON body has ``error`` and, where
+it applies, ``field``; nothing is written for it.
+
+Place the filter after the auth middleware::
+
+    [pipeline:main]
+    pipeline = catch_errors gatekeeper healthcheck proxy-logging cache
+        listing_formats tempauth zerocompute copy slo dlo proxy-logging
+        proxy-server
+
+    [filter:zerocompute]
+    use = egg:zerocompute#zerocompute
+    # Shared with every object server's zerocompute_object filter.
+    secret = change-me
+    # Default placement policy: load-aware or random.
+    # default_scheduler = load-aware
+    # Maximum per-task limits; a manifest may lower them, never raise them.
+    # max_time_s = 60
+    # max_memory_mb = 512
+    # max_output_mb = 256
+    # max_tasks = 10000
+    # max_manifest_bytes = 65536
+    # max_executable_mb = 64
+    # Tasks of one job in flight at once.
+    # concurrency = 16
+    # conn_timeout = 0.5
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from typing import Any
+from urllib.parse import quote
+
+from eventlet import GreenPool
+from swift.common.registry import register_swift_info
+from swift.common.storage_policy import POLICIES
+from swift.common.swob import Request, Response, str_to_wsgi
+from swift.common.utils import config_true_value, get_logger
+from swift.common.wsgi import make_env, make_subrequest
+from swift.proxy.controllers.base import get_container_info
+
+from zerocompute import __version__, wire
+from zerocompute.manifest import Limits, Manifest, ManifestError, SwiftPath, parse_manifest
+from zerocompute.middleware.dispatch import Dispatcher, TaskCall, TaskResponse, node_key, node_label
+from zerocompute.planning import InputObject, MapTask, listing_prefix, match_listing, plan_map_only
+from zerocompute.report import REPORT_NAME, SUCCESS_NAME, JobReport, TaskReport
+from zerocompute.sandbox.wasm import WASM_MAGIC
+from zerocompute.scheduler import POLICIES as SCHEDULER_POLICIES
+
+EXECUTE_HEADER = "X-Zerocompute-Execute"
+ASYNC_HEADER = "X-Zerocompute-Async"
+SWIFT_SOURCE = "ZC"
+LISTING_LIMIT = 10000
+
+
+def json_response(status: int, body: dict[str, Any], headers: dict | None = None) -> Response:
+    return Response(status=status, headers=headers, content_type="application/json",
+                    body=json.dumps(body, indent=1).encode("utf-8") + b"\n")
+
+
+def max_limits(conf: dict[str, str]) -> Limits:
+    """The operator's per-task maxima, which manifests may only lower."""
+    return Limits(time_s=float(conf.get("max_time_s", 60)),
+                  memory_mb=int(conf.get("max_memory_mb", 512)),
+                  output_mb=int(conf.get("max_output_mb", 256)))
+
+
+class JobMiddleware:
+    def __init__(self, app: Any, conf: dict[str, str], logger: Any = None):
+        self.app = app
+        self.logger = logger or get_logger(conf, log_route="zerocompute")
+        self.secret = conf.get("secret", "")
+        if not self.secret:
+            raise ValueError("zerocompute: 'secret' must be set (shared with object servers)")
+        self.swift_dir = conf.get("swift_dir", "/etc/swift")
+        self.maximum = max_limits(conf)
+        self.default_scheduler = conf.get("default_scheduler", "load-aware")
+        if self.default_scheduler not in SCHEDULER_POLICIES:
+            raise ValueError(f"zerocompute: default_scheduler must be one of "
+                             f"{', '.join(SCHEDULER_POLICIES)}")
+        self.max_tasks = int(conf.get("max_tasks", 10000))
+        self.max_manifest_bytes = int(conf.get("max_manifest_bytes", 65536))
+        self.max_executable_bytes = int(conf.get("max_executable_mb", 64)) * 1024 * 1024
+        self.concurrency = int(conf.get("concurrency", 16))
+        self.dispatcher = Dispatcher(self.secret, float(conf.get("conn_timeout", 0.5)),
+                                     self.logger)
+
+    def __call__(self, env: dict, start_response):
+        req = Request(env)
+        if req.method != "POST" or not config_true_value(req.headers.get(EXECUTE_HEADER)):
+            return self.app(env, start_response)
+        try:
+            version, account, container = req.split_path(2, 3, True)
+        except ValueError:
+            return self.app(env, start_response)
+        if container:
+            resp = json_response(400, {"error": "jobs are POSTed to the account: "
+                                                "POST /v1/<account>"})
+        else:
+            try:
+                resp = self.handle_job(req, account)
+            except ManifestError as err:
+                resp = json_response(err.status, err.to_dict())
+        return resp(env, start_response)
+
+    # -- the job ------------------------------------------------------------
+    def handle_job(self, req: Request, account: str) -> Response:
+        if config_true_value(req.headers.get(ASYNC_HEADER)):
+            raise ManifestError("asynchronous jobs are not supported by this cluster yet",
+                                ASYNC_HEADER)
+        body = req.body_file.read(self.max_manifest_bytes + 1)
+        if len(body) > self.max_manifest_bytes:
+            raise ManifestError(f"manifest larger than {self.max_manifest_bytes} bytes",
+                                status=413)
+        manifest = parse_manifest(body, account, self.maximum, self.default_scheduler)
+        executable = self.fetch_executable(req, manifest.map.exec, "map.exec")
+        found = [self.expand_input(req, pattern, f"map.inputs[{i}]")
+                 for i, pattern in enumerate(manifest.map.inputs)]
+        tasks = plan_map_only(manifest, found)
+        if len(tasks) > self.max_tasks:
+            raise ManifestError(f"{len(tasks)} tasks; this cluster runs at most "
+                                f"{self.max_tasks} per job", "map.inputs")
+        self.prepare_output(req, manifest.output)
+
+        started = time.perf_counter()
+        pool = GreenPool(self.concurrency)
+        reports = list(pool.imap(lambda t: self.run_map_task(req, manifest, executable, t),
+                                 tasks))
+        report = JobReport(manifest.name, manifest.scheduler, reports,
+                           ms=(time.perf_counter() - started) * 1000)
+        self.write_job_files(req, manifest.output, report)
+        return json_response(200, report.to_dict(),
+                             headers={"X-Zerocompute-Job-Status": report.status})
+
+    # -- checks as the user ---------------------------------------------------
+    def subrequest(self, req: Request, method: str, path: str, query: str = "",
+                   headers: dict | None = None, body: bytes | None = None) -> Response:
+        """A request through the rest of the pipeline, authorized as the caller."""
+        # A path with '?' keeps the sub-request from inheriting the job's query string.
+        sub = make_subrequest(req.environ, method=method, path=quote(path) + "?" + query,
+                              headers=headers, body=body, swift_source=SWIFT_SOURCE)
+        return sub.get_response(self.app)
+
+    def _check_access(self, resp: Response, what: SwiftPath, field: str, noun: str) -> None:
+        if resp.status_int == 404:
+            raise ManifestError(f"{noun} {what} not found", field)
+        if resp.status_int in (401, 403):
+            raise ManifestError(f"not allowed to read {noun} {what}", field, status=403)
+        if not resp.is_success:
+            raise ManifestError(f"cannot read {noun} {what}: {resp.status}", field, status=502)
+
+    def fetch_executable(self, req: Request, path: SwiftPath, field: str) -> tuple[str, bytes]:
+        """The executable's bytes and MD5 (the key object servers cache it under)."""
+        resp = self.subrequest(req, "GET", path.path)
+        self._check_access(resp, path, field, "executable")
+        size = resp.content_length or 0
+        if size > self.max_executable_bytes:
+            raise ManifestError(f"executable {path} is {size} bytes; at most "
+                                f"{self.max_executable_bytes} are allowed", field)
+        data = resp.body
+        if not data.startswith(WASM_MAGIC):
+            raise ManifestError(f"executable {path} is not a WebAssembly module", field)
+        return hashlib.md5(data, usedforsecurity=False).hexdigest(), data
+
+    def expand_input(self, req: Request, pattern: SwiftPath, field: str) -> list[InputObject]:
+        if not pattern.has_wildcard:
+            resp = self.subrequest(req, "HEAD", pattern.path)
+            self._check_access(resp, pattern, field, "input")
+            return [InputObject(pattern, resp.content_length or 0, pattern.obj)]
+        prefix = listing_prefix(pattern)
+        found: list[InputObject] = []
+        marker = ""
+        while True:
+            query = (f"format=json&limit={LISTING_LIMIT}&prefix={quote(prefix, safe='')}"
+                     f"&marker={quote(marker, safe='')}")
+            resp = self.subrequest(req, "GET", pattern.container_path, query)
+            self._check_access(resp, SwiftPath(pattern.account, pattern.container), field,
+                               "container")
+            listing = json.loads(resp.body or b"[]") if resp.status_int == 200 else []
+            found.extend(match_listing(pattern, ((item["name"], item["bytes"])
+                                                 for item in listing if "name" in item)))
+            if len(listing) < LISTING_LIMIT:
+                return found
+            marker = listing[-1].get("name") or listing[-1]["subdir"]
+
+    def prepare_output(self, req: Request, output: SwiftPath) -> None:
+        """Create the output container if needed; forget a previous run's ``_SUCCESS``."""
+        container = SwiftPath(output.account, output.container)
+        resp = self.subrequest(req, "HEAD", container.path)
+        if resp.status_int == 404:
+            resp = self.subrequest(req, "PUT", container.path)
+        if resp.status_int in (401, 403):
+            raise ManifestError(f"not allowed to write to {container}", "output", status=403)
+        if not resp.is_success:
+            raise ManifestError(f"cannot use output container {container}: {resp.status}",
+                                "output", status=502)
+        success = job_file(output, SUCCESS_NAME)
+        resp = self.subrequest(req, "DELETE", success.path)
+        if resp.status_int in (401, 403):
+            raise ManifestError(f"not allowed to write to {container}", "output", status=403)
+
+    # -- running tasks ----------------------------------------------------------
+    def object_ring_nodes(self, req: Request, path: SwiftPath):
+        """The storage policy, partition, primary and handoff nodes of an object."""
+        env = make_env(req.environ, path=str_to_wsgi(path.container_path))
+        info = get_container_info(env, self.app, swift_source=SWIFT_SOURCE)
+        policy_index = int(info.get("storage_policy") or 0)
+        ring = POLICIES.get_object_ring(policy_index, self.swift_dir)
+        partition, primaries = ring.get_nodes(path.account, path.container, path.obj)
+        handoffs = list(itertools.islice(ring.get_more_nodes(partition), 2))
+        return policy_index, partition, primaries, handoffs
+
+    def run_map_task(self, req: Request, manifest: Manifest, executable: tuple[str, bytes],
+                     task: MapTask) -> TaskReport:
+        item = task.input
+        report = TaskReport(kind="map", task=task.task_id, input=str(item.path),
+                            output=str(task.output), bytes_in=item.size)
+        try:
+            policy_index, partition, primaries, handoffs = self.object_ring_nodes(req, item.path)
+        except Exception as err:  # noqa: BLE001 - reported per task
+            report.error = f"cannot locate input: {err}"
+            return report
+        etag, code = executable
+        limits = manifest.limits
+        call = TaskCall(
+            partition=partition, path=f"/{item.path.account}/{item.path.container}/"
+                                      f"{item.path.obj}",
+            policy_index=policy_index, executable=code, exec_etag=etag,
+            time_s=limits.time_s,
+            task={"job": manifest.name, "task": task.task_id, "exec_etag": etag,
+                  "argv": [manifest.map.exec.obj.rsplit("/", 1)[-1], *manifest.map.args],
+                  "env": [*map(list, manifest.map.env),
+                          ["ZEROCOMPUTE_INPUT", str(item.path)],
+                          ["ZEROCOMPUTE_INPUT_SIZE", str(item.size)],
+                          ["ZEROCOMPUTE_TASK", task.task_id],
+                          ["ZEROCOMPUTE_JOB", manifest.name]],
+                  "limits": {"time_s": limits.time_s, "memory_mb": limits.memory_mb,
+                             "output_mb": limits.output_mb}})
+        primary_keys = {node_key(n) for n in primaries}
+
+        def consume(answer: TaskResponse) -> str | None:
+            return self.take_result(req, answer, task, report)
+
+        answer, report.attempts, report.retries = self.dispatcher.run(
+            call, primaries, handoffs, manifest.scheduler, consume)
+        if answer is None:
+            report.error = "no node could run the task: " + "; ".join(
+                f"{a.node}: {a.error}" for a in report.retries)
+        else:
+            report.node = node_label(answer.node)
+            report.local = node_key(answer.node) in primary_keys
+        return report
+
+    def take_result(self, req: Request, answer: TaskResponse, task: MapTask,
+                    report: TaskReport) -> str | None:
+        """Record a node's answer and write the output; an error string means retry."""
+        resp = answer.response
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        if resp.status // 100 != 2:
+            report.error = resp.read(1024).decode("utf-8", "replace").strip() or \
+                f"task refused: {resp.status}"
+            return None
+        exit_value = headers.get(wire.EXIT_HEADER.lower(), "")
+        report.exit = int(exit_value) if exit_value.lstrip("-").isdigit() else None
+        report.error = headers.get(wire.ERROR_HEADER.lower())
+        report.stderr = wire.decode_tail(headers.get(wire.STDERR_HEADER.lower()))
+        report.ms = float(headers.get(wire.MS_HEADER.lower(), 0) or 0)
+        report.bytes_in = int(headers.get(wire.BYTES_IN_HEADER.lower(), report.bytes_in))
+        if report.exit is not None and report.exit != 0 and report.error is None:
+            report.error = f"guest exited with status {report.exit}"
+        if not report.ok:
+            resp.read()
+            return None
+        length = int(headers.get("content-length", 0))
+        put = make_subrequest(req.environ, method="PUT", path=quote(task.output.path) + "?",
+                              headers={"Content-Length": str(length)},
+                              swift_source=SWIFT_SOURCE)
+        put.environ["wsgi.input"] = resp
+        put_resp = put.get_response(self.app)
+        if put_resp.status_int in (401, 403, 413):
+            report.error = f"writing output {task.output} failed: {put_resp.status}"
+            return None
+        if not put_resp.is_success:
+            # Most likely the node's stream broke off: run the task elsewhere.
+            report.exit = None
+            return f"writing output {task.output} failed: {put_resp.status}"
+        report.bytes_out = length
+        return None
+
+    def write_job_files(self, req: Request, output: SwiftPath, report: JobReport) -> None:
+        """The report always; ``_SUCCESS`` last, and only when every task succeeded."""
+        body = report.to_json()
+        self.subrequest(req, "PUT", job_file(output, REPORT_NAME).path,
+                        headers={"Content-Type": "application/json"}, body=body)
+        if report.status == "succeeded":
+            self.subrequest(req, "PUT", job_file(output, SUCCESS_NAME).path, body=b"")
+
+
+def job_file(output: SwiftPath, name: str) -> SwiftPath:
+    """Where a job's own files go: beside its outputs (the pattern's directory)."""
+    directory = output.obj.split("*", 1)[0].rpartition("/")[0]
+    return SwiftPath(output.account, output.container, f"{directory}/{name}" if directory
+                     else name)
+
+
+def filter_factory(global_conf: dict, **local_conf: str):
+    conf = dict(global_conf, **local_conf)
+    maximum = max_limits(conf)
+    register_swift_info(
+        "zerocompute",
+        version=__version__,
+        runtimes=["wasm32-wasi"],
+        schedulers=list(SCHEDULER_POLICIES),
+        default_scheduler=conf.get("default_scheduler", "load-aware"),
+        max_limits={"time_s": maximum.time_s, "memory_mb": maximum.memory_mb,
+                    "output_mb": maximum.output_mb},
+        max_tasks=int(conf.get("max_tasks", 10000)),
+        stages=["map"],
+    )
+
+    def job_filter(app):
+        return JobMiddleware(app, conf)
+    return job_filter

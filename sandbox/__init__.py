@@ -1,0 +1,1 @@
+"""WebAssembly execution for zerocompute (``zerocompute.sandbox``)."""

@@ -1,0 +1,420 @@
+"""A real Swift cluster on loopback, for development, the demo and the tests.
+
+``zerocompute devcluster start`` builds (once) and starts, in one directory:
+a proxy (tempauth with SAIO's users, the zerocompute filter and a normal
+pipeline), an account and a container server, four object servers each with
+its own device and the zerocompute_object filter, and rings built with
+Swift's RingBuilder (object ring: three replicas over the four servers).
+Every server is a real Swift WSGI server in its own process; they keep
+running after the command returns.  ``stop``, ``status`` and ``env`` do what
+they say.  The same is available from Python as :class:`DevCluster`.
+
+Swift reads ``swift.conf`` from ``/etc/swift`` at import time, so each server
+is started through :func:`serve`, which points Swift at the cluster's own
+directory before it loads anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_DIR = os.environ.get("ZEROCOMPUTE_DEVCLUSTER_DIR") or os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"zerocompute-devcluster-{os.getuid()}")
+OBJECT_SERVERS = 4
+REPLICAS = 3
+PART_POWER = 10
+HOST = "127.0.0.1"
+
+# Tempauth users exactly as in a SAIO's proxy-server.conf:
+# (account, user, key, groups).
+USERS = [
+    ("admin", "admin", "admin", ".admin .reseller_admin"),
+    ("test", "tester", "testing", ".admin"),
+    ("test", "tester2", "testing2", ".admin"),
+    ("test", "tester3", "testing3", ""),
+    ("test2", "tester2", "testing2", ".admin"),
+]
+
+PROXY_PIPELINE = ("catch_errors gatekeeper healthcheck proxy-logging listing_formats bulk "
+                  "tempurl tempauth zerocompute staticweb copy container-quotas "
+                  "account-quotas slo dlo versioned_writes symlink proxy-logging proxy-server")
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    kind: str  # proxy, account, container, object
+    port: int
+
+    @property
+    def section(self) -> str:
+        return f"{self.kind}-server"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+class DevCluster:
+    """The dev cluster in ``directory`` (created on first start)."""
+
+    def __init__(self, directory: str = DEFAULT_DIR, object_servers: int = OBJECT_SERVERS,
+                 task_slots: int = 2):
+        self.directory = os.path.abspath(directory)
+        self.etc = os.path.join(self.directory, "etc")
+        self.logs = os.path.join(self.directory, "log")
+        self.state_file = os.path.join(self.directory, "cluster.json")
+        self.object_server_count = object_servers
+        self.task_slots = task_slots
+        self.state: dict[str, Any] = {}
+        if os.path.exists(self.state_file):
+            with open(self.state_file) as f:
+                self.state = json.load(f)
+
+    # -- facts --------------------------------------------------------------
+    @property
+    def servers(self) -> list[Server]:
+        return [Server(name, *kind_port) for name, kind_port in self.state["servers"].items()]
+
+    @property
+    def object_servers(self) -> list[Server]:
+        return [s for s in self.servers if s.kind == "object"]
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{HOST}:{self.state['servers']['proxy'][1]}"
+
+    @property
+    def auth_url(self) -> str:
+        return f"{self.proxy_url}/auth/v1.0"
+
+    def storage_url(self, account: str = "test") -> str:
+        return f"{self.proxy_url}/v1/AUTH_{account}"
+
+    @property
+    def secret(self) -> str:
+        return self.state["secret"]
+
+    def credentials(self, user: str = "test:tester") -> tuple[str, str, str]:
+        """``(auth_url, user, key)`` for one of the tempauth users."""
+        for account, name, key, _groups in USERS:
+            if f"{account}:{name}" == user:
+                return self.auth_url, user, key
+        raise KeyError(user)
+
+    def connection(self, user: str = "test:tester", **kwargs: Any):
+        """A python-swiftclient Connection as ``user``."""
+        from swiftclient.client import Connection
+        auth_url, name, key = self.credentials(user)
+        kwargs.setdefault("retries", 0)
+        return Connection(auth_url, name, key, **kwargs)
+
+    def env_lines(self, user: str = "test:tester") -> str:
+        auth_url, name, key = self.credentials(user)
+        return f"export ST_AUTH={auth_url}\nexport ST_USER={name}\nexport ST_KEY={key}\n"
+
+    def object_ring(self, policy_index: int = 0):
+        """The cluster's object ring, with Swift pointed at this cluster's swift.conf."""
+        from swift.common.ring import Ring
+        from swift.common.utils import set_swift_dir
+        set_swift_dir(self.etc)
+        name = "object" if policy_index == 0 else f"object-{policy_index}"
+        return Ring(self.etc, ring_name=name)
+
+    def device_path(self, server: Server) -> str:
+        return os.path.join(self.directory, "srv", server.name)
+
+    def log_path(self, server: Server) -> str:
+        return os.path.join(self.logs, f"{server.name}.log")
+
+    # -- building -------------------------------------------------------------
+    def build(self) -> None:
+        """Write configs and rings; reuses ports and secrets of an earlier build."""
+        os.makedirs(self.etc, exist_ok=True)
+        os.makedirs(self.logs, exist_ok=True)
+        if not self.state:
+            servers = {"proxy": ("proxy", _free_port()),
+                       "account": ("account", _free_port()),
+                       "container": ("container", _free_port())}
+            for n in range(1, self.object_server_count + 1):
+                servers[f"object{n}"] = ("object", _free_port())
+            self.state = {
+                "servers": servers,
+                "pids": {},
+                "secret": secrets.token_hex(16),
+                "hash_prefix": secrets.token_hex(8),
+                "hash_suffix": secrets.token_hex(8),
+                "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode("ascii"),
+            }
+        self._write_swift_conf()
+        for server in self.servers:
+            os.makedirs(os.path.join(self.device_path(server), self._device(server)),
+                        exist_ok=True)
+            with open(self._conf_path(server), "w") as f:
+                f.write(self._server_conf(server))
+        self._build_rings()
+        self._save_state()
+
+    def _save_state(self) -> None:
+        tmp = self.state_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.state, f, indent=1)
+        os.replace(tmp, self.state_file)
+
+    def _conf_path(self, server: Server) -> str:
+        return os.path.join(self.etc, f"{server.name}.conf")
+
+    @staticmethod
+    def _device(server: Server) -> str:
+        return {"account": "sda", "container": "sdc"}.get(server.kind, f"sd{server.name[6:]}")
+
+    def _write_swift_conf(self) -> None:
+        with open(os.path.join(self.etc, "swift.conf"), "w") as f:
+            f.write(f"""[swift-hash]
+swift_hash_path_prefix = {self.state['hash_prefix']}
+swift_hash_path_suffix = {self.state['hash_suffix']}
+
+[storage-policy:0]
+name = gold
+default = yes
+""")
+
+    def _build_rings(self) -> None:
+        from swift.common.ring import RingBuilder
+        groups = {"account": [s for s in self.servers if s.kind == "account"],
+                  "container": [s for s in self.servers if s.kind == "container"],
+                  "object": self.object_servers}
+        for ring_name, members in groups.items():
+            ring_file = os.path.join(self.etc, f"{ring_name}.ring.gz")
+            if os.path.exists(ring_file):
+                continue
+            builder = RingBuilder(PART_POWER, min(REPLICAS, len(members)), 1)
+            for i, server in enumerate(members):
+                builder.add_dev({"id": i, "region": 1, "zone": i + 1, "ip": HOST,
+                                 "port": server.port, "device": self._device(server),
+                                 "weight": 100.0, "meta": server.name})
+            builder.rebalance()
+            builder.save(os.path.join(self.etc, f"{ring_name}.builder"))
+            builder.get_ring().save(ring_file)
+
+    def _server_conf(self, server: Server) -> str:
+        common = f"""[DEFAULT]
+bind_ip = {HOST}
+bind_port = {server.port}
+workers = 0
+user = {getpass.getuser()}
+swift_dir = {self.etc}
+devices = {self.device_path(server)}
+mount_check = false
+log_name = {server.name}
+log_level = INFO
+
+[filter:healthcheck]
+use = egg:swift#healthcheck
+"""
+        if server.kind == "proxy":
+            return common + self._proxy_conf()
+        if server.kind == "object":
+            return common + f"""
+[pipeline:main]
+pipeline = healthcheck zerocompute_object object-server
+
+[app:object-server]
+use = egg:swift#object
+
+[filter:zerocompute_object]
+use = egg:zerocompute#zerocompute_object
+secret = {self.secret}
+slots = {self.task_slots}
+cache_dir = {os.path.join(self.directory, 'cache', server.name)}
+"""
+        return common + f"""
+[pipeline:main]
+pipeline = healthcheck {server.kind}-server
+
+[app:{server.kind}-server]
+use = egg:swift#{server.kind}
+"""
+
+    def _proxy_conf(self) -> str:
+        users = "\n".join(
+            f"user_{account}_{name} = {key} {groups}".rstrip()
+            for account, name, key, groups in USERS)
+        simple = ["catch_errors", "gatekeeper", "listing_formats", "bulk", "tempurl",
+                  "staticweb", "copy", "slo", "dlo", "versioned_writes", "symlink"]
+        filters = "\n".join(f"[filter:{name}]\nuse = egg:swift#{name}\n" for name in simple)
+        return f"""
+[pipeline:main]
+pipeline = {PROXY_PIPELINE}
+
+[app:proxy-server]
+use = egg:swift#proxy
+allow_account_management = true
+account_autocreate = true
+
+[filter:tempauth]
+use = egg:swift#tempauth
+fernet_key_1 = {self.state['fernet_key']}
+active_fernet_key_id = 1
+{users}
+
+[filter:zerocompute]
+use = egg:zerocompute#zerocompute
+secret = {self.secret}
+
+[filter:proxy-logging]
+use = egg:swift#proxy_logging
+
+[filter:container-quotas]
+use = egg:swift#container_quotas
+
+[filter:account-quotas]
+use = egg:swift#account_quotas
+
+{filters}"""
+
+    # -- running --------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> DevCluster:
+        """Start every server that is not running; return once all answer."""
+        self.build()
+        for server in self.servers:
+            if not self.is_running(server):
+                self.start_server(server)
+        self.wait_until_ready(timeout)
+        return self
+
+    def start_server(self, server: Server) -> None:
+        log = open(self.log_path(server), "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "zerocompute.devcluster", "serve",
+             self._conf_path(server), server.section],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        self.state["pids"][server.name] = process.pid
+        self._save_state()
+
+    def is_running(self, server: Server) -> bool:
+        pid = self.state.get("pids", {}).get(server.name)
+        return bool(pid) and _pid_alive(pid)
+
+    def answers(self, server: Server) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{server.port}/healthcheck",
+                                        timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def wait_until_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(self.servers)
+        while pending:
+            for server in list(pending):
+                if not self.is_running(server):
+                    raise RuntimeError(f"{server.name} exited while starting; its log says:\n"
+                                       + self.log_tail(server))
+                if self.answers(server):
+                    pending.remove(server)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise RuntimeError(f"{names} did not answer within {timeout:g} s")
+            if pending:
+                time.sleep(0.1)
+
+    def log_tail(self, server: Server, lines: int = 30) -> str:
+        try:
+            with open(self.log_path(server), errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self, server: Server, sig: int = signal.SIGKILL) -> None:
+        """Signal one server (SIGKILL by default: the way hardware dies)."""
+        pid = self.state.get("pids", {}).get(server.name)
+        if pid and _pid_alive(pid):
+            os.killpg(pid, sig)
+            self._reap(pid)
+
+    @staticmethod
+    def _reap(pid: int, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return True
+            except ChildProcessError:
+                pass  # not our child: poll until it is gone
+            if not _pid_alive(pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        for server in self.servers if self.state else []:
+            pid = self.state.get("pids", {}).get(server.name)
+            if pid and _pid_alive(pid):
+                os.killpg(pid, signal.SIGTERM)
+        for server in self.servers if self.state else []:
+            pid = self.state.get("pids", {}).get(server.name)
+            if pid and not self._reap(pid):
+                os.killpg(pid, signal.SIGKILL)
+                self._reap(pid)
+        if self.state:
+            self.state["pids"] = {}
+            self._save_state()
+
+    def status(self) -> dict[str, str]:
+        if not self.state:
+            return {}
+        return {s.name: ("running" if self.answers(s) else
+                         "not answering" if self.is_running(s) else "stopped")
+                for s in self.servers}
+
+
+def serve(conf_path: str, section: str) -> int:
+    """Run one Swift server of the dev cluster (``python -m zerocompute.devcluster serve``)."""
+    from swift.common import constraints, storage_policy, utils
+    from swift.common.wsgi import run_wsgi
+    utils.set_swift_dir(os.path.dirname(os.path.abspath(conf_path)))
+    storage_policy.reload_storage_policies()
+    constraints.reload_constraints()
+    kwargs: dict[str, Any] = {"verbose": True}
+    if section == "object-server":
+        from swift.obj.server import global_conf_callback
+        kwargs["global_conf_callback"] = global_conf_callback
+    return run_wsgi(os.path.abspath(conf_path), section, **kwargs)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "serve":
+        sys.exit(serve(sys.argv[2], sys.argv[3]))
+    sys.exit("usage: python -m zerocompute.devcluster serve CONF SECTION")

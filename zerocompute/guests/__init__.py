@@ -1,0 +1,45 @@
+"""Guest programs shipped with zerocompute, and building them to WASI.
+
+C guests are compiled with the ``zig cc`` of the PyPI package ``ziglang``
+(``pip install zerocompute[guests]``): no system toolchain is needed.
+Builds are cached by the source's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+from importlib import resources
+
+CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "zerocompute", "guests")
+
+
+def source_path(name: str) -> str:
+    """The path of a shipped guest source, e.g. ``wordcount.c``."""
+    return str(resources.files(__name__).joinpath(name))
+
+
+def build_c_guest(source: str, cache_dir: str = CACHE_DIR) -> str:
+    """Compile a C file to a wasm32-wasi command; return the ``.wasm`` path."""
+    with open(source, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    os.makedirs(cache_dir, exist_ok=True)
+    base = os.path.splitext(os.path.basename(source))[0]
+    target = os.path.join(cache_dir, f"{base}-{digest}.wasm")
+    if os.path.exists(target):
+        return target
+    if importlib.util.find_spec("ziglang") is None:
+        raise RuntimeError("building guests needs the 'ziglang' package: "
+                           "pip install 'zerocompute[guests]'")
+    tmp = f"{target}.{os.getpid()}.tmp"
+    command = [sys.executable, "-m", "ziglang", "cc", "-target", "wasm32-wasi", "-O2", "-s",
+               source, "-o", tmp]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as err:
+        raise RuntimeError(f"compiling {source} failed:\n{err.stderr}") from err
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,136 @@
+/*
+ * wordcount: a WASI guest for zerocompute, in the Hadoop-Streaming style.
+ *
+ *   wordcount count    stdin: text   stdout: "word\tcount" lines, sorted by word
+ *   wordcount map      stdin: text   stdout: "word\t1" per word, in input order
+ *   wordcount reduce   stdin: "word\tcount" lines sorted by word
+ *                      stdout: "word\tcount" with equal words summed
+ *
+ * A word is a run of ASCII letters and digits, lower-cased; every other byte
+ * separates words (the same rule as re.findall(rb"[A-Za-z0-9]+", data)).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct entry { char *word; long count; };
+
+static struct entry *table;
+static size_t capacity, used;
+
+static int is_word_byte(int c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+static unsigned long hash(const char *s) {
+    unsigned long h = 5381;
+    while (*s) h = h * 33 + (unsigned char)*s++;
+    return h;
+}
+
+static void die(const char *why) {
+    fprintf(stderr, "wordcount: %s\n", why);
+    exit(2);
+}
+
+static void grow(void) {
+    size_t old = capacity;
+    struct entry *was = table;
+    capacity = capacity ? capacity * 2 : 1024;
+    table = calloc(capacity, sizeof *table);
+    if (!table) die("out of memory");
+    used = 0;
+    for (size_t i = 0; i < old; i++) {
+        if (!was[i].word) continue;
+        size_t j = hash(was[i].word) & (capacity - 1);
+        while (table[j].word) j = (j + 1) & (capacity - 1);
+        table[j] = was[i];
+        used++;
+    }
+    free(was);
+}
+
+static void add(const char *word, long n) {
+    if ((used + 1) * 2 > capacity) grow();
+    size_t j = hash(word) & (capacity - 1);
+    while (table[j].word) {
+        if (strcmp(table[j].word, word) == 0) { table[j].count += n; return; }
+        j = (j + 1) & (capacity - 1);
+    }
+    table[j].word = strdup(word);
+    if (!table[j].word) die("out of memory");
+    table[j].count = n;
+    used++;
+}
+
+static int by_word(const void *a, const void *b) {
+    return strcmp(((const struct entry *)a)->word, ((const struct entry *)b)->word);
+}
+
+/* Reads the next word into a growing buffer; returns its length or -1 at end. */
+static long next_word(char **buf, size_t *size) {
+    int c;
+    size_t len = 0;
+    while ((c = getchar()) != EOF && !is_word_byte(c)) {}
+    if (c == EOF) return -1;
+    do {
+        if (len + 1 >= *size) {
+            *size = *size ? *size * 2 : 64;
+            *buf = realloc(*buf, *size);
+            if (!*buf) die("out of memory");
+        }
+        (*buf)[len++] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : (char)c;
+    } while ((c = getchar()) != EOF && is_word_byte(c));
+    (*buf)[len] = '\0';
+    return (long)len;
+}
+
+static int count(void) {
+    char *buf = NULL;
+    size_t size = 0;
+    while (next_word(&buf, &size) >= 0) add(buf, 1);
+    size_t n = 0;
+    for (size_t i = 0; i < capacity; i++)
+        if (table[i].word) table[n++] = table[i];
+    qsort(table, n, sizeof *table, by_word);
+    for (size_t i = 0; i < n; i++) printf("%s\t%ld\n", table[i].word, table[i].count);
+    return 0;
+}
+
+static int map(void) {
+    char *buf = NULL;
+    size_t size = 0;
+    while (next_word(&buf, &size) >= 0) printf("%s\t1\n", buf);
+    return 0;
+}
+
+static int reduce(void) {
+    char *line = NULL, *current = NULL;
+    size_t size = 0;
+    long total = 0;
+    ssize_t len;
+    while ((len = getline(&line, &size, stdin)) > 0) {
+        if (line[len - 1] == '\n') line[--len] = '\0';
+        char *tab = strchr(line, '\t');
+        if (!tab) die("reduce input line without a tab");
+        *tab = '\0';
+        long n = strtol(tab + 1, NULL, 10);
+        if (current && strcmp(current, line) == 0) { total += n; continue; }
+        if (current) printf("%s\t%ld\n", current, total);
+        free(current);
+        current = strdup(line);
+        if (!current) die("out of memory");
+        total = n;
+    }
+    if (current) printf("%s\t%ld\n", current, total);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "count";
+    if (strcmp(mode, "count") == 0) return count();
+    if (strcmp(mode, "map") == 0) return map();
+    if (strcmp(mode, "reduce") == 0) return reduce();
+    fprintf(stderr, "usage: wordcount count|map|reduce\n");
+    return 64;
+}

@@ -1,0 +1,272 @@
+"""The job manifest: parsing and validation, with no I/O.
+
+A manifest is the JSON body of ``POST /v1/<account>`` with
+``X-Zerocompute-Execute: 1`` (see ``doc/manifest.md``).  Everything here is a
+pure function of the request body, the caller's account and the operator's
+limits, so it is tested as plain functions and every error names the field
+that is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+SCHEME = "swift://"
+OWN_ACCOUNT = "~"
+WILDCARD = "*"
+SCHEDULERS = ("load-aware", "random")
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MAX_ARGS = 256
+_MAX_ENV = 256
+_MAX_STRING = 4096
+_MAX_INPUT_PATTERNS = 1024
+_TOP_LEVEL = {"name", "map", "combine", "reduce", "output", "outputs", "limits", "scheduler"}
+_STAGE_KEYS = {"exec", "args", "env"}
+_MAP_KEYS = _STAGE_KEYS | {"inputs", "split_size"}
+
+
+class ManifestError(ValueError):
+    """A manifest the cluster will not run; ``field`` says where it is wrong."""
+
+    def __init__(self, error: str, field: str | None = None, status: int = 400):
+        super().__init__(error)
+        self.error = error
+        self.field = field
+        self.status = status
+
+    def to_dict(self) -> dict[str, str]:
+        body = {"error": self.error}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+@dataclass(frozen=True)
+class SwiftPath:
+    """``swift://account/container/object``; ``object`` may hold one ``*``."""
+
+    account: str
+    container: str
+    obj: str = ""
+
+    @classmethod
+    def parse(cls, text: Any, where: str) -> SwiftPath:
+        if not isinstance(text, str) or not text.startswith(SCHEME):
+            raise ManifestError(f"expected a path like swift://~/container/object, got {text!r}",
+                                where)
+        account, _, rest = text[len(SCHEME):].partition("/")
+        container, _, obj = rest.partition("/")
+        if not account or not container:
+            raise ManifestError(f"{text!r} must name an account and a container", where)
+        if WILDCARD in account or WILDCARD in container:
+            raise ManifestError(f"{text!r}: '*' may only appear in the object name", where)
+        if obj.count(WILDCARD) > 1:
+            raise ManifestError(f"{text!r}: at most one '*' per path", where)
+        return cls(account, container, obj)
+
+    def resolve(self, own_account: str) -> SwiftPath:
+        """Replace ``~`` with the caller's account."""
+        if self.account == OWN_ACCOUNT:
+            return replace(self, account=own_account)
+        return self
+
+    @property
+    def has_wildcard(self) -> bool:
+        return WILDCARD in self.obj
+
+    @property
+    def container_path(self) -> str:
+        return f"/v1/{self.account}/{self.container}"
+
+    @property
+    def path(self) -> str:
+        """The Swift API path (unquoted)."""
+        if self.obj:
+            return f"{self.container_path}/{self.obj}"
+        return self.container_path
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.account}/{self.container}/{self.obj}" if self.obj \
+            else f"{SCHEME}{self.account}/{self.container}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-task resource limits; ``None`` means the operator's maximum."""
+
+    time_s: float | None = None
+    memory_mb: int | None = None
+    output_mb: int | None = None
+
+    def capped_by(self, maximum: Limits) -> Limits:
+        """Take each limit from the manifest, never above the operator's maximum."""
+        def pick(mine, most):
+            return most if mine is None else min(mine, most)
+        return Limits(pick(self.time_s, maximum.time_s),
+                      pick(self.memory_mb, maximum.memory_mb),
+                      pick(self.output_mb, maximum.output_mb))
+
+
+@dataclass(frozen=True)
+class Stage:
+    exec: SwiftPath
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class MapStage(Stage):
+    inputs: tuple[SwiftPath, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    map: MapStage
+    output: SwiftPath
+    limits: Limits
+    scheduler: str
+
+
+def _require(condition: bool, error: str, where: str) -> None:
+    if not condition:
+        raise ManifestError(error, where)
+
+
+def _parse_string_list(value: Any, where: str, limit: int) -> tuple[str, ...]:
+    _require(isinstance(value, list), "must be a list of strings", where)
+    _require(len(value) <= limit, f"at most {limit} entries", where)
+    for i, item in enumerate(value):
+        _require(isinstance(item, str) and len(item) <= _MAX_STRING,
+                 f"must be a string of at most {_MAX_STRING} characters", f"{where}[{i}]")
+        _require("\0" not in item, "must not contain NUL", f"{where}[{i}]")
+    return tuple(value)
+
+
+def _parse_env(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    _require(isinstance(value, dict), "must be an object of string values", where)
+    _require(len(value) <= _MAX_ENV, f"at most {_MAX_ENV} variables", where)
+    pairs = []
+    for name, val in value.items():
+        _require(bool(_ENV_NAME.match(name)), f"invalid variable name {name!r}", where)
+        _require(isinstance(val, str) and len(val) <= _MAX_STRING and "\0" not in val,
+                 "must be a string without NUL", f"{where}.{name}")
+        pairs.append((name, val))
+    return tuple(pairs)
+
+
+def _parse_exec(value: Any, where: str, own_account: str) -> SwiftPath:
+    path = SwiftPath.parse(value, where).resolve(own_account)
+    _require(bool(path.obj) and not path.has_wildcard,
+             "must name one executable object, without '*'", where)
+    if path.obj.endswith(".py"):
+        raise ManifestError("Python guests are not supported by this cluster yet; "
+                            "use a .wasm (WASI) executable", where)
+    _require(path.obj.endswith(".wasm"), "must name a .wasm (WASI) executable", where)
+    return path
+
+
+def _parse_map(value: Any, own_account: str) -> MapStage:
+    _require(isinstance(value, dict), "is required and must be an object", "map")
+    unknown = sorted(set(value) - _MAP_KEYS)
+    _require(not unknown, f"unknown key(s) {', '.join(unknown)}", "map")
+    _require("exec" in value, "is required", "map.exec")
+    _require("inputs" in value, "is required", "map.inputs")
+    if "split_size" in value:
+        raise ManifestError("splitting inputs is not supported by this cluster yet",
+                            "map.split_size")
+    raw_inputs = value["inputs"]
+    if isinstance(raw_inputs, str):
+        raw_inputs = [raw_inputs]
+    _require(isinstance(raw_inputs, list) and raw_inputs, "must be a non-empty list of paths",
+             "map.inputs")
+    _require(len(raw_inputs) <= _MAX_INPUT_PATTERNS,
+             f"at most {_MAX_INPUT_PATTERNS} entries", "map.inputs")
+    inputs = []
+    for i, raw in enumerate(raw_inputs):
+        where = f"map.inputs[{i}]"
+        path = SwiftPath.parse(raw, where).resolve(own_account)
+        _require(bool(path.obj), "must name an object or an object pattern with '*'", where)
+        inputs.append(path)
+    return MapStage(
+        exec=_parse_exec(value["exec"], "map.exec", own_account),
+        args=_parse_string_list(value.get("args", []), "map.args", _MAX_ARGS),
+        env=_parse_env(value.get("env", {}), "map.env"),
+        inputs=tuple(inputs),
+    )
+
+
+def _parse_output(value: Any, own_account: str, inputs: tuple[SwiftPath, ...]) -> SwiftPath:
+    _require(value is not None, "is required", "output")
+    path = SwiftPath.parse(value, "output").resolve(own_account)
+    if not path.obj or path.obj.endswith("/"):
+        # A bare container or "dir/" means one output per input under it.
+        path = replace(path, obj=path.obj + WILDCARD)
+    many = len(inputs) > 1 or any(p.has_wildcard for p in inputs)
+    _require(path.has_wildcard or not many,
+             "must contain '*' (it receives the part of each input's name that '*' matched), "
+             "because the job has more than one input", "output")
+    return path
+
+
+def _parse_number(value: Any, where: str, kind: type) -> float | int:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    _require(ok, "must be a positive number" if kind is float else "must be a positive integer",
+             where)
+    return kind(value)
+
+
+def _parse_limits(value: Any, maximum: Limits) -> Limits:
+    if value is None:
+        return Limits().capped_by(maximum)
+    _require(isinstance(value, dict), "must be an object", "limits")
+    unknown = sorted(set(value) - {"time_s", "memory_mb", "output_mb"})
+    _require(not unknown, f"unknown key(s) {', '.join(unknown)}", "limits")
+    mine = Limits(
+        time_s=_parse_number(value["time_s"], "limits.time_s", float)
+        if "time_s" in value else None,
+        memory_mb=_parse_number(value["memory_mb"], "limits.memory_mb", int)
+        if "memory_mb" in value else None,
+        output_mb=_parse_number(value["output_mb"], "limits.output_mb", int)
+        if "output_mb" in value else None,
+    )
+    return mine.capped_by(maximum)
+
+
+def parse_manifest(body: bytes, own_account: str, maximum: Limits,
+                   default_scheduler: str = "load-aware") -> Manifest:
+    """Parse and validate a manifest; raise :class:`ManifestError` naming the field."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ManifestError(f"manifest is not valid JSON: {err}") from None
+    _require(isinstance(doc, dict), "manifest must be a JSON object", None)
+    unknown = sorted(set(doc) - _TOP_LEVEL)
+    _require(not unknown, f"unknown key(s) {', '.join(unknown)}", None)
+    for stage in ("combine", "reduce"):
+        if stage in doc:
+            raise ManifestError(f"'{stage}' is not supported by this cluster yet: "
+                                "it runs map-only jobs", stage)
+    if "outputs" in doc:
+        raise ManifestError("named outputs are not supported by this cluster yet", "outputs")
+
+    name = doc.get("name", "job")
+    _require(isinstance(name, str) and 0 < len(name) <= 128 and "/" not in name,
+             "must be a non-empty string of at most 128 characters without '/'", "name")
+    scheduler = doc.get("scheduler", default_scheduler)
+    _require(scheduler in SCHEDULERS, f"must be one of {', '.join(SCHEDULERS)}", "scheduler")
+
+    map_stage = _parse_map(doc.get("map"), own_account)
+    return Manifest(
+        name=name,
+        map=map_stage,
+        output=_parse_output(doc.get("output"), own_account, map_stage.inputs),
+        limits=_parse_limits(doc.get("limits"), maximum),
+        scheduler=scheduler,
+    )

@@ -1,0 +1,75 @@
+"""The job report: what the user gets back, and what is stored beside the outputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+
+REPORT_NAME = "_report.json"
+SUCCESS_NAME = "_SUCCESS"
+
+
+@dataclass
+class Attempt:
+    """One try of a task on one node that did not produce the task's result."""
+
+    node: str
+    error: str
+
+
+@dataclass
+class TaskReport:
+    kind: str
+    task: str
+    input: str
+    output: str | None = None
+    node: str | None = None
+    local: bool = False
+    attempts: int = 0
+    exit: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    ms: float = 0.0
+    error: str | None = None
+    stderr: str = ""
+    retries: list[Attempt] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit == 0 and self.error is None
+
+
+@dataclass
+class JobReport:
+    job: str
+    scheduler: str
+    tasks: list[TaskReport]
+    ms: float = 0.0
+
+    @property
+    def status(self) -> str:
+        return SUCCEEDED if self.tasks and all(t.ok for t in self.tasks) else FAILED
+
+    @property
+    def outputs(self) -> list[str]:
+        return [t.output for t in self.tasks if t.ok and t.output]
+
+    def to_dict(self) -> dict[str, Any]:
+        failed = sum(1 for t in self.tasks if not t.ok)
+        return {
+            "job": self.job,
+            "status": self.status,
+            "scheduler": self.scheduler,
+            "ms": round(self.ms, 3),
+            "counts": {"tasks": len(self.tasks), "failed": failed,
+                       "retried": sum(1 for t in self.tasks if t.attempts > 1)},
+            "outputs": self.outputs,
+            "tasks": [asdict(t) for t in self.tasks],
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=1).encode("utf-8") + b"\n"

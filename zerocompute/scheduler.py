@@ -1,0 +1,81 @@
+"""Choosing the replica a task runs on, with no I/O.
+
+``random`` is ZeroCloud's behaviour and stays as the baseline.  ``load-aware``
+estimates when each candidate would finish the task and takes the earliest:
+the node's reported work (running + queued) plus what this proxy has sent it
+since that report, spread over its slots, times its recent task service time.
+Ties are broken at random so equal nodes share the work.  ``doc/scheduler.md``
+explains the choice.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+RANDOM = "random"
+LOAD_AWARE = "load-aware"
+POLICIES = (LOAD_AWARE, RANDOM)
+
+# A node nobody has heard from is assumed idle with this many slots: optimistic,
+# so that new or quiet nodes get tried and start reporting.
+DEFAULT_SLOTS = 1
+DEFAULT_SERVICE_MS = 50.0
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    """What an object server last said about itself."""
+
+    running: int = 0
+    queued: int = 0
+    slots: int = DEFAULT_SLOTS
+    service_ms: float = DEFAULT_SERVICE_MS
+    reported_at: float = 0.0
+
+
+def parse_load_header(value: str | None, now: float) -> NodeLoad | None:
+    """Parse ``running=1 queued=0 slots=2 service_ms=12.5`` (as sent by the task filter)."""
+    if not value:
+        return None
+    fields = {}
+    for item in value.split():
+        key, _, raw = item.partition("=")
+        try:
+            fields[key] = float(raw)
+        except ValueError:
+            continue
+    return NodeLoad(running=int(fields.get("running", 0)),
+                    queued=int(fields.get("queued", 0)),
+                    slots=max(1, int(fields.get("slots", DEFAULT_SLOTS))),
+                    service_ms=fields.get("service_ms", DEFAULT_SERVICE_MS),
+                    reported_at=now)
+
+
+def format_load_header(running: int, queued: int, slots: int, service_ms: float) -> str:
+    return f"running={running} queued={queued} slots={slots} service_ms={service_ms:.1f}"
+
+
+def expected_finish_ms(load: NodeLoad, in_flight: int) -> float:
+    """When a task sent now would finish on this node, in the node's service time."""
+    ahead = max(load.running + load.queued, in_flight)
+    # Work ahead of us drains across all slots; our own task then takes one service time.
+    return (ahead / load.slots + 1.0) * load.service_ms
+
+
+def choose_node(candidates: Sequence[str], loads: Mapping[str, NodeLoad],
+                in_flight: Mapping[str, int], policy: str = LOAD_AWARE,
+                rng: _random.Random | None = None) -> str:
+    """Pick one of ``candidates`` (node keys) for a task."""
+    if not candidates:
+        raise ValueError("no candidate node")
+    rng = rng or _random
+    if policy == RANDOM:
+        return rng.choice(list(candidates))
+    if policy != LOAD_AWARE:
+        raise ValueError(f"unknown scheduler policy {policy!r}")
+    scored = [(expected_finish_ms(loads.get(node, NodeLoad()), in_flight.get(node, 0)), node)
+              for node in candidates]
+    best = min(score for score, _ in scored)
+    return rng.choice([node for score, node in scored if score <= best * 1.0001])
