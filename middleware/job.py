@@ -59,7 +59,7 @@ from zerocompute import __version__, wire
 from zerocompute.manifest import Limits, Manifest, ManifestError, SwiftPath, parse_manifest
 from zerocompute.middleware.dispatch import Dispatcher, TaskCall, TaskResponse, node_key, node_label
 from zerocompute.planning import InputObject, MapTask, listing_prefix, match_listing, plan_map_only
-from zerocompute.report import REPORT_NAME, SUCCESS_NAME, JobReport, TaskReport
+from zerocompute.report import REPORT_NAME, SUCCEEDED, SUCCESS_NAME, JobReport, TaskReport
 from zerocompute.sandbox.wasm import WASM_MAGIC
 from zerocompute.scheduler import POLICIES as SCHEDULER_POLICIES
 
@@ -109,6 +109,9 @@ class JobMiddleware:
             version, account, container = req.split_path(2, 3, True)
         except ValueError:
             return self.app(env, start_response)
+        unauthenticated = self.unauthenticated(req)
+        if unauthenticated is not None:
+            return unauthenticated(env, start_response)
         if container:
             resp = json_response(400, {"error": "jobs are POSTed to the account: "
                                                 "POST /v1/<account>"})
@@ -118,6 +121,22 @@ class JobMiddleware:
             except ManifestError as err:
                 resp = json_response(err.status, err.to_dict())
         return resp(env, start_response)
+
+    @staticmethod
+    def unauthenticated(req: Request) -> Response | None:
+        """The auth middleware's 401 for a caller it does not know.
+
+        Only a 401 stops the job here: a known user who may not modify the
+        account can still run jobs over what container ACLs let them read and
+        write, and every one of those accesses is checked as them later.
+        """
+        authorize = req.environ.get("swift.authorize")
+        if authorize is None or req.environ.get("swift.authorize_override"):
+            return None
+        denial = authorize(req)
+        if denial is not None and denial.status_int == 401:
+            return denial
+        return None
 
     # -- the job ------------------------------------------------------------
     def handle_job(self, req: Request, account: str) -> Response:
@@ -152,6 +171,8 @@ class JobMiddleware:
     def subrequest(self, req: Request, method: str, path: str, query: str = "",
                    headers: dict | None = None, body: bytes | None = None) -> Response:
         """A request through the rest of the pipeline, authorized as the caller."""
+        if body is not None:
+            headers = dict(headers or {}, **{"Content-Length": str(len(body))})
         # A path with '?' keeps the sub-request from inheriting the job's query string.
         sub = make_subrequest(req.environ, method=method, path=quote(path) + "?" + query,
                               headers=headers, body=body, swift_source=SWIFT_SOURCE)
@@ -305,11 +326,19 @@ class JobMiddleware:
 
     def write_job_files(self, req: Request, output: SwiftPath, report: JobReport) -> None:
         """The report always; ``_SUCCESS`` last, and only when every task succeeded."""
-        body = report.to_json()
-        self.subrequest(req, "PUT", job_file(output, REPORT_NAME).path,
-                        headers={"Content-Type": "application/json"}, body=body)
-        if report.status == "succeeded":
-            self.subrequest(req, "PUT", job_file(output, SUCCESS_NAME).path, body=b"")
+        if report.status == SUCCEEDED:
+            # Written last: whoever sees _SUCCESS may trust every output is there.
+            files = [(REPORT_NAME, "application/json"), (SUCCESS_NAME, "text/plain")]
+        else:
+            files = [(REPORT_NAME, "application/json")]
+        for name, content_type in files:
+            target = job_file(output, name)
+            resp = self.subrequest(req, "PUT", target.path, body=report.to_json()
+                                   if name == REPORT_NAME else b"",
+                                   headers={"Content-Type": content_type})
+            if not resp.is_success:
+                report.error = f"writing {target} failed: {resp.status}"
+                return
 
 
 def job_file(output: SwiftPath, name: str) -> SwiftPath:

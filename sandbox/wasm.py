@@ -193,7 +193,10 @@ class WasmRuntime:
             error = _first_line(err)
         ms = (time.perf_counter() - started) * 1000
         stdout_bytes = os.path.getsize(stdout_path)
-        if error is None and exit_code != 0 and _memory_exhausted(instance, store, limits):
+        timed_out = error is not None and error.startswith("time limit")
+        failed = error is not None or exit_code != 0
+        if failed and not timed_out and _memory_exhausted(instance, store, limits):
+            # Out-of-memory shows up as whatever the guest does when malloc fails.
             error = f"memory limit {limits.memory_bytes // MIB} MiB exceeded"
         if error is None and stdout_bytes > limits.output_bytes:
             error = f"output limit {limits.output_bytes // MIB} MiB exceeded"

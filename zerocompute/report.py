@@ -49,10 +49,12 @@ class JobReport:
     scheduler: str
     tasks: list[TaskReport]
     ms: float = 0.0
+    error: str | None = None  # a failure of the job itself, not of one task
 
     @property
     def status(self) -> str:
-        return SUCCEEDED if self.tasks and all(t.ok for t in self.tasks) else FAILED
+        ok = self.error is None and self.tasks and all(t.ok for t in self.tasks)
+        return SUCCEEDED if ok else FAILED
 
     @property
     def outputs(self) -> list[str]:
@@ -65,6 +67,7 @@ class JobReport:
             "status": self.status,
             "scheduler": self.scheduler,
             "ms": round(self.ms, 3),
+            "error": self.error,
             "counts": {"tasks": len(self.tasks), "failed": failed,
                        "retried": sum(1 for t in self.tasks if t.attempts > 1)},
             "outputs": self.outputs,

@@ -1,0 +1,115 @@
+import json
+
+import pytest
+
+from zerocompute.manifest import Limits, ManifestError, SwiftPath, parse_manifest
+
+MAXIMUM = Limits(time_s=60, memory_mb=512, output_mb=256)
+
+
+def parse(doc, account="AUTH_test"):
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return parse_manifest(body, account, MAXIMUM)
+
+
+def good(**overrides):
+    doc = {"name": "wc",
+           "map": {"exec": "swift://~/apps/wc.wasm", "args": ["count"], "env": {"LC_ALL": "C"},
+                   "inputs": ["swift://~/corpus/*.txt"]},
+           "output": "swift://~/out/*.counts"}
+    doc.update(overrides)
+    return doc
+
+
+def error_of(doc):
+    with pytest.raises(ManifestError) as info:
+        parse(doc)
+    return info.value
+
+
+def test_valid_manifest_resolves_own_account():
+    m = parse(good())
+    assert m.map.exec == SwiftPath("AUTH_test", "apps", "wc.wasm")
+    assert m.map.inputs == (SwiftPath("AUTH_test", "corpus", "*.txt"),)
+    assert m.output == SwiftPath("AUTH_test", "out", "*.counts")
+    assert m.map.args == ("count",)
+    assert m.map.env == (("LC_ALL", "C"),)
+    assert m.scheduler == "load-aware"
+    assert m.limits == MAXIMUM
+
+
+def test_explicit_account_is_kept():
+    m = parse(good(output="swift://AUTH_other/out/*"))
+    assert m.output.account == "AUTH_other"
+
+
+def test_not_json():
+    err = error_of(b"{not json")
+    assert "not valid JSON" in err.error and err.status == 400 and err.field is None
+
+
+def test_not_an_object():
+    assert "JSON object" in error_of([1, 2]).error
+
+
+@pytest.mark.parametrize("doc, field", [
+    ({"output": "swift://~/o/*"}, "map"),
+    (good(map={"inputs": ["swift://~/c/*"]}), "map.exec"),
+    (good(map={"exec": "swift://~/a/x.wasm"}), "map.inputs"),
+    (good(map={"exec": "swift://~/a/x.wasm", "inputs": []}), "map.inputs"),
+    (good(map={"exec": "swift://~/a/x.wasm", "inputs": ["/c/o"]}), "map.inputs[0]"),
+    (good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c*/o"]}), "map.inputs[0]"),
+    (good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*a*"]}), "map.inputs[0]"),
+    (good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c"]}), "map.inputs[0]"),
+    (good(map={"exec": "swift://~/a/x.exe", "inputs": ["swift://~/c/*"]}), "map.exec"),
+    (good(map={"exec": "swift://~/a/*.wasm", "inputs": ["swift://~/c/*"]}), "map.exec"),
+    (good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"], "args": "a"}),
+     "map.args"),
+    (good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"], "args": [1]}),
+     "map.args[0]"),
+    (good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"],
+               "env": {"1BAD": "x"}}), "map.env"),
+    (good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"], "env": {"A": 1}}),
+     "map.env.A"),
+    (good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"], "bogus": 1}), "map"),
+    (good(output=None), "output"),
+    (good(output="swift://~/out/fixed-name"), "output"),
+    (good(limits={"time_s": -1}), "limits.time_s"),
+    (good(limits={"memory_mb": 1.5}), "limits.memory_mb"),
+    (good(limits={"cpu": 1}), "limits"),
+    (good(scheduler="fastest"), "scheduler"),
+    (good(name=""), "name"),
+    (good(reduce={"exec": "swift://~/a/x.wasm"}), "reduce"),
+])
+def test_errors_name_the_field(doc, field):
+    err = error_of(doc)
+    assert err.field == field, err.error
+    assert err.status == 400
+    assert err.to_dict()["field"] == field and err.to_dict()["error"]
+
+
+def test_unknown_top_level_key():
+    assert "unknown key(s) mapp" in error_of(dict(good(), mapp={})).error
+
+
+def test_limits_may_lower_but_never_raise():
+    m = parse(good(limits={"time_s": 5, "memory_mb": 4096}))
+    assert m.limits == Limits(time_s=5, memory_mb=512, output_mb=256)
+
+
+def test_single_literal_input_needs_no_wildcard_in_output():
+    m = parse(good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/one.txt"]},
+                   output="swift://~/out/one.result"))
+    assert m.output.obj == "one.result"
+
+
+def test_output_directory_means_one_output_per_input():
+    assert parse(good(output="swift://~/out/")).output.obj == "*"
+    assert parse(good(output="swift://~/out/run1/")).output.obj == "run1/*"
+    assert parse(good(output="swift://~/out")).output.obj == "*"
+
+
+def test_a_string_input_is_a_list_of_one():
+    doc = good()
+    doc["map"]["inputs"] = "swift://~/corpus/*.txt"
+    assert len(parse(doc).map.inputs) == 1
