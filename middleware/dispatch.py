@@ -134,8 +134,8 @@ class Dispatcher:
         try:
             if body:
                 conn.send(body)
-            # The guest's own time limit bounds the wait; the margin covers compiling.
-            with Timeout(call.time_s + 30):
+            # A backstop only: the object server enforces the guest's limits itself.
+            with Timeout(call.time_s + wire.PREPARE_TIMEOUT_S + 30):
                 resp = conn.getresponse()
         except BaseException:
             conn.close()

@@ -56,11 +56,19 @@ from swift.common.wsgi import make_env, make_subrequest
 from swift.proxy.controllers.base import get_container_info
 
 from zerocompute import __version__, wire
-from zerocompute.manifest import Limits, Manifest, ManifestError, SwiftPath, parse_manifest
+from zerocompute.manifest import (
+    Limits,
+    Manifest,
+    ManifestError,
+    SwiftPath,
+    parse_manifest,
+    runtime_of,
+)
 from zerocompute.middleware.dispatch import Dispatcher, TaskCall, TaskResponse, node_key, node_label
 from zerocompute.planning import InputObject, MapTask, listing_prefix, match_listing, plan_map_only
 from zerocompute.report import REPORT_NAME, SUCCEEDED, SUCCESS_NAME, JobReport, TaskReport
-from zerocompute.sandbox.wasm import WASM_MAGIC
+from zerocompute.sandbox.python import available as python_runtime_available
+from zerocompute.sandbox.wasm import InvalidExecutable, check_wasm
 from zerocompute.scheduler import POLICIES as SCHEDULER_POLICIES
 
 EXECUTE_HEADER = "X-Zerocompute-Execute"
@@ -74,13 +82,6 @@ def json_response(status: int, body: dict[str, Any], headers: dict | None = None
                     body=json.dumps(body, indent=1).encode("utf-8") + b"\n")
 
 
-def max_limits(conf: dict[str, str]) -> Limits:
-    """The operator's per-task maxima, which manifests may only lower."""
-    return Limits(time_s=float(conf.get("max_time_s", 60)),
-                  memory_mb=int(conf.get("max_memory_mb", 512)),
-                  output_mb=int(conf.get("max_output_mb", 256)))
-
-
 class JobMiddleware:
     def __init__(self, app: Any, conf: dict[str, str], logger: Any = None):
         self.app = app
@@ -89,7 +90,7 @@ class JobMiddleware:
         if not self.secret:
             raise ValueError("zerocompute: 'secret' must be set (shared with object servers)")
         self.swift_dir = conf.get("swift_dir", "/etc/swift")
-        self.maximum = max_limits(conf)
+        self.maximum = Limits.from_conf(conf)
         self.default_scheduler = conf.get("default_scheduler", "load-aware")
         if self.default_scheduler not in SCHEDULER_POLICIES:
             raise ValueError(f"zerocompute: default_scheduler must be one of "
@@ -195,8 +196,15 @@ class JobMiddleware:
             raise ManifestError(f"executable {path} is {size} bytes; at most "
                                 f"{self.max_executable_bytes} are allowed", field)
         data = resp.body
-        if not data.startswith(WASM_MAGIC):
-            raise ManifestError(f"executable {path} is not a WebAssembly module", field)
+        if runtime_of(path) == "python":
+            if not python_runtime_available():
+                raise ManifestError("this cluster has no Python runtime for .py executables",
+                                    field)
+        else:
+            try:
+                check_wasm(data)
+            except InvalidExecutable as err:
+                raise ManifestError(f"executable {path}: {err}", field) from None
         return hashlib.md5(data, usedforsecurity=False).hexdigest(), data
 
     def expand_input(self, req: Request, pattern: SwiftPath, field: str) -> list[InputObject]:
@@ -265,14 +273,15 @@ class JobMiddleware:
             policy_index=policy_index, executable=code, exec_etag=etag,
             time_s=limits.time_s,
             task={"job": manifest.name, "task": task.task_id, "exec_etag": etag,
-                  "argv": [manifest.map.exec.obj.rsplit("/", 1)[-1], *manifest.map.args],
+                  "exec_name": manifest.map.exec.obj.rsplit("/", 1)[-1],
+                  "args": list(manifest.map.args),
                   "env": [*map(list, manifest.map.env),
                           ["ZEROCOMPUTE_INPUT", str(item.path)],
                           ["ZEROCOMPUTE_INPUT_SIZE", str(item.size)],
                           ["ZEROCOMPUTE_TASK", task.task_id],
                           ["ZEROCOMPUTE_JOB", manifest.name]],
-                  "limits": {"time_s": limits.time_s, "memory_mb": limits.memory_mb,
-                             "output_mb": limits.output_mb}})
+                  "runtime": runtime_of(manifest.map.exec),
+                  "limits": limits.to_dict()})
         primary_keys = {node_key(n) for n in primaries}
 
         def consume(answer: TaskResponse) -> str | None:
@@ -350,15 +359,15 @@ def job_file(output: SwiftPath, name: str) -> SwiftPath:
 
 def filter_factory(global_conf: dict, **local_conf: str):
     conf = dict(global_conf, **local_conf)
-    maximum = max_limits(conf)
+    maximum = Limits.from_conf(conf)
     register_swift_info(
         "zerocompute",
         version=__version__,
-        runtimes=["wasm32-wasi"],
+        runtimes=["wasm32-wasi", "python3.12"] if python_runtime_available()
+        else ["wasm32-wasi"],
         schedulers=list(SCHEDULER_POLICIES),
         default_scheduler=conf.get("default_scheduler", "load-aware"),
-        max_limits={"time_s": maximum.time_s, "memory_mb": maximum.memory_mb,
-                    "output_mb": maximum.output_mb},
+        max_limits=maximum.to_dict(),
         max_tasks=int(conf.get("max_tasks", 10000)),
         stages=["map"],
     )

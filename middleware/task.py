@@ -2,8 +2,8 @@
 
 The proxy's ``zerocompute`` filter sends a signed ``EXECUTE`` request for an
 object this server holds.  This filter verifies the signature, opens the
-object through Swift's DiskFile API, and runs the WebAssembly guest with the
-object's data file as stdin (wasmtime reads the file itself: no copy).  The
+object through Swift's DiskFile API, and runs the WebAssembly guest in an
+executor process, with the open data file as stdin (no copy).  The
 guest's stdout is the response body; its exit status, error, stderr tail,
 timing and this server's load travel in ``X-Zerocompute-*`` headers.  Every
 other request passes through untouched.
@@ -13,9 +13,11 @@ executable's ETag; a server that lacks it answers 412 and the proxy sends it
 again with the executable as the body, which is checked against the signed
 ETag, compiled and cached (``doc/sandbox.md``).
 
-Guests run in a thread off the eventlet hub.  Beyond ``slots`` running and
-``queue`` waiting tasks the server answers 503 with ``Retry-After`` so the
-proxy places the task on another replica.
+Guests run in a pool of ``slots`` executor processes
+(``zerocompute.sandbox.executor``): the eventlet hub never waits on a guest,
+and a crashing guest or runtime takes down one executor, never the object
+server.  Beyond ``slots`` running and ``queue`` waiting tasks the server
+answers 503 with ``Retry-After`` so the proxy places the task elsewhere.
 
 Configuration, in ``object-server.conf``::
 
@@ -39,7 +41,6 @@ import os
 import tempfile
 from typing import Any
 
-from eventlet import tpool
 from eventlet.semaphore import Semaphore
 from swift.common.exceptions import DiskFileDeleted, DiskFileExpired, DiskFileNotExist
 from swift.common.storage_policy import POLICIES
@@ -52,12 +53,14 @@ from swift.common.swob import (
     HTTPServiceUnavailable,
     Request,
     Response,
+    wsgi_to_str,
 )
 from swift.common.utils import config_positive_int_value, get_logger, split_path
 from swift.obj.diskfile import DiskFileRouter
 
 from zerocompute import wire
-from zerocompute.sandbox.wasm import GuestLimits, InvalidExecutable, WasmRuntime
+from zerocompute.sandbox.executor import ExecutorPool
+from zerocompute.sandbox.wasm import ExecutableStore, InvalidExecutable
 from zerocompute.scheduler import format_load_header
 
 _READ_CHUNK = 65536
@@ -83,15 +86,15 @@ class TaskMiddleware:
         self.secret = conf.get("secret", "")
         if not self.secret:
             raise ValueError("zerocompute_object: 'secret' must be set (same as the proxy's)")
-        cpus = os.cpu_count() or 1
-        self.slots = config_positive_int_value(conf.get("slots", cpus))
+        self.slots = config_positive_int_value(conf.get("slots", os.cpu_count() or 1))
         self.queue = int(conf.get("queue", 2 * self.slots))
         self.cache_dir = conf.get("cache_dir", "/var/cache/swift/zerocompute")
         self.scratch_dir = os.path.join(self.cache_dir, "scratch")
         os.makedirs(self.scratch_dir, exist_ok=True)
-        self.runtime = WasmRuntime(self.cache_dir)
-        self.diskfile_router = DiskFileRouter(conf, self.logger)
+        self.executables = ExecutableStore(self.cache_dir)
+        self.pool = ExecutorPool(self.slots, self.cache_dir)
         self._slots = Semaphore(self.slots)
+        self.diskfile_router = DiskFileRouter(conf, self.logger)
         self.running = 0
         self.waiting = 0
         self.service_ms = 50.0
@@ -105,20 +108,19 @@ class TaskMiddleware:
         except Exception:  # noqa: BLE001 - a task must never take the server down
             self.logger.exception("zerocompute task failed unexpectedly: %s", req.path)
             resp = Response(status=500, body=b"internal error running task\n")
-        resp.headers[wire.LOAD_HEADER] = self.load_header()
+        resp.headers[wire.LOAD_HEADER] = format_load_header(
+            self.running, self.waiting, self.slots, self.service_ms)
         return resp(env, start_response)
 
-    def load_header(self) -> str:
-        return format_load_header(self.running, self.waiting, self.slots, self.service_ms)
-
     def handle_task(self, req: Request) -> Response:
+        path = wsgi_to_str(req.environ["PATH_INFO"])
         try:
-            task = wire.verify_task(self.secret, req.method, req.path, req.headers)
+            task = wire.verify_task(self.secret, req.method, path, req.headers)
         except wire.BadSignature as err:
             self.logger.warning("zerocompute: refused unsigned task %s: %s", req.path, err)
             return HTTPForbidden(body=b"task signature refused\n")
         try:
-            device, partition, account, container, obj = split_path(req.path, 5, 5, True)
+            device, partition, account, container, obj = split_path(path, 5, 5, True)
             policy = POLICIES.get_by_index(req.headers.get("X-Backend-Storage-Policy-Index", 0))
         except ValueError:
             return HTTPBadRequest(body=b"bad task path\n")
@@ -127,10 +129,11 @@ class TaskMiddleware:
 
         etag = task["exec_etag"]
         try:
-            if not self.runtime.has_executable(etag):
+            if not self.executables.has(etag):
                 if not req.content_length:
                     return HTTPPreconditionFailed(headers={wire.NEED_EXECUTABLE_HEADER: etag})
-                self.runtime.add_executable(etag, req.body_file.read(req.content_length))
+                self.executables.add(etag, req.body_file.read(req.content_length),
+                                     task.get("runtime", "wasm"))
         except InvalidExecutable as err:
             return HTTPBadRequest(body=str(err).encode())
 
@@ -145,10 +148,9 @@ class TaskMiddleware:
                 refusal = self.refuse_input(metadata)
                 if refusal is not None:
                     return refusal
-                # The open DiskFile pins the inode: reading through /proc keeps the
-                # guest on this version even if a newer PUT replaces the file.
-                data_path = f"/proc/self/fd/{diskfile._fp.fileno()}"
-                return self.run_guest(task, etag, data_path, metadata)
+                # The open DiskFile pins this version of the object: the executor gets
+                # the same descriptor, so a concurrent overwrite does not change its input.
+                return self.run_guest(task, diskfile._fp.fileno(), metadata)
         except (DiskFileNotExist, DiskFileDeleted, DiskFileExpired):
             return HTTPNotFound(body=b"object not on this node\n")
 
@@ -163,47 +165,45 @@ class TaskMiddleware:
             return HTTPConflict(body=b"erasure-coded fragments cannot be read in place\n")
         return None
 
-    def run_guest(self, task: dict, etag: str, data_path: str, metadata: dict) -> Response:
-        limits = GuestLimits(time_s=float(task["limits"]["time_s"]),
-                             memory_bytes=int(task["limits"]["memory_mb"]) * 1024 * 1024,
-                             output_bytes=int(task["limits"]["output_mb"]) * 1024 * 1024)
+    def run_guest(self, task: dict, input_fd: int, metadata: dict) -> Response:
         stdout_fd, stdout_path = tempfile.mkstemp(dir=self.scratch_dir, prefix="out-")
-        stderr_fd, stderr_path = tempfile.mkstemp(dir=self.scratch_dir, prefix="err-")
-        os.close(stdout_fd)
-        os.close(stderr_fd)
         keep_stdout = False
-        self.waiting += 1
         try:
-            with self._slots:
-                self.waiting -= 1
-                self.running += 1
-                try:
-                    module = self.runtime.module(etag)
-                    result = tpool.execute(self.runtime.run, module, data_path,
-                                           task["argv"], [tuple(p) for p in task["env"]],
-                                           limits, stdout_path, stderr_path)
-                finally:
-                    self.running -= 1
-            self.service_ms = 0.8 * self.service_ms + 0.2 * result.ms
+            reply = self.run_in_executor(task, [input_fd, stdout_fd])
+            if reply.get("invalid"):
+                return HTTPBadRequest(body=reply["invalid"].encode())
+            self.service_ms = 0.8 * self.service_ms + 0.2 * float(reply["ms"])
             headers = {
-                wire.EXIT_HEADER: "" if result.exit is None else str(result.exit),
-                wire.STDERR_HEADER: wire.encode_tail(result.stderr_tail),
+                wire.EXIT_HEADER: "" if reply["exit"] is None else str(reply["exit"]),
+                wire.STDERR_HEADER: reply["stderr"],
                 wire.BYTES_IN_HEADER: str(metadata.get("Content-Length", 0)),
-                wire.MS_HEADER: f"{result.ms:.3f}",
+                wire.MS_HEADER: f"{float(reply['ms']):.3f}",
             }
-            if result.error:
-                headers[wire.ERROR_HEADER] = result.error
-            if not result.ok:
+            if reply["error"]:
+                headers[wire.ERROR_HEADER] = reply["error"]
+            if reply["exit"] != 0 or reply["error"]:
                 return Response(status=200, headers=headers, body=b"")
             keep_stdout = True
-            return Response(status=200, headers=headers, content_length=result.stdout_bytes,
+            return Response(status=200, headers=headers, content_length=reply["stdout_bytes"],
                             app_iter=_file_iter(stdout_path))
-        except InvalidExecutable as err:
-            return HTTPBadRequest(body=str(err).encode())
         finally:
-            os.unlink(stderr_path)
+            os.close(stdout_fd)
             if not keep_stdout:
                 os.unlink(stdout_path)
+
+    def run_in_executor(self, task: dict, fds: list[int]) -> dict:
+        """Wait for a slot, then run; the counters feed the load header."""
+        self.waiting += 1
+        try:
+            self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            return self.pool.run(task, fds, float(task["limits"]["time_s"]))
+        finally:
+            self.running -= 1
+            self._slots.release()
 
 
 def filter_factory(global_conf: dict, **local_conf: str):

@@ -1,44 +1,49 @@
 """Running one WASI guest under wasmtime, with limits.
 
-A guest sees only what the task gives it: its stdin is the input object's
-data file (opened by wasmtime from the path it is handed, so the bytes are
-never copied), its argv and environment come from the manifest and the task,
-stdout and stderr go to files the caller owns, and no host directory is
-preopened, so it can open no file and has no network.  Wall-clock time is cut
-by epoch interruption (a ticker thread advances the engine's epoch), linear
-memory by the store's limiter.
+A guest sees only what the task gives it: stdin is the input object's data
+file (an open file descriptor handed to wasmtime through ``/proc/self/fd``,
+so the bytes are never copied), argv and environment come from the manifest
+and the task, stdout goes to a file the object server owns, stderr to a
+bounded tail in memory, and no host directory is preopened (Python guests
+get exactly one, read-only: their script and the guest SDK), so a guest can
+open no other file and has no network.
 
-Executables are kept by the ETag of their Swift object; compiled modules are
-cached on disk keyed by the wasm's SHA-256 and the wasmtime version, written
-atomically, and recompiled when a cached file does not load.
+Limits: wall-clock time by epoch interruption (a ticker thread advances the
+engine's epoch), CPU time by the kernel (``RLIMIT_CPU`` of the executor
+process, see :mod:`zerocompute.sandbox.executor`), linear memory, table
+elements and instances by the store's limiter, stdout by the kernel
+(``RLIMIT_FSIZE`` while the guest runs).
+
+Executables are stored by the MD5 of their bytes (the ETag of their Swift
+object).  Compiled modules are cached on disk keyed by the module's SHA-256
+and the wasmtime version, written atomically under a lock (so concurrent
+executors compile once), and recompiled when a cached file does not load.
 """
 
 from __future__ import annotations
 
+import collections
+import fcntl
 import hashlib
 import os
+import resource
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 
-import wasmtime
 from wasmtime import Config, Engine, ExitTrap, Linker, Module, Store, Trap, TrapCode, WasiConfig
-
-try:  # The object server runs under eventlet: the ticker must be a real thread.
-    from eventlet.patcher import original as _original
-
-    _threading = _original("threading")
-except ImportError:  # pragma: no cover - eventlet is a dependency
-    import threading as _threading
 
 WASM_MAGIC = b"\0asm"
 TICK_S = 0.01
 MIB = 1024 * 1024
+WASMTIME_VERSION = version("wasmtime")
 
 
 class InvalidExecutable(ValueError):
-    """The executable is not a WebAssembly module this runtime can run."""
+    """The executable is not something this runtime can run."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,19 @@ class GuestLimits:
     time_s: float = 60.0
     memory_bytes: int = 512 * MIB
     output_bytes: int = 256 * MIB
-    stderr_tail_bytes: int = 2048
+    stderr_tail_bytes: int = 4096
+    table_elements: int = 1_000_000
+    instances: int = 10
+
+    @classmethod
+    def from_task(cls, limits: dict) -> GuestLimits:
+        """From the limits of a task request (the manifest's keys)."""
+        return cls(time_s=float(limits["time_s"]),
+                   memory_bytes=int(limits["memory_mb"]) * MIB,
+                   output_bytes=int(limits["output_mb"]) * MIB,
+                   stderr_tail_bytes=int(limits["stderr_kb"]) * 1024,
+                   table_elements=int(limits["table_elements"]),
+                   instances=int(limits["instances"]))
 
 
 @dataclass
@@ -62,19 +79,9 @@ class GuestResult:
         return self.exit == 0 and self.error is None
 
 
-def _wasmtime_version() -> str:
-    return getattr(wasmtime, "__version__", None) or _dist_version()
-
-
-def _dist_version() -> str:
-    from importlib.metadata import version
-    return version("wasmtime")
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Concurrent writers each write their own temp file; the last rename wins."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+def write_atomically(path: str, data: bytes) -> None:
+    """Concurrent writers each write their own temp file; a rename publishes it."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -87,130 +94,201 @@ def _write_atomically(path: str, data: bytes) -> None:
         raise
 
 
+def _check_etag(etag: str) -> str:
+    if not etag or len(etag) != 32 or not all(c in "0123456789abcdef" for c in etag):
+        raise InvalidExecutable(f"bad executable etag {etag!r}")
+    return etag
+
+
+class ExecutableStore:
+    """Executables by ETag, as received from the proxy (object-server side)."""
+
+    def __init__(self, cache_dir: str):
+        self.directory = os.path.join(cache_dir, "executables")
+        os.makedirs(self.directory, exist_ok=True)
+        self._validator = Engine()
+
+    def path(self, etag: str) -> str:
+        return os.path.join(self.directory, _check_etag(etag))
+
+    def has(self, etag: str) -> bool:
+        return os.path.exists(self.path(etag))
+
+    def add(self, etag: str, data: bytes, runtime: str = "wasm") -> None:
+        """Keep an executable, after checking it is what was signed and can run."""
+        if hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
+            raise InvalidExecutable("executable does not match its ETag")
+        if runtime == "wasm":
+            check_wasm(data, self._validator)
+        else:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidExecutable("script is not UTF-8 text") from None
+        write_atomically(self.path(etag), data)
+
+
+def check_wasm(data: bytes, engine: Engine | None = None) -> None:
+    """Refuse anything that is not a valid WebAssembly module."""
+    if not data.startswith(WASM_MAGIC):
+        raise InvalidExecutable("executable is not a WebAssembly module")
+    try:
+        Module.validate(engine or Engine(), data)
+    except Exception as err:  # noqa: BLE001 - wasmtime raises WasmtimeError
+        raise InvalidExecutable(f"invalid WebAssembly module: {_first_line(err)}") from None
+
+
 class WasmRuntime:
-    """One engine, its module caches and the epoch ticker, shared by all tasks."""
+    """One engine, its compiled-module cache and the epoch ticker (executor side)."""
 
     def __init__(self, cache_dir: str):
         config = Config()
         config.epoch_interruption = True
         self.engine = Engine(config)
-        self.cache_dir = cache_dir
-        self._executables = os.path.join(cache_dir, "executables")
         self._compiled = os.path.join(cache_dir, "compiled")
-        os.makedirs(self._executables, exist_ok=True)
         os.makedirs(self._compiled, exist_ok=True)
-        self._version = _wasmtime_version()
         self._modules: dict[str, Module] = {}
-        self._lock = _threading.Lock()
-        ticker = _threading.Thread(target=self._tick, name="zerocompute-epoch", daemon=True)
-        ticker.start()
+        threading.Thread(target=self._tick, name="zerocompute-epoch", daemon=True).start()
 
     def _tick(self) -> None:
         while True:
             time.sleep(TICK_S)
             self.engine.increment_epoch()
 
-    # -- executables ------------------------------------------------------
-    def _executable_path(self, etag: str) -> str:
-        if not etag or not all(c in "0123456789abcdef" for c in etag):
-            raise InvalidExecutable(f"bad executable etag {etag!r}")
-        return os.path.join(self._executables, etag + ".wasm")
-
-    def has_executable(self, etag: str) -> bool:
-        return etag in self._modules or os.path.exists(self._executable_path(etag))
-
-    def add_executable(self, etag: str, data: bytes) -> None:
-        """Keep an executable that arrived with a task, after checking it is what was signed."""
-        if hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
-            raise InvalidExecutable("executable does not match its ETag")
-        self._compile(data)  # refuse invalid wasm before it is cached
-        _write_atomically(self._executable_path(etag), data)
-
-    def module(self, etag: str) -> Module:
-        """The compiled module of a cached executable."""
-        with self._lock:
-            cached = self._modules.get(etag)
-        if cached is not None:
-            return cached
-        with open(self._executable_path(etag), "rb") as f:
-            module = self._compile(f.read())
-        with self._lock:
-            self._modules[etag] = module
-        return module
+    def module(self, path: str, key: str | None = None) -> Module:
+        """The compiled module of the wasm file at ``path`` (memoized by ``key``)."""
+        key = key or path
+        cached = self._modules.get(key)
+        if cached is None:
+            with open(path, "rb") as f:
+                cached = self._modules[key] = self._compile(f.read())
+        return cached
 
     def _compile(self, data: bytes) -> Module:
         if not data.startswith(WASM_MAGIC):
             raise InvalidExecutable("executable is not a WebAssembly module")
         digest = hashlib.sha256(data).hexdigest()
-        compiled = os.path.join(self._compiled, f"{digest}-{self._version}.cwasm")
-        if os.path.exists(compiled):
+        compiled = os.path.join(self._compiled, f"{digest}-{WASMTIME_VERSION}.cwasm")
+        with open(compiled + ".lock", "a") as lock:
+            # One compiler per module per host; the others wait, then load its result.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.exists(compiled):
+                try:
+                    return Module.deserialize_file(self.engine, compiled)
+                except Exception:  # noqa: BLE001 - a corrupt cache entry is recompiled
+                    pass
             try:
-                return Module.deserialize_file(self.engine, compiled)
-            except Exception:  # noqa: BLE001 - a corrupt cache entry is recompiled
-                pass
-        try:
-            module = Module(self.engine, data)
-        except Exception as err:  # noqa: BLE001 - wasmtime raises WasmtimeError
-            raise InvalidExecutable(f"invalid WebAssembly module: {_first_line(err)}") from None
-        _write_atomically(compiled, bytes(module.serialize()))
-        return module
+                module = Module(self.engine, data)
+            except Exception as err:  # noqa: BLE001 - wasmtime raises WasmtimeError
+                raise InvalidExecutable(
+                    f"invalid WebAssembly module: {_first_line(err)}") from None
+            write_atomically(compiled, bytes(module.serialize()))
+            return module
 
-    # -- running ----------------------------------------------------------
-    def run(self, module: Module, stdin_path: str, argv: Sequence[str],
-            env: Sequence[tuple[str, str]], limits: GuestLimits,
-            stdout_path: str, stderr_path: str) -> GuestResult:
-        """Run ``module``'s ``_start`` to completion; blocking (call it off the hub)."""
+    def run(self, module: Module, stdin_path: str, stdout_path: str,
+            argv: Sequence[str], env: Sequence[tuple[str, str]], limits: GuestLimits,
+            preopen: tuple[str, str] | None = None) -> GuestResult:
+        """Run ``module``'s ``_start`` to completion (blocking).
+
+        ``preopen`` maps one host directory read-only into the guest
+        (``(host_path, guest_path)``); nothing else of the host is visible.
+        """
         started = time.perf_counter()
+        stderr = _Tail(limits.stderr_tail_bytes)
         store = Store(self.engine)
-        store.set_limits(memory_size=limits.memory_bytes)
+        store.set_limits(memory_size=limits.memory_bytes,
+                         table_elements=limits.table_elements,
+                         instances=limits.instances, tables=limits.instances,
+                         memories=limits.instances)
         store.set_epoch_deadline(max(1, int(limits.time_s / TICK_S)))
         wasi = WasiConfig()
         wasi.argv = list(argv)
         wasi.env = [list(pair) for pair in env]
         wasi.stdin_file = stdin_path
         wasi.stdout_file = stdout_path
-        wasi.stderr_file = stderr_path
+        wasi.stderr_custom = stderr.write
+        if preopen:
+            wasi.preopen_dir(preopen[0], preopen[1], False)
         store.set_wasi(wasi)
         linker = Linker(self.engine)
         linker.define_wasi()
         exit_code: int | None = None
         error: str | None = None
         instance = None
-        try:
-            instance = linker.instantiate(store, module)
-            start = instance.exports(store).get("_start")
-            if start is None:
-                raise InvalidExecutable("module has no _start: not a WASI command")
-            start(store)
-            exit_code = 0
-        except ExitTrap as trap:
-            exit_code = trap.code
-        except Trap as trap:
-            error = self._explain_trap(trap, limits)
-        except InvalidExecutable as err:
-            error = str(err)
-        except Exception as err:  # noqa: BLE001 - instantiation errors are the guest's
-            error = _first_line(err)
+        with _file_size_limit(limits.output_bytes + 1):
+            try:
+                instance = linker.instantiate(store, module)
+                start = instance.exports(store).get("_start")
+                if start is None:
+                    raise InvalidExecutable("module has no _start: not a WASI command")
+                start(store)
+                exit_code = 0
+            except ExitTrap as trap:
+                exit_code = trap.code
+            except Trap as trap:
+                error = _explain_trap(trap, limits)
+            except Exception as err:  # noqa: BLE001 - instantiation errors are the guest's
+                error = _explain_failure(err, limits)
         ms = (time.perf_counter() - started) * 1000
         stdout_bytes = os.path.getsize(stdout_path)
-        timed_out = error is not None and error.startswith("time limit")
         failed = error is not None or exit_code != 0
-        if failed and not timed_out and _memory_exhausted(instance, store, limits):
+        timed_out = error is not None and error.startswith("time limit")
+        if stdout_bytes > limits.output_bytes:
+            error = f"output limit {_size(limits.output_bytes)} exceeded"
+        elif failed and not timed_out and _memory_exhausted(instance, store, limits):
             # Out-of-memory shows up as whatever the guest does when malloc fails.
-            error = f"memory limit {limits.memory_bytes // MIB} MiB exceeded"
-        if error is None and stdout_bytes > limits.output_bytes:
-            error = f"output limit {limits.output_bytes // MIB} MiB exceeded"
-        return GuestResult(exit_code, error, stdout_bytes,
-                           _tail(stderr_path, limits.stderr_tail_bytes), ms)
+            error = f"memory limit {_size(limits.memory_bytes)} exceeded"
+        return GuestResult(exit_code, error, stdout_bytes, stderr.value(), ms)
 
-    @staticmethod
-    def _explain_trap(trap: Trap, limits: GuestLimits) -> str:
-        code = trap.trap_code
-        if code == TrapCode.INTERRUPT:
-            return f"time limit {limits.time_s:g} s exceeded"
-        if code == TrapCode.STACK_OVERFLOW:
-            return "stack overflow"
-        return f"guest trapped: {_first_line(trap)}"
+
+class _Tail:
+    """Keeps the last ``size`` bytes written to it."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.kept = 0
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(bytes(data[-self.size:]))
+        self.kept += len(self.chunks[-1])
+        while self.kept - len(self.chunks[0]) >= self.size:
+            self.kept -= len(self.chunks.popleft())
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)[-self.size:]
+
+
+class _file_size_limit:
+    """Cap the size of files this process writes (the guest's stdout) while it runs."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __enter__(self):
+        self.saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+        hard = self.saved[1]
+        soft = self.size if hard == resource.RLIM_INFINITY else min(self.size, hard)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
+
+
+def _explain_trap(trap: Trap, limits: GuestLimits) -> str:
+    code = trap.trap_code
+    if code == TrapCode.INTERRUPT:
+        return f"time limit {limits.time_s:g} s exceeded"
+    if code == TrapCode.STACK_OVERFLOW:
+        return "stack overflow"
+    return f"guest trapped: {_first_line(trap)}"
+
+
+def _explain_failure(err: Exception, limits: GuestLimits) -> str:
+    text = _first_line(err)
+    if "resource limit exceeded" in str(err) or "exceeds memory limits" in str(err):
+        return f"guest needs more than the task's limits allow: {text}"
+    return text
 
 
 def _memory_exhausted(instance, store: Store, limits: GuestLimits) -> bool:
@@ -220,17 +298,14 @@ def _memory_exhausted(instance, store: Store, limits: GuestLimits) -> bool:
     memory = instance.exports(store).get("memory")
     if memory is None or not hasattr(memory, "data_len"):
         return False
-    page = 64 * 1024
-    return memory.data_len(store) + 16 * page > limits.memory_bytes
+    return memory.data_len(store) + 16 * 65536 > limits.memory_bytes
+
+
+def _size(n: int) -> str:
+    return f"{n // MIB} MiB" if n % MIB == 0 else f"{n} bytes"
 
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
-
-def _tail(path: str, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - size))
-        return f.read()

@@ -255,7 +255,7 @@ use = egg:swift#object
 use = egg:zerocompute#zerocompute_object
 secret = {self.secret}
 slots = {self.task_slots}
-cache_dir = {os.path.join(self.directory, 'cache', server.name)}
+cache_dir = {os.path.join(self.directory, 'cache')}
 """
         return common + f"""
 [pipeline:main]

@@ -18,6 +18,7 @@ SCHEME = "swift://"
 OWN_ACCOUNT = "~"
 WILDCARD = "*"
 SCHEDULERS = ("load-aware", "random")
+RUNTIMES = (".wasm", ".py")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MAX_ARGS = 256
@@ -94,21 +95,47 @@ class SwiftPath:
             else f"{SCHEME}{self.account}/{self.container}"
 
 
+# Every per-task limit: its manifest key, its type and the operator's default
+# maximum (``max_<key>`` in the proxy filter's config).  A manifest may lower
+# a limit, never raise it above the operator's maximum.
+LIMIT_DEFAULTS: dict[str, float | int] = {
+    "time_s": 60.0,          # wall-clock seconds (wasmtime epoch interruption)
+    "cpu_s": 60.0,           # CPU seconds (kernel RLIMIT_CPU on the executor)
+    "memory_mb": 512,        # linear memory (the store's limiter)
+    "output_mb": 256,        # stdout (kernel RLIMIT_FSIZE on the output file)
+    "stderr_kb": 4,          # stderr tail kept for the report
+    "table_elements": 1_000_000,  # elements of all tables
+    "instances": 10,         # module instances
+}
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-task resource limits; ``None`` means the operator's maximum."""
 
     time_s: float | None = None
+    cpu_s: float | None = None
     memory_mb: int | None = None
     output_mb: int | None = None
+    stderr_kb: int | None = None
+    table_elements: int | None = None
+    instances: int | None = None
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, str]) -> Limits:
+        """The operator's maxima: ``max_<limit>`` keys of a filter's config."""
+        return cls(**{key: type(default)(conf.get(f"max_{key}", default))
+                      for key, default in LIMIT_DEFAULTS.items()})
 
     def capped_by(self, maximum: Limits) -> Limits:
         """Take each limit from the manifest, never above the operator's maximum."""
         def pick(mine, most):
             return most if mine is None else min(mine, most)
-        return Limits(pick(self.time_s, maximum.time_s),
-                      pick(self.memory_mb, maximum.memory_mb),
-                      pick(self.output_mb, maximum.output_mb))
+        return Limits(**{key: pick(getattr(self, key), getattr(maximum, key))
+                         for key in LIMIT_DEFAULTS})
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {key: getattr(self, key) for key in LIMIT_DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -163,11 +190,14 @@ def _parse_exec(value: Any, where: str, own_account: str) -> SwiftPath:
     path = SwiftPath.parse(value, where).resolve(own_account)
     _require(bool(path.obj) and not path.has_wildcard,
              "must name one executable object, without '*'", where)
-    if path.obj.endswith(".py"):
-        raise ManifestError("Python guests are not supported by this cluster yet; "
-                            "use a .wasm (WASI) executable", where)
-    _require(path.obj.endswith(".wasm"), "must name a .wasm (WASI) executable", where)
+    _require(path.obj.endswith(RUNTIMES), "must name a .wasm (WASI) executable or a .py "
+             "script (run by the Python runtime)", where)
     return path
+
+
+def runtime_of(executable: SwiftPath) -> str:
+    """``python`` for ``.py`` scripts, ``wasm`` for WASI modules."""
+    return "python" if executable.obj.endswith(".py") else "wasm"
 
 
 def _parse_map(value: Any, own_account: str) -> MapStage:
@@ -226,16 +256,11 @@ def _parse_limits(value: Any, maximum: Limits) -> Limits:
     if value is None:
         return Limits().capped_by(maximum)
     _require(isinstance(value, dict), "must be an object", "limits")
-    unknown = sorted(set(value) - {"time_s", "memory_mb", "output_mb"})
-    _require(not unknown, f"unknown key(s) {', '.join(unknown)}", "limits")
-    mine = Limits(
-        time_s=_parse_number(value["time_s"], "limits.time_s", float)
-        if "time_s" in value else None,
-        memory_mb=_parse_number(value["memory_mb"], "limits.memory_mb", int)
-        if "memory_mb" in value else None,
-        output_mb=_parse_number(value["output_mb"], "limits.output_mb", int)
-        if "output_mb" in value else None,
-    )
+    unknown = sorted(set(value) - set(LIMIT_DEFAULTS))
+    _require(not unknown, f"unknown key(s) {', '.join(unknown)}; known: "
+             f"{', '.join(LIMIT_DEFAULTS)}", "limits")
+    mine = Limits(**{key: _parse_number(raw, f"limits.{key}", type(LIMIT_DEFAULTS[key]))
+                     for key, raw in value.items()})
     return mine.capped_by(maximum)
 
 

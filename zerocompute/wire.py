@@ -34,6 +34,9 @@ LOAD_HEADER = "X-Zerocompute-Load"
 NEED_EXECUTABLE_HEADER = "X-Zerocompute-Need-Executable"
 
 MAX_AGE_S = 300
+# The longest an object server may take to prepare a module (compiling the
+# Python runtime takes seconds, more on a busy host) before the guest starts.
+PREPARE_TIMEOUT_S = 600.0
 
 
 class BadSignature(Exception):

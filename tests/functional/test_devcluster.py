@@ -34,7 +34,7 @@ def test_info_lists_zerocompute(cluster):
     with urllib.request.urlopen(cluster.proxy_url + "/info", timeout=10) as resp:
         info = json.loads(resp.read())
     zc = info["zerocompute"]
-    assert zc["runtimes"] == ["wasm32-wasi"]
+    assert zc["runtimes"] == ["wasm32-wasi", "python3.12"]  # the dev extras install it
     assert set(zc["schedulers"]) == {"load-aware", "random"}
     assert zc["max_limits"]["time_s"] > 0 and zc["max_limits"]["memory_mb"] > 0
     assert "tempauth" in info

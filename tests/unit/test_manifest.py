@@ -4,7 +4,7 @@ import pytest
 
 from zerocompute.manifest import Limits, ManifestError, SwiftPath, parse_manifest
 
-MAXIMUM = Limits(time_s=60, memory_mb=512, output_mb=256)
+MAXIMUM = Limits.from_conf({})
 
 
 def parse(doc, account="AUTH_test"):
@@ -93,8 +93,21 @@ def test_unknown_top_level_key():
 
 
 def test_limits_may_lower_but_never_raise():
-    m = parse(good(limits={"time_s": 5, "memory_mb": 4096}))
-    assert m.limits == Limits(time_s=5, memory_mb=512, output_mb=256)
+    m = parse(good(limits={"time_s": 5, "memory_mb": 4096, "stderr_kb": 1}))
+    assert m.limits.time_s == 5 and m.limits.memory_mb == 512 and m.limits.stderr_kb == 1
+    assert m.limits.output_mb == MAXIMUM.output_mb and m.limits.cpu_s == MAXIMUM.cpu_s
+
+
+def test_operator_maxima_from_config():
+    limits = Limits.from_conf({"max_time_s": "5", "max_memory_mb": "64"})
+    assert limits.time_s == 5.0 and limits.memory_mb == 64 and limits.instances == 10
+
+
+def test_python_scripts_are_executables():
+    from zerocompute.manifest import runtime_of
+    m = parse(good(map={"exec": "swift://~/apps/wc.py", "inputs": ["swift://~/c/*"]}))
+    assert runtime_of(m.map.exec) == "python"
+    assert runtime_of(parse(good()).map.exec) == "wasm"
 
 
 def test_single_literal_input_needs_no_wildcard_in_output():

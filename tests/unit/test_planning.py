@@ -17,7 +17,7 @@ def path(obj, container="c"):
 
 def manifest(inputs, output):
     return Manifest(name="j", map=MapStage(exec=path("x.wasm", "apps"), inputs=tuple(inputs)),
-                    output=output, limits=Limits(1, 1, 1), scheduler="random")
+                    output=output, limits=Limits(), scheduler="random")
 
 
 def test_match_name():

@@ -6,7 +6,13 @@ import os
 import pytest
 from wasmtime import wat2wasm
 
-from zerocompute.sandbox.wasm import MIB, GuestLimits, InvalidExecutable, WasmRuntime
+from zerocompute.sandbox.wasm import (
+    MIB,
+    ExecutableStore,
+    GuestLimits,
+    InvalidExecutable,
+    WasmRuntime,
+)
 
 WASI = '(import "wasi_snapshot_preview1" "{0}" (func ${0} (param {1}) (result i32)))'
 IMPORTS = "\n".join([WASI.format("fd_read", "i32 i32 i32 i32"),
@@ -33,80 +39,93 @@ NO_START = '(module (memory (export "memory") 1) (func (export "main")))'
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory):
-    return WasmRuntime(str(tmp_path_factory.mktemp("cache")))
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
 
 
-def run(runtime, tmp_path, wat, stdin=b"", **limits):
+@pytest.fixture(scope="module")
+def runtime(cache):
+    return WasmRuntime(cache)
+
+
+def store_wat(cache, wat):
     wasm = wat2wasm(wat)
     etag = hashlib.md5(wasm).hexdigest()
-    runtime.add_executable(etag, wasm)
+    ExecutableStore(cache).add(etag, wasm)
+    return etag
+
+
+def run(runtime, cache, tmp_path, wat, stdin=b"", **limits):
+    etag = store_wat(cache, wat)
     (tmp_path / "in").write_bytes(stdin)
-    result = runtime.run(runtime.module(etag), str(tmp_path / "in"), ["guest"], [],
-                         GuestLimits(**limits), str(tmp_path / "out"), str(tmp_path / "err"))
+    module = runtime.module(ExecutableStore(cache).path(etag), key=etag)
+    result = runtime.run(module, str(tmp_path / "in"), str(tmp_path / "out"), ["guest"], [],
+                         GuestLimits(**limits))
     return result, (tmp_path / "out").read_bytes()
 
 
-def test_stdin_reaches_stdout(runtime, tmp_path):
+def test_stdin_reaches_stdout(runtime, cache, tmp_path):
     data = os.urandom(100_000)
-    result, out = run(runtime, tmp_path, CAT, data)
+    result, out = run(runtime, cache, tmp_path, CAT, data)
     assert result.ok and result.exit == 0 and out == data and result.stdout_bytes == len(data)
 
 
-def test_exit_status(runtime, tmp_path):
-    result, _ = run(runtime, tmp_path, EXIT3)
+def test_exit_status(runtime, cache, tmp_path):
+    result, _ = run(runtime, cache, tmp_path, EXIT3)
     assert result.exit == 3 and not result.ok and result.error is None
 
 
-def test_time_limit(runtime, tmp_path):
-    result, _ = run(runtime, tmp_path, SPIN, time_s=0.2)
+def test_time_limit(runtime, cache, tmp_path):
+    result, _ = run(runtime, cache, tmp_path, SPIN, time_s=0.2)
     assert result.error == "time limit 0.2 s exceeded" and 150 < result.ms < 5000
 
 
-def test_memory_limit(runtime, tmp_path):
-    result, _ = run(runtime, tmp_path, GROW, memory_bytes=8 * MIB)
+def test_memory_limit(runtime, cache, tmp_path):
+    result, _ = run(runtime, cache, tmp_path, GROW, memory_bytes=8 * MIB)
     assert result.error == "memory limit 8 MiB exceeded"
 
 
-def test_stack_overflow(runtime, tmp_path):
-    result, _ = run(runtime, tmp_path, RECURSE)
+def test_stack_overflow(runtime, cache, tmp_path):
+    result, _ = run(runtime, cache, tmp_path, RECURSE)
     assert result.error == "stack overflow"
 
 
-def test_output_limit(runtime, tmp_path):
-    result, _ = run(runtime, tmp_path, CAT, b"x" * (2 * MIB), output_bytes=MIB)
+def test_output_limit_is_enforced_while_writing(runtime, cache, tmp_path):
+    result, out = run(runtime, cache, tmp_path, CAT, b"x" * (3 * MIB), output_bytes=MIB)
     assert result.error == "output limit 1 MiB exceeded"
+    # The kernel stopped the file at the limit: a guest cannot fill the disk.
+    assert len(out) <= MIB + 1
 
 
-def test_not_a_wasi_command(runtime, tmp_path):
-    result, _ = run(runtime, tmp_path, NO_START)
+def test_not_a_wasi_command(runtime, cache, tmp_path):
+    result, _ = run(runtime, cache, tmp_path, NO_START)
     assert "no _start" in result.error
 
 
-def test_invalid_executables_refused(runtime):
+def test_invalid_executables_refused(cache):
+    store = ExecutableStore(cache)
     text = b"#!/bin/sh\necho hi\n"
     with pytest.raises(InvalidExecutable, match="not a WebAssembly module"):
-        runtime.add_executable(hashlib.md5(text).hexdigest(), text)
+        store.add(hashlib.md5(text).hexdigest(), text)
     broken = b"\0asm\x01\0\0\0garbage"
     with pytest.raises(InvalidExecutable, match="invalid WebAssembly module"):
-        runtime.add_executable(hashlib.md5(broken).hexdigest(), broken)
-    wasm = wat2wasm(EXIT3)
+        store.add(hashlib.md5(broken).hexdigest(), broken)
     with pytest.raises(InvalidExecutable, match="does not match"):
-        runtime.add_executable("0" * 32, wasm)
-    assert not runtime.has_executable("0" * 32)
+        store.add("0" * 32, wat2wasm(EXIT3))
+    with pytest.raises(InvalidExecutable, match="bad executable etag"):
+        store.has("../../etc/passwd")
+    assert not store.has("0" * 32)
 
 
 def test_compiled_modules_cached_and_corruption_recovered(tmp_path):
-    wasm = wat2wasm(EXIT3)
-    etag = hashlib.md5(wasm).hexdigest()
-    first = WasmRuntime(str(tmp_path))
-    first.add_executable(etag, wasm)
-    compiled = os.listdir(tmp_path / "compiled")
-    assert len(compiled) == 1 and compiled[0].endswith(".cwasm")
+    etag = store_wat(str(tmp_path), EXIT3)
+    path = ExecutableStore(str(tmp_path)).path(etag)
+    WasmRuntime(str(tmp_path)).module(path)
+    compiled = [n for n in os.listdir(tmp_path / "compiled") if n.endswith(".cwasm")]
+    assert len(compiled) == 1
     (tmp_path / "compiled" / compiled[0]).write_bytes(b"corrupt")
-    second = WasmRuntime(str(tmp_path))  # a restarted server: only the disk cache is left
-    assert second.has_executable(etag)
+    second = WasmRuntime(str(tmp_path))  # a restarted executor: only the disk cache is left
     (tmp_path / "in").write_bytes(b"")
-    result = second.run(second.module(etag), str(tmp_path / "in"), ["g"], [], GuestLimits(),
-                        str(tmp_path / "out"), str(tmp_path / "err"))
+    result = second.run(second.module(path), str(tmp_path / "in"), str(tmp_path / "out"),
+                        ["g"], [], GuestLimits())
     assert result.exit == 3

@@ -1,0 +1,229 @@
+"""Executor processes: where guests run, apart from the object server.
+
+The object-server filter keeps a pool of executor processes (``slots`` of
+them, started on demand).  Each is ``python -m zerocompute.sandbox.executor``
+connected by a ``SOCK_SEQPACKET`` socket pair.  A task is one message (JSON)
+carrying two file descriptors: the open input object and the output file.
+The executor needs no access to the object server's files: it reads the
+input through ``/proc/self/fd`` of the descriptor it received.
+
+The executor answers ``{"phase": "running"}`` once the module is ready, and
+the result when the guest is done.  If it crashes (whatever a runtime bug or
+a guest did), exceeds its CPU limit (the kernel's ``RLIMIT_CPU`` kills it
+with SIGXCPU) or misses the wall-clock deadline by more than a grace period,
+the object server sees only a dead or killed child: it reports that task's
+failure and starts a fresh executor.  The eventlet hub never waits on a
+guest: the parent's reads go through the hub (``trampoline``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from zerocompute.sandbox import python
+from zerocompute.sandbox.wasm import ExecutableStore, GuestLimits, InvalidExecutable, WasmRuntime
+from zerocompute.wire import PREPARE_TIMEOUT_S, encode_tail
+
+MAX_MESSAGE = 1 << 20
+GRACE_S = 5.0
+
+
+# -- the executor process ---------------------------------------------------------
+def serve(sock: socket.socket, cache_dir: str) -> None:
+    """Run tasks from ``sock`` until it closes (the executor's main loop)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over-size output fails the write instead
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    runtime = WasmRuntime(cache_dir)
+    executables = ExecutableStore(cache_dir)
+    while True:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 2)
+        except (ConnectionError, OSError):
+            return
+        if not message:
+            return
+        try:
+            reply = run_task(runtime, executables, cache_dir, json.loads(message), fds,
+                             lambda: sock.send(b'{"phase": "running"}'))
+        finally:
+            for fd in fds:
+                os.close(fd)
+        sock.send(json.dumps(reply).encode("utf-8"))
+
+
+def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
+             task: dict[str, Any], fds: list[int], started) -> dict[str, Any]:
+    """Prepare the module, say so through ``started``, run the guest, describe the result."""
+    etag = task["exec_etag"]
+    try:
+        if task.get("runtime") == "python":
+            module = runtime.module(python.interpreter_path(), key="python")
+            preopen = (python.script_dir(cache_dir, etag, executables.path(etag)),
+                       python.GUEST_DIR)
+            argv = python.argv(task["args"])
+        else:
+            module = runtime.module(executables.path(etag), key=etag)
+            preopen = None
+            argv = [task.get("exec_name", "guest"), *task["args"]]
+    except InvalidExecutable as err:
+        return {"invalid": str(err)}
+    started()
+    limits = GuestLimits.from_task(task["limits"])
+    with _cpu_limit(float(task["limits"]["cpu_s"])):
+        result = runtime.run(module, f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}",
+                             argv, [tuple(pair) for pair in task["env"]], limits, preopen)
+    return {"exit": result.exit, "error": result.error, "stdout_bytes": result.stdout_bytes,
+            "stderr": encode_tail(result.stderr_tail), "ms": result.ms}
+
+
+class _cpu_limit:
+    """Let the kernel stop this process once the guest has used ``seconds`` of CPU."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        used = usage.ru_utime + usage.ru_stime
+        self.saved = resource.getrlimit(resource.RLIMIT_CPU)
+        resource.setrlimit(resource.RLIMIT_CPU,
+                           (math.ceil(used + self.seconds), self.saved[1]))
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_CPU, self.saved)
+
+
+def main() -> int:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    serve(sock, sys.argv[2])
+    return 0
+
+
+# -- the object server's side ---------------------------------------------------------
+class ExecutorGone(Exception):
+    """The executor died or was killed; the message says why, for the report."""
+
+
+class Executor:
+    """One executor process, seen from the object server (eventlet-friendly)."""
+
+    def __init__(self, cache_dir: str):
+        from eventlet.green import subprocess as green_subprocess
+        from eventlet.patcher import original
+
+        raw_socket = original("socket")
+        parent, child = raw_socket.socketpair(raw_socket.AF_UNIX, raw_socket.SOCK_SEQPACKET)
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8"}
+        if os.environ.get("PYTHONPATH"):
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        try:
+            self.process = green_subprocess.Popen(
+                [sys.executable, "-m", "zerocompute.sandbox.executor", str(child.fileno()),
+                 cache_dir],
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env,
+                close_fds=True)
+        finally:
+            child.close()
+        parent.setblocking(False)
+        self.sock = parent
+
+    def call(self, task: dict[str, Any], fds: list[int], time_s: float) -> dict[str, Any]:
+        socket.send_fds(self.sock, [json.dumps(task).encode("utf-8")], fds)
+        reply = self._receive(PREPARE_TIMEOUT_S, "preparing the module took too long")
+        if reply.get("phase") == "running":
+            reply = self._receive(time_s + GRACE_S, f"time limit {time_s:g} s exceeded")
+        return reply
+
+    def _receive(self, timeout: float, what: str) -> dict[str, Any]:
+        from eventlet.hubs import trampoline
+
+        try:
+            trampoline(self.sock.fileno(), read=True, timeout=timeout,
+                       timeout_exc=ExecutorGone(what))
+            data = self.sock.recv(MAX_MESSAGE)
+        except ExecutorGone:
+            self.kill()
+            raise
+        except OSError:
+            data = b""
+        if not data:
+            raise ExecutorGone(self._death())
+        return json.loads(data)
+
+    def _death(self) -> str:
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.process.returncode
+        if code == -signal.SIGXCPU:
+            return "cpu time limit exceeded"
+        if code is not None and code < 0:
+            return f"sandbox process killed by {signal.Signals(-code).name}"
+        return f"sandbox process exited with status {code}"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.sock.close()
+
+
+class ExecutorPool:
+    """At most ``size`` executor processes; a task waits for an idle one."""
+
+    def __init__(self, size: int, cache_dir: str):
+        from eventlet.queue import LightQueue
+
+        self.size = size
+        self.cache_dir = cache_dir
+        self.idle: Any = LightQueue()
+        self.started = 0
+        self.restarts = 0
+
+    def _acquire(self) -> Executor:
+        if self.idle.qsize() == 0 and self.started < self.size:
+            self.started += 1
+            try:
+                return Executor(self.cache_dir)
+            except BaseException:
+                self.started -= 1
+                raise
+        return self.idle.get()
+
+    def run(self, task: dict[str, Any], fds: list[int], time_s: float) -> dict[str, Any]:
+        """Run a task in an idle executor; a lost executor is reported and replaced."""
+        executor = self._acquire()
+        began = time.perf_counter()
+        try:
+            reply = executor.call(task, fds, time_s)
+        except ExecutorGone as gone:
+            executor.kill()
+            self.started -= 1
+            self.restarts += 1
+            return {"exit": None, "error": str(gone), "stdout_bytes": 0, "stderr": "",
+                    "ms": (time.perf_counter() - began) * 1000}
+        except BaseException:
+            executor.kill()
+            self.started -= 1
+            raise
+        self.idle.put(executor)
+        return reply
+
+    def close(self) -> None:
+        while self.idle.qsize():
+            self.idle.get().kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
