@@ -102,10 +102,12 @@ class _cpu_limit:
         resource.setrlimit(resource.RLIMIT_CPU, self.saved)
 
 
-def main() -> int:
+def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     serve(sock, sys.argv[2])
-    return 0
+    # Skip interpreter teardown: wasmtime's runtime threads panic when it pulls
+    # the library out from under them, and there is nothing left to flush.
+    os._exit(0)
 
 
 # -- the object server's side ---------------------------------------------------------
@@ -225,5 +227,5 @@ class ExecutorPool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
 

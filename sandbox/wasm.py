@@ -23,6 +23,7 @@ executors compile once), and recompiled when a cached file does not load.
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import hashlib
 import os
@@ -51,6 +52,7 @@ class GuestLimits:
     time_s: float = 60.0
     memory_bytes: int = 512 * MIB
     output_bytes: int = 256 * MIB
+    stderr_bytes: int = 16 * MIB
     stderr_tail_bytes: int = 4096
     table_elements: int = 1_000_000
     instances: int = 10
@@ -61,7 +63,8 @@ class GuestLimits:
         return cls(time_s=float(limits["time_s"]),
                    memory_bytes=int(limits["memory_mb"]) * MIB,
                    output_bytes=int(limits["output_mb"]) * MIB,
-                   stderr_tail_bytes=int(limits["stderr_kb"]) * 1024,
+                   stderr_bytes=int(limits["stderr_mb"]) * MIB,
+                   stderr_tail_bytes=int(limits["stderr_tail_kb"]) * 1024,
                    table_elements=int(limits["table_elements"]),
                    instances=int(limits["instances"]))
 
@@ -194,7 +197,7 @@ class WasmRuntime:
         (``(host_path, guest_path)``); nothing else of the host is visible.
         """
         started = time.perf_counter()
-        stderr = _Tail(limits.stderr_tail_bytes)
+        stderr = _Tail(limits.stderr_tail_bytes, limits.stderr_bytes)
         store = Store(self.engine)
         store.set_limits(memory_size=limits.memory_bytes,
                          table_elements=limits.table_elements,
@@ -235,6 +238,8 @@ class WasmRuntime:
         timed_out = error is not None and error.startswith("time limit")
         if stdout_bytes > limits.output_bytes:
             error = f"output limit {_size(limits.output_bytes)} exceeded"
+        elif stderr.written > limits.stderr_bytes:
+            error = f"stderr limit {_size(limits.stderr_bytes)} exceeded"
         elif failed and not timed_out and _memory_exhausted(instance, store, limits):
             # Out-of-memory shows up as whatever the guest does when malloc fails.
             error = f"memory limit {_size(limits.memory_bytes)} exceeded"
@@ -242,18 +247,24 @@ class WasmRuntime:
 
 
 class _Tail:
-    """Keeps the last ``size`` bytes written to it."""
+    """Keeps the last ``size`` bytes written to it; refuses writes past ``limit``."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, limit: int):
         self.size = size
+        self.limit = limit
+        self.written = 0
         self.chunks: collections.deque[bytes] = collections.deque()
         self.kept = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
+        if self.written > self.limit:
+            return -errno.EFBIG
+        self.written += len(data)
         self.chunks.append(bytes(data[-self.size:]))
         self.kept += len(self.chunks[-1])
         while self.kept - len(self.chunks[0]) >= self.size:
             self.kept -= len(self.chunks.popleft())
+        return len(data)
 
     def value(self) -> bytes:
         return b"".join(self.chunks)[-self.size:]
@@ -275,12 +286,22 @@ class _file_size_limit:
         resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
 
 
+_TRAP_WORDS = {
+    TrapCode.STACK_OVERFLOW: "stack overflow",
+    TrapCode.INTEGER_DIVISION_BY_ZERO: "guest trapped: integer divide by zero",
+    TrapCode.UNREACHABLE: "guest trapped: unreachable code (abort)",
+    TrapCode.MEMORY_OUT_OF_BOUNDS: "guest trapped: out-of-bounds memory access",
+}
+
+
 def _explain_trap(trap: Trap, limits: GuestLimits) -> str:
     code = trap.trap_code
     if code == TrapCode.INTERRUPT:
         return f"time limit {limits.time_s:g} s exceeded"
-    if code == TrapCode.STACK_OVERFLOW:
-        return "stack overflow"
+    if code in _TRAP_WORDS:
+        return _TRAP_WORDS[code]
+    if code is not None:
+        return f"guest trapped: {code.name.lower().replace('_', ' ')}"
     return f"guest trapped: {_first_line(trap)}"
 
 
@@ -298,7 +319,8 @@ def _memory_exhausted(instance, store: Store, limits: GuestLimits) -> bool:
     memory = instance.exports(store).get("memory")
     if memory is None or not hasattr(memory, "data_len"):
         return False
-    return memory.data_len(store) + 16 * 65536 > limits.memory_bytes
+    # Allocators grow memory in steps of a few MiB: a failed step leaves that much unused.
+    return memory.data_len(store) + max(4 * MIB, limits.memory_bytes // 16) > limits.memory_bytes
 
 
 def _size(n: int) -> str:

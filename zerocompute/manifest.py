@@ -103,7 +103,8 @@ LIMIT_DEFAULTS: dict[str, float | int] = {
     "cpu_s": 60.0,           # CPU seconds (kernel RLIMIT_CPU on the executor)
     "memory_mb": 512,        # linear memory (the store's limiter)
     "output_mb": 256,        # stdout (kernel RLIMIT_FSIZE on the output file)
-    "stderr_kb": 4,          # stderr tail kept for the report
+    "stderr_mb": 16,         # stderr a guest may write
+    "stderr_tail_kb": 4,     # the end of stderr kept for the report
     "table_elements": 1_000_000,  # elements of all tables
     "instances": 10,         # module instances
 }
@@ -117,7 +118,8 @@ class Limits:
     cpu_s: float | None = None
     memory_mb: int | None = None
     output_mb: int | None = None
-    stderr_kb: int | None = None
+    stderr_mb: int | None = None
+    stderr_tail_kb: int | None = None
     table_elements: int | None = None
     instances: int | None = None
 

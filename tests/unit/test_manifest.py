@@ -93,8 +93,8 @@ def test_unknown_top_level_key():
 
 
 def test_limits_may_lower_but_never_raise():
-    m = parse(good(limits={"time_s": 5, "memory_mb": 4096, "stderr_kb": 1}))
-    assert m.limits.time_s == 5 and m.limits.memory_mb == 512 and m.limits.stderr_kb == 1
+    m = parse(good(limits={"time_s": 5, "memory_mb": 4096, "stderr_tail_kb": 1}))
+    assert m.limits.time_s == 5 and m.limits.memory_mb == 512 and m.limits.stderr_tail_kb == 1
     assert m.limits.output_mb == MAXIMUM.output_mb and m.limits.cpu_s == MAXIMUM.cpu_s
 
 
