@@ -66,12 +66,12 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
     etag = task["exec_etag"]
     try:
         if task.get("runtime") == "python":
-            module = runtime.module(python.interpreter_path(), key="python")
+            module = runtime.prepare(python.interpreter_path(), key="python")
             preopen = (python.script_dir(cache_dir, etag, executables.path(etag)),
                        python.GUEST_DIR)
             argv = python.argv(task["args"])
         else:
-            module = runtime.module(executables.path(etag), key=etag)
+            module = runtime.prepare(executables.path(etag), key=etag)
             preopen = None
             argv = [task.get("exec_name", "guest"), *task["args"]]
     except InvalidExecutable as err:

@@ -35,7 +35,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 
-from wasmtime import Config, Engine, ExitTrap, Linker, Module, Store, Trap, TrapCode, WasiConfig
+from wasmtime import (
+    Config,
+    Engine,
+    ExitTrap,
+    InstancePre,
+    Linker,
+    Module,
+    Store,
+    Trap,
+    TrapCode,
+    WasiConfig,
+)
 
 WASM_MAGIC = b"\0asm"
 TICK_S = 0.01
@@ -150,7 +161,10 @@ class WasmRuntime:
         self.engine = Engine(config)
         self._compiled = os.path.join(cache_dir, "compiled")
         os.makedirs(self._compiled, exist_ok=True)
-        self._modules: dict[str, Module] = {}
+        self._prepared: dict[str, InstancePre] = {}
+        # One WASI linker for every task: linking is done once per module, not per task.
+        self._linker = Linker(self.engine)
+        self._linker.define_wasi()
         threading.Thread(target=self._tick, name="zerocompute-epoch", daemon=True).start()
 
     def _tick(self) -> None:
@@ -158,14 +172,19 @@ class WasmRuntime:
             time.sleep(TICK_S)
             self.engine.increment_epoch()
 
-    def module(self, path: str, key: str | None = None) -> Module:
-        """The compiled module of the wasm file at ``path`` (memoized by ``key``)."""
+    def prepare(self, path: str, key: str | None = None) -> InstancePre:
+        """The module of the wasm file at ``path``, compiled and linked (memoized by ``key``)."""
         key = key or path
-        cached = self._modules.get(key)
-        if cached is None:
+        prepared = self._prepared.get(key)
+        if prepared is None:
             with open(path, "rb") as f:
-                cached = self._modules[key] = self._compile(f.read())
-        return cached
+                module = self._compile(f.read())
+            try:
+                prepared = self._linker.instantiate_pre(module)
+            except Exception as err:  # noqa: BLE001 - e.g. imports WASI does not provide
+                raise InvalidExecutable(f"cannot link the module: {_first_line(err)}") from None
+            self._prepared[key] = prepared
+        return prepared
 
     def _compile(self, data: bytes) -> Module:
         if not data.startswith(WASM_MAGIC):
@@ -188,10 +207,10 @@ class WasmRuntime:
             write_atomically(compiled, bytes(module.serialize()))
             return module
 
-    def run(self, module: Module, stdin_path: str, stdout_path: str,
+    def run(self, prepared: InstancePre, stdin_path: str, stdout_path: str,
             argv: Sequence[str], env: Sequence[tuple[str, str]], limits: GuestLimits,
             preopen: tuple[str, str] | None = None) -> GuestResult:
-        """Run ``module``'s ``_start`` to completion (blocking).
+        """Run the module's ``_start`` to completion (blocking).
 
         ``preopen`` maps one host directory read-only into the guest
         (``(host_path, guest_path)``); nothing else of the host is visible.
@@ -213,14 +232,12 @@ class WasmRuntime:
         if preopen:
             wasi.preopen_dir(preopen[0], preopen[1], False)
         store.set_wasi(wasi)
-        linker = Linker(self.engine)
-        linker.define_wasi()
         exit_code: int | None = None
         error: str | None = None
         instance = None
         with _file_size_limit(limits.output_bytes + 1):
             try:
-                instance = linker.instantiate(store, module)
+                instance = prepared.instantiate(store)
                 start = instance.exports(store).get("_start")
                 if start is None:
                     raise InvalidExecutable("module has no _start: not a WASI command")

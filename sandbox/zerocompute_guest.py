@@ -29,15 +29,20 @@ runs ``run`` and a script without it runs ``map``:
 A script that defines no ``map`` and no ``reduce`` is simply a program: it
 ran when it was loaded, with stdin, argv and the environment of the task.
 This file runs on the host's CPython too, so it is tested like any module.
+It imports only built-in modules up front: in the guest, every stdlib module
+is compiled from source at each start (``json`` alone costs ~50 ms), so
+``json`` is imported only for values that are not plain numbers or strings.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any, TextIO
 
 MODES = ("map", "reduce", "combine", "run")
 
@@ -47,11 +52,38 @@ def records(stream: TextIO) -> Iterator[str]:
         yield line[:-1] if line.endswith("\n") else line
 
 
+def format_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, int):
+        return str(value)
+    import json
+    return json.dumps(value, separators=(",", ":"))
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if text in ("true", "false", "null"):
+        return {"true": True, "false": False, "null": None}[text]
+    if text[:1] in ('"', "[", "{") or text[:1].isdigit() or text[:1] == "-":
+        import json
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
 def format_pair(key: Any, value: Any) -> str:
     key = str(key)
     if "\t" in key or "\n" in key:
         raise ValueError(f"a key may not contain a tab or a newline: {key!r}")
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    text = format_value(value)
     if "\n" in text:
         raise ValueError(f"a value may not contain a newline: {text!r}")
     return f"{key}\t{text}\n"
@@ -61,10 +93,7 @@ def parse_pair(line: str) -> tuple[str, Any]:
     key, tab, text = line.partition("\t")
     if not tab:
         raise ValueError(f"expected key<TAB>value, got {line!r}")
-    try:
-        return key, json.loads(text)
-    except ValueError:
-        return key, text
+    return key, parse_value(text)
 
 
 def mapped(map_fn: Callable, lines: Iterable[str]) -> Iterator[tuple[Any, Any]]:

@@ -98,26 +98,34 @@ def test_hostile_guests_fail_alone_and_the_servers_keep_serving(
         })
         ops_during_job = traffic.ok
     assert traffic.errors == []
-    assert ops_during_job > 0
+    assert ops_during_job > 0, "no GET/PUT completed while the job ran"
 
     tasks = by_input(report)
-    assert report["status"] == "failed"
-    assert tasks["loop.txt"]["error"] == "time limit 3 s exceeded"
-    assert tasks["membomb.txt"]["error"] == "memory limit 32 MiB exceeded"
+    detail = json.dumps(report, indent=1)
+    assert report["status"] == "failed", detail
+    assert {name: t["error"] for name, t in tasks.items()} == {
+        "healthy-1.txt": None, "healthy-2.txt": None, "env.txt": None,
+        "loop.txt": "time limit 3 s exceeded",
+        "membomb.txt": "memory limit 32 MiB exceeded",
+        "recurse.txt": "stack overflow",
+        "trap.txt": "guest trapped: out-of-bounds memory access",
+        "stdout.txt": "output limit 1 MiB exceeded",
+        "stderr.txt": "stderr limit 1 MiB exceeded",
+        "files.txt": "guest exited with status 1",
+    }, detail
     assert "malloc failed" in tasks["membomb.txt"]["stderr"]
-    assert tasks["recurse.txt"]["error"] == "stack overflow"
-    assert tasks["trap.txt"]["error"] == "guest trapped: out-of-bounds memory access"
-    assert tasks["stdout.txt"]["error"] == "output limit 1 MiB exceeded"
-    assert tasks["stderr.txt"]["error"] == "stderr limit 1 MiB exceeded"
     assert "noise line" in tasks["stderr.txt"]["stderr"]
     assert len(tasks["stderr.txt"]["stderr"].encode()) <= 1024
     # No file of the host is visible: every open fails, nothing was read.
     files = tasks["files.txt"]
-    assert files["exit"] == 1 and files["error"] == "guest exited with status 1"
+    assert files["exit"] == 1
     assert files["stderr"].count("cannot open") == len(own_files.split())
     for task in tasks.values():
-        assert task["attempts"] == 1, task  # a guest's failure is not retried elsewhere
-        assert task["local"] is True
+        # A guest's own failure is never retried elsewhere; a node that was busy
+        # (503) may hand the task on, and that is all a retry may be here.
+        assert all(r["error"].startswith("503") for r in task["retries"]), detail
+        assert task["attempts"] == 1 + len(task["retries"]), detail
+        assert task["local"] is True, detail
 
     names = set(listing(swift, out))
     assert "_SUCCESS" not in names and "_report.json" in names

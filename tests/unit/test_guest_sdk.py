@@ -49,3 +49,9 @@ def test_bad_keys_and_missing_functions():
         drive({"map": lambda r: []}, ["run"], "x\n")
     with pytest.raises(ValueError, match="key<TAB>value"):
         drive({"reduce": lambda k, v: 0}, ["reduce"], "no tab here\n")
+
+
+@pytest.mark.parametrize("value", [0, -7, 2**70, 1.5, True, False, None, "text", "12 apples",
+                                   [1, "a"], {"k": [None]}, "", "-"])
+def test_value_round_trip(value):
+    assert sdk.parse_value(sdk.format_value(value)) == value

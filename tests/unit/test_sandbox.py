@@ -58,7 +58,7 @@ def store_wat(cache, wat):
 def run(runtime, cache, tmp_path, wat, stdin=b"", **limits):
     etag = store_wat(cache, wat)
     (tmp_path / "in").write_bytes(stdin)
-    module = runtime.module(ExecutableStore(cache).path(etag), key=etag)
+    module = runtime.prepare(ExecutableStore(cache).path(etag), key=etag)
     result = runtime.run(module, str(tmp_path / "in"), str(tmp_path / "out"), ["guest"], [],
                          GuestLimits(**limits))
     return result, (tmp_path / "out").read_bytes()
@@ -120,12 +120,12 @@ def test_invalid_executables_refused(cache):
 def test_compiled_modules_cached_and_corruption_recovered(tmp_path):
     etag = store_wat(str(tmp_path), EXIT3)
     path = ExecutableStore(str(tmp_path)).path(etag)
-    WasmRuntime(str(tmp_path)).module(path)
+    WasmRuntime(str(tmp_path)).prepare(path)
     compiled = [n for n in os.listdir(tmp_path / "compiled") if n.endswith(".cwasm")]
     assert len(compiled) == 1
     (tmp_path / "compiled" / compiled[0]).write_bytes(b"corrupt")
     second = WasmRuntime(str(tmp_path))  # a restarted executor: only the disk cache is left
     (tmp_path / "in").write_bytes(b"")
-    result = second.run(second.module(path), str(tmp_path / "in"), str(tmp_path / "out"),
+    result = second.run(second.prepare(path), str(tmp_path / "in"), str(tmp_path / "out"),
                         ["g"], [], GuestLimits())
     assert result.exit == 3

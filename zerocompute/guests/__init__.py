@@ -22,24 +22,27 @@ def source_path(name: str) -> str:
     return str(resources.files(__name__).joinpath(name))
 
 
-def build_c_guest(source: str, cache_dir: str = CACHE_DIR) -> str:
-    """Compile a C file to a wasm32-wasi command; return the ``.wasm`` path."""
+def build_c_guest(source: str, cache_dir: str = CACHE_DIR, target: str = "wasm32-wasi") -> str:
+    """Compile a C file to a wasm32-wasi command (or ``target="native"``); return its path."""
     with open(source, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:16]
     os.makedirs(cache_dir, exist_ok=True)
     base = os.path.splitext(os.path.basename(source))[0]
-    target = os.path.join(cache_dir, f"{base}-{digest}.wasm")
-    if os.path.exists(target):
-        return target
+    suffix = ".wasm" if target.startswith("wasm") else f".{target}"
+    output = os.path.join(cache_dir, f"{base}-{digest}{suffix}")
+    return output if os.path.exists(output) else _zig_cc(source, output, target)
+
+
+def _zig_cc(source: str, output: str, target: str) -> str:
     if importlib.util.find_spec("ziglang") is None:
         raise RuntimeError("building guests needs the 'ziglang' package: "
                            "pip install 'zerocompute[guests]'")
-    tmp = f"{target}.{os.getpid()}.tmp"
-    command = [sys.executable, "-m", "ziglang", "cc", "-target", "wasm32-wasi", "-O2", "-s",
+    tmp = f"{output}.{os.getpid()}.tmp"
+    command = [sys.executable, "-m", "ziglang", "cc", "-target", target, "-O2", "-s",
                source, "-o", tmp]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as err:
         raise RuntimeError(f"compiling {source} failed:\n{err.stderr}") from err
-    os.replace(tmp, target)
-    return target
+    os.replace(tmp, output)
+    return output
