@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench-sandbox clean
 
 $(BIN)/zerocompute: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ lint: $(BIN)/zerocompute
 
 test: $(BIN)/zerocompute lint
 	$(BIN)/python -m pytest -q -ra tests
+
+bench-sandbox: $(BIN)/zerocompute
+	$(BIN)/python -m tests.perf.bench_sandbox
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
