@@ -1,24 +1,35 @@
 """Sending tasks to object servers, from the proxy.
 
 :class:`Dispatcher` owns this proxy process's view of the object servers'
-load (what each last reported, plus what this proxy has in flight there),
-asks the scheduler for a replica, sends the signed task, and moves on to the
-next candidate when a node cannot run it (connection error, timeout, 404 not
-on this node, 503 busy, 507, any 5xx).  A guest that fails is not retried:
-its failure is deterministic and would fail the same way elsewhere.
+load (what each last reported on a task response or a probe, plus what this
+proxy has in flight there), asks the scheduler for a replica, sends the
+signed task, and moves on to the next candidate when a node cannot run it
+(connection error, timeout, 404 not on this node, 503 busy, 507, any 5xx).
+A guest that fails is not retried: its failure would repeat anywhere.
+
+Backup tasks (MapReduce's): once a job has nothing left to dispatch, a
+:class:`JobTracker` watches the tasks still running, and one that has run
+far longer than the job's typical task gets a second attempt on another
+replica.  Both attempts race; the first to come back *claims* the task and
+alone writes its output; the other's result is dropped unread.  A claim is
+released only if writing failed, so an output is never written twice, and a
+Swift PUT is atomic, so never half.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import eventlet
 from eventlet import Timeout
-from swift.common.bufferedhttp import http_connect
+from eventlet.event import Event
+from swift.common.bufferedhttp import http_connect, http_connect_raw
 from swift.common.exceptions import ConnectionTimeout
 
 from zerocompute import wire
@@ -26,6 +37,7 @@ from zerocompute.report import Attempt
 from zerocompute.scheduler import NodeLoad, choose_node, parse_load_header
 
 RETRYABLE = {404, 500, 502, 503, 504, 507}
+LOST_RACE = "cancelled: another attempt finished first"
 
 
 def node_key(node: dict[str, Any]) -> str:
@@ -59,6 +71,62 @@ class TaskResponse:
     connection: Any
 
 
+@dataclass
+class Outcome:
+    """How a task ended: the answer that settled it (None if every node failed),
+    how many attempts were made, the ones that did not count, and whether a
+    backup copy was started."""
+
+    answer: TaskResponse | None
+    attempts: int
+    failed: list[Attempt]
+    backed_up: bool
+
+
+# ``consume`` handles a node's answer (writes the output) and returns an error
+# string when the task must be tried elsewhere, None when it is settled.
+Consumer = Callable[[TaskResponse], "str | None"]
+
+
+@dataclass
+class TaskState:
+    """One task's attempts, on one or more nodes at once."""
+
+    call: TaskCall
+    candidates: list[list[dict]]  # primaries, then handoffs
+    policy: str
+    consume: Consumer
+    tried: set[str] = field(default_factory=set)
+    failed: list[Attempt] = field(default_factory=list)
+    attempts: int = 0
+    live: int = 0  # attempts under way
+    started_at: float = 0.0
+    backed_up: bool = False
+    claimed: bool = False
+    answer: TaskResponse | None = None
+    done: Event = field(default_factory=Event)
+    open: dict[str, tuple[dict, Any]] = field(default_factory=dict)  # key -> (node, conn)
+
+    def untried(self) -> list[dict]:
+        for group in self.candidates:
+            rest = [n for n in group if node_key(n) not in self.tried]
+            if rest:
+                return rest
+        return []
+
+    def settle(self, answer: TaskResponse | None) -> None:
+        """The task is decided: cancel the attempts still waiting on other nodes."""
+        if self.done.ready():
+            return
+        self.answer = answer
+        for key, (node, conn) in list(self.open.items()):
+            if answer is None or key != node_key(answer.node):
+                self.failed.append(Attempt(node_label(node), LOST_RACE))
+                conn.close()  # wakes the waiting greenthread, which then gives up
+        self.open.clear()
+        self.done.send(answer)
+
+
 class Dispatcher:
     def __init__(self, secret: str, conn_timeout: float, logger: Any,
                  rng: random.Random | None = None):
@@ -69,46 +137,109 @@ class Dispatcher:
         self.loads: dict[str, NodeLoad] = {}
         self.in_flight: dict[str, int] = defaultdict(int)
 
-    def run(self, call: TaskCall, primaries: list[dict], handoffs: list[dict],
-            policy: str, consume: Callable[[TaskResponse], str | None],
-            ) -> tuple[TaskResponse | None, int, list[Attempt]]:
-        """Run ``call`` on the best primary, falling back to the others, then handoffs.
+    # -- load view ------------------------------------------------------------
+    def probe(self, nodes: list[dict], max_age_s: float = 1.0) -> None:
+        """Refresh the load of nodes we have not heard from lately (in parallel)."""
+        now = time.time()
+        stale = {node_key(n): n for n in nodes
+                 if now - self.loads.get(node_key(n), NodeLoad()).reported_at > max_age_s}
+        pile = eventlet.GreenPile(32)
+        for node in stale.values():
+            pile.spawn(self._probe_one, node)
+        list(pile)
 
-        ``consume`` handles a node's final answer (writes the output) and returns
-        an error string when the attempt must be retried elsewhere.  Returns the
-        answer that was consumed, the number of attempts and the failed ones.
-        """
-        failed: list[Attempt] = []
-        attempts = 0
-        for group in (primaries, handoffs):
-            remaining = {node_key(n): n for n in group}
-            while remaining:
-                key = choose_node(list(remaining), self.loads, self.in_flight, policy, self.rng)
-                node = remaining.pop(key)
-                attempts += 1
-                answer, error = self._attempt(node, call)
+    def _probe_one(self, node: dict) -> None:
+        try:
+            with ConnectionTimeout(self.conn_timeout):
+                conn = http_connect_raw(node["ip"], node["port"], "GET", wire.LOAD_PATH)
+            with Timeout(self.conn_timeout * 2):
+                resp = conn.getresponse()
+                resp.read()
+            conn.close()
+            self._note_load(node_key(node), resp)
+        except (Exception, Timeout):  # noqa: BLE001 - an unreachable node stays unknown
+            pass
+
+    def _note_load(self, key: str, resp: Any) -> None:
+        load = parse_load_header(resp.getheader(wire.LOAD_HEADER), time.time())
+        if load is not None:
+            self.loads[key] = load
+
+    # -- running one task -------------------------------------------------------
+    def run(self, call: TaskCall, primaries: list[dict], handoffs: list[dict], policy: str,
+            consume: Consumer, tracker: JobTracker | None = None) -> Outcome:
+        """Run ``call`` on the best primary, falling back to the others, then handoffs."""
+        state = TaskState(call, [primaries, handoffs], policy, consume,
+                          started_at=time.monotonic())
+        if tracker:
+            tracker.started(state)
+        self.launch(state)
+        answer = state.done.wait()
+        if tracker:
+            tracker.finished(state)
+        # A copy: attempts that end later must not change a report already made.
+        return Outcome(answer, state.attempts, list(state.failed), state.backed_up)
+
+    def launch(self, state: TaskState) -> bool:
+        """Start one more attempt of ``state`` on a node it has not tried; False if none."""
+        if state.done.ready() or not state.untried():
+            return False
+        state.live += 1
+        eventlet.spawn_n(self._attempt_loop, state)
+        return True
+
+    def _attempt_loop(self, state: TaskState) -> None:
+        try:
+            while not state.done.ready():
+                remaining = {node_key(n): n for n in state.untried()}
+                if not remaining:
+                    break
+                key = choose_node(list(remaining), self.loads, self.in_flight, state.policy,
+                                  self.rng, now=time.time())
+                node = remaining[key]
+                state.tried.add(key)
+                state.attempts += 1
+                answer, error = self._attempt(node, state)
                 if answer is not None:
-                    retry_error = consume(answer)
-                    answer.connection.close()
-                    if retry_error is None:
-                        return answer, attempts, failed
-                    error = retry_error
-                failed.append(Attempt(node_label(node), error))
+                    error = self._claim(state, answer)
+                    if error is None:
+                        return
+                if state.done.ready():
+                    return  # cancelled, or lost the race: already in the report
+                state.failed.append(Attempt(node_label(node), error))
                 self.logger.info("zerocompute: task %s failed on %s: %s; trying another",
-                                 call.task.get("task"), node_label(node), error)
-        return None, attempts, failed
+                                 state.call.task.get("task"), node_label(node), error)
+        finally:
+            state.live -= 1
+            if state.live == 0:
+                state.settle(None)  # every node tried, none worked
 
-    def _attempt(self, node: dict, call: TaskCall) -> tuple[TaskResponse | None, str]:
+    def _claim(self, state: TaskState, answer: TaskResponse) -> str | None:
+        """Let the first attempt back write the task's output; drop the others."""
+        try:
+            if state.claimed or state.done.ready():
+                return LOST_RACE
+            state.claimed = True
+            error = state.consume(answer)
+            if error is None:
+                state.settle(answer)
+                return None
+            state.claimed = False
+            return error
+        finally:
+            answer.connection.close()
+
+    def _attempt(self, node: dict, state: TaskState) -> tuple[TaskResponse | None, str]:
         key = node_key(node)
         self.in_flight[key] += 1
         try:
             # Only the ETag goes first: a node that already caches the executable
             # runs at once, one that does not asks for the bytes with a 412.
-            resp, conn = self._send(node, call, with_executable=False)
+            resp, conn = self._send(node, state, with_executable=False)
             if resp.status == 412 and resp.getheader(wire.NEED_EXECUTABLE_HEADER):
                 resp.read()
                 conn.close()
-                resp, conn = self._send(node, call, with_executable=True)
+                resp, conn = self._send(node, state, with_executable=True)
             self._note_load(key, resp)
             if resp.status in RETRYABLE or resp.status // 100 == 5:
                 detail = resp.read(200).decode("utf-8", "replace").strip()
@@ -121,8 +252,10 @@ class Dispatcher:
             return None, f"{type(err).__name__}: {err}".rstrip(": ")
         finally:
             self.in_flight[key] -= 1
+            state.open.pop(key, None)
 
-    def _send(self, node: dict, call: TaskCall, with_executable: bool):
+    def _send(self, node: dict, state: TaskState, with_executable: bool):
+        call = state.call
         device_path = f"/{node['device']}/{call.partition}{call.path}"
         headers = wire.sign_task(self.secret, device_path, call.task)
         headers["X-Backend-Storage-Policy-Index"] = str(call.policy_index)
@@ -131,6 +264,7 @@ class Dispatcher:
         with ConnectionTimeout(self.conn_timeout):
             conn = http_connect(node["ip"], node["port"], node["device"], call.partition,
                                 wire.METHOD, call.path, headers=headers)
+        state.open[node_key(node)] = (node, conn)
         try:
             if body:
                 conn.send(body)
@@ -142,7 +276,45 @@ class Dispatcher:
             raise
         return resp, conn
 
-    def _note_load(self, key: str, resp: Any) -> None:
-        load = parse_load_header(resp.getheader(wire.LOAD_HEADER), time.time())
-        if load is not None:
-            self.loads[key] = load
+
+class JobTracker:
+    """Watches one job's running tasks and backs up stragglers near the end."""
+
+    def __init__(self, dispatcher: Dispatcher, total: int, factor: float = 2.0,
+                 min_s: float = 1.0, interval_s: float = 0.2):
+        self.dispatcher = dispatcher
+        self.total = total
+        self.factor = factor
+        self.min_s = min_s
+        self.interval_s = interval_s
+        self.running: list[TaskState] = []
+        self.durations: list[float] = []
+        self.dispatched = 0
+        self.backups = 0
+
+    def started(self, state: TaskState) -> None:
+        self.dispatched += 1
+        self.running.append(state)
+
+    def finished(self, state: TaskState) -> None:
+        self.running.remove(state)
+        if state.answer is not None:
+            self.durations.append(time.monotonic() - state.started_at)
+
+    def stragglers(self, now: float) -> list[TaskState]:
+        """Tasks to back up: only once nothing is left to dispatch (the phase's end)."""
+        if self.dispatched < self.total or not self.durations:
+            return []
+        typical = statistics.median(self.durations)
+        threshold = max(self.min_s, self.factor * typical)
+        return [s for s in self.running
+                if not s.backed_up and not s.done.ready() and now - s.started_at > threshold]
+
+    def watch(self) -> None:
+        """Run in a greenthread until every task is done."""
+        while self.dispatched < self.total or self.running:
+            for state in self.stragglers(time.monotonic()):
+                state.backed_up = True
+                if self.dispatcher.launch(state):
+                    self.backups += 1
+            eventlet.sleep(self.interval_s)

@@ -35,6 +35,12 @@ Place the filter after the auth middleware::
     # max_executable_mb = 64
     # Tasks of one job in flight at once.
     # concurrency = 16
+    # Backup tasks: once nothing is left to dispatch, a task running longer than
+    # backup_factor x the job's median task time (and backup_min_s) gets a second
+    # attempt on another replica; the first to finish wins.
+    # backup_tasks = true
+    # backup_factor = 2.0
+    # backup_min_s = 1.0
     # conn_timeout = 0.5
 """
 
@@ -44,9 +50,11 @@ import hashlib
 import itertools
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import eventlet
 from eventlet import GreenPool
 from swift.common.registry import register_swift_info
 from swift.common.storage_policy import POLICIES
@@ -64,7 +72,14 @@ from zerocompute.manifest import (
     parse_manifest,
     runtime_of,
 )
-from zerocompute.middleware.dispatch import Dispatcher, TaskCall, TaskResponse, node_key, node_label
+from zerocompute.middleware.dispatch import (
+    Dispatcher,
+    JobTracker,
+    TaskCall,
+    TaskResponse,
+    node_key,
+    node_label,
+)
 from zerocompute.planning import InputObject, MapTask, listing_prefix, match_listing, plan_map_only
 from zerocompute.report import REPORT_NAME, SUCCEEDED, SUCCESS_NAME, JobReport, TaskReport
 from zerocompute.sandbox.python import available as python_runtime_available
@@ -75,6 +90,16 @@ EXECUTE_HEADER = "X-Zerocompute-Execute"
 ASYNC_HEADER = "X-Zerocompute-Async"
 SWIFT_SOURCE = "ZC"
 LISTING_LIMIT = 10000
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one input lives: its policy, partition and nodes."""
+
+    policy_index: int
+    partition: int
+    primaries: list[dict]
+    handoffs: list[dict]
 
 
 def json_response(status: int, body: dict[str, Any], headers: dict | None = None) -> Response:
@@ -99,6 +124,9 @@ class JobMiddleware:
         self.max_manifest_bytes = int(conf.get("max_manifest_bytes", 65536))
         self.max_executable_bytes = int(conf.get("max_executable_mb", 64)) * 1024 * 1024
         self.concurrency = int(conf.get("concurrency", 16))
+        self.backup_tasks = config_true_value(conf.get("backup_tasks", "true"))
+        self.backup_factor = float(conf.get("backup_factor", 2.0))
+        self.backup_min_s = float(conf.get("backup_min_s", 1.0))
         self.dispatcher = Dispatcher(self.secret, float(conf.get("conn_timeout", 0.5)),
                                      self.logger)
 
@@ -159,9 +187,17 @@ class JobMiddleware:
         self.prepare_output(req, manifest.output)
 
         started = time.perf_counter()
+        placements = [self.placement(req, t.input.path) for t in tasks]
+        self.dispatcher.probe(list({node_key(n): n for p in placements if p
+                                    for n in p.primaries}.values()))
+        tracker = JobTracker(self.dispatcher, len(tasks), self.backup_factor,
+                             self.backup_min_s) if self.backup_tasks else None
+        if tracker:
+            eventlet.spawn_n(tracker.watch)
         pool = GreenPool(self.concurrency)
-        reports = list(pool.imap(lambda t: self.run_map_task(req, manifest, executable, t),
-                                 tasks))
+        reports = list(pool.imap(
+            lambda tp: self.run_map_task(req, manifest, executable, tp[0], tp[1], tracker),
+            zip(tasks, placements, strict=True)))
         report = JobReport(manifest.name, manifest.scheduler, reports,
                            ms=(time.perf_counter() - started) * 1000)
         self.write_job_files(req, manifest.output, report)
@@ -245,32 +281,35 @@ class JobMiddleware:
             raise ManifestError(f"not allowed to write to {container}", "output", status=403)
 
     # -- running tasks ----------------------------------------------------------
-    def object_ring_nodes(self, req: Request, path: SwiftPath):
-        """The storage policy, partition, primary and handoff nodes of an object."""
-        env = make_env(req.environ, path=str_to_wsgi(path.container_path))
-        info = get_container_info(env, self.app, swift_source=SWIFT_SOURCE)
-        policy_index = int(info.get("storage_policy") or 0)
-        ring = POLICIES.get_object_ring(policy_index, self.swift_dir)
-        partition, primaries = ring.get_nodes(path.account, path.container, path.obj)
-        handoffs = list(itertools.islice(ring.get_more_nodes(partition), 2))
-        return policy_index, partition, primaries, handoffs
+    def placement(self, req: Request, path: SwiftPath) -> Placement | None:
+        """Where an object lives (None if that cannot be found out)."""
+        try:
+            env = make_env(req.environ, path=str_to_wsgi(path.container_path))
+            info = get_container_info(env, self.app, swift_source=SWIFT_SOURCE)
+            policy_index = int(info.get("storage_policy") or 0)
+            ring = POLICIES.get_object_ring(policy_index, self.swift_dir)
+            partition, primaries = ring.get_nodes(path.account, path.container, path.obj)
+            handoffs = list(itertools.islice(ring.get_more_nodes(partition), 2))
+        except Exception as err:  # noqa: BLE001 - reported per task
+            self.logger.warning("zerocompute: cannot locate %s: %s", path, err)
+            return None
+        return Placement(policy_index, partition, primaries, handoffs)
 
     def run_map_task(self, req: Request, manifest: Manifest, executable: tuple[str, bytes],
-                     task: MapTask) -> TaskReport:
+                     task: MapTask, placement: Placement | None,
+                     tracker: JobTracker | None) -> TaskReport:
         item = task.input
         report = TaskReport(kind="map", task=task.task_id, input=str(item.path),
                             output=str(task.output), bytes_in=item.size)
-        try:
-            policy_index, partition, primaries, handoffs = self.object_ring_nodes(req, item.path)
-        except Exception as err:  # noqa: BLE001 - reported per task
-            report.error = f"cannot locate input: {err}"
+        if placement is None:
+            report.error = "cannot locate the input in the ring"
             return report
         etag, code = executable
         limits = manifest.limits
         call = TaskCall(
-            partition=partition, path=f"/{item.path.account}/{item.path.container}/"
-                                      f"{item.path.obj}",
-            policy_index=policy_index, executable=code, exec_etag=etag,
+            partition=placement.partition,
+            path=f"/{item.path.account}/{item.path.container}/{item.path.obj}",
+            policy_index=placement.policy_index, executable=code, exec_etag=etag,
             time_s=limits.time_s,
             task={"job": manifest.name, "task": task.task_id, "exec_etag": etag,
                   "exec_name": manifest.map.exec.obj.rsplit("/", 1)[-1],
@@ -282,13 +321,16 @@ class JobMiddleware:
                           ["ZEROCOMPUTE_JOB", manifest.name]],
                   "runtime": runtime_of(manifest.map.exec),
                   "limits": limits.to_dict()})
-        primary_keys = {node_key(n) for n in primaries}
+        primary_keys = {node_key(n) for n in placement.primaries}
 
         def consume(answer: TaskResponse) -> str | None:
             return self.take_result(req, answer, task, report)
 
-        answer, report.attempts, report.retries = self.dispatcher.run(
-            call, primaries, handoffs, manifest.scheduler, consume)
+        outcome = self.dispatcher.run(call, placement.primaries, placement.handoffs,
+                                      manifest.scheduler, consume, tracker)
+        answer = outcome.answer
+        report.attempts, report.retries, report.backup = \
+            outcome.attempts, outcome.failed, outcome.backed_up
         if answer is None:
             report.error = "no node could run the task: " + "; ".join(
                 f"{a.node}: {a.error}" for a in report.retries)

@@ -37,6 +37,7 @@ Configuration, in ``object-server.conf``::
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from typing import Any
@@ -66,15 +67,20 @@ from zerocompute.scheduler import format_load_header
 _READ_CHUNK = 65536
 
 
-def _file_iter(path: str):
-    """Stream a file and remove it once sent (or abandoned)."""
-    try:
-        with open(path, "rb") as f:
+class _SpooledOutput:
+    """Streams the guest's stdout file and removes it, even if never read (WSGI close)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __iter__(self):
+        with open(self.path, "rb") as f:
             while chunk := f.read(_READ_CHUNK):
                 yield chunk
-    finally:
+
+    def close(self) -> None:
         try:
-            os.unlink(path)
+            os.unlink(self.path)
         except OSError:
             pass
 
@@ -100,6 +106,8 @@ class TaskMiddleware:
         self.service_ms = 50.0
 
     def __call__(self, env: dict, start_response):
+        if env.get("PATH_INFO") == wire.LOAD_PATH and env.get("REQUEST_METHOD") == "GET":
+            return self.load_response()(env, start_response)
         if env.get("REQUEST_METHOD") != wire.METHOD:
             return self.app(env, start_response)
         req = Request(env)
@@ -111,6 +119,14 @@ class TaskMiddleware:
         resp.headers[wire.LOAD_HEADER] = format_load_header(
             self.running, self.waiting, self.slots, self.service_ms)
         return resp(env, start_response)
+
+    def load_response(self) -> Response:
+        """The answer to a load probe: cheap, no auth (it says only how busy we are)."""
+        body = json.dumps({"running": self.running, "queued": self.waiting,
+                           "slots": self.slots, "service_ms": round(self.service_ms, 3)})
+        return Response(status=200, content_type="application/json", body=body.encode(),
+                        headers={wire.LOAD_HEADER: format_load_header(
+                            self.running, self.waiting, self.slots, self.service_ms)})
 
     def handle_task(self, req: Request) -> Response:
         path = wsgi_to_str(req.environ["PATH_INFO"])
@@ -185,7 +201,7 @@ class TaskMiddleware:
                 return Response(status=200, headers=headers, body=b"")
             keep_stdout = True
             return Response(status=200, headers=headers, content_length=reply["stdout_bytes"],
-                            app_iter=_file_iter(stdout_path))
+                            app_iter=_SpooledOutput(stdout_path))
         finally:
             os.close(stdout_fd)
             if not keep_stdout:

@@ -36,6 +36,7 @@ class TaskReport:
     ms: float = 0.0
     error: str | None = None
     stderr: str = ""
+    backup: bool = False  # a backup copy ran (near the end of the job)
     retries: list[Attempt] = field(default_factory=list)
 
     @property

@@ -1,15 +1,19 @@
 """Choosing the replica a task runs on, with no I/O.
 
 ``random`` is ZeroCloud's behaviour and stays as the baseline.  ``load-aware``
-estimates when each candidate would finish the task and takes the earliest:
-the node's reported work (running + queued) plus what this proxy has sent it
-since that report, spread over its slots, times its recent task service time.
-Ties are broken at random so equal nodes share the work.  ``doc/scheduler.md``
-explains the choice.
+estimates when each candidate would finish the task and takes the earliest
+(earliest expected finish over all replicas, placed at dispatch time):
+the work ahead of the task on that node is what the node last reported
+(running + queued, trusted less as the report ages) or what this proxy has in
+flight there, whichever is more; it delays the task only once every slot is
+taken; the task then takes the node's recent service time.  Ties are broken
+at random so equal nodes share the work.  ``doc/scheduler.md`` explains the
+choice; ``zerocompute.simulate`` runs this same code at scale.
 """
 
 from __future__ import annotations
 
+import math
 import random as _random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +26,8 @@ POLICIES = (LOAD_AWARE, RANDOM)
 # so that new or quiet nodes get tried and start reporting.
 DEFAULT_SLOTS = 1
 DEFAULT_SERVICE_MS = 50.0
+# A report this old counts for 1/e of its queue: load moves on while we are not looking.
+STALE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -57,16 +63,20 @@ def format_load_header(running: int, queued: int, slots: int, service_ms: float)
     return f"running={running} queued={queued} slots={slots} service_ms={service_ms:.1f}"
 
 
-def expected_finish_ms(load: NodeLoad, in_flight: int) -> float:
-    """When a task sent now would finish on this node, in the node's service time."""
-    ahead = max(load.running + load.queued, in_flight)
-    # Work ahead of us drains across all slots; our own task then takes one service time.
-    return (ahead / load.slots + 1.0) * load.service_ms
+def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None) -> float:
+    """When a task sent now would finish on this node, in milliseconds from now."""
+    reported = load.running + load.queued
+    if now is not None and load.reported_at:
+        reported *= math.exp(-max(0.0, now - load.reported_at) / STALE_S)
+    ahead = max(reported, in_flight)
+    # Work ahead delays us only once every slot is taken; then it drains across the slots.
+    waiting = max(0.0, ahead - load.slots + 1)
+    return (waiting / load.slots + 1.0) * load.service_ms
 
 
 def choose_node(candidates: Sequence[str], loads: Mapping[str, NodeLoad],
                 in_flight: Mapping[str, int], policy: str = LOAD_AWARE,
-                rng: _random.Random | None = None) -> str:
+                rng: _random.Random | None = None, now: float | None = None) -> str:
     """Pick one of ``candidates`` (node keys) for a task."""
     if not candidates:
         raise ValueError("no candidate node")
@@ -75,7 +85,7 @@ def choose_node(candidates: Sequence[str], loads: Mapping[str, NodeLoad],
         return rng.choice(list(candidates))
     if policy != LOAD_AWARE:
         raise ValueError(f"unknown scheduler policy {policy!r}")
-    scored = [(expected_finish_ms(loads.get(node, NodeLoad()), in_flight.get(node, 0)), node)
-              for node in candidates]
+    scored = [(expected_finish_ms(loads.get(node, NodeLoad()), in_flight.get(node, 0), now),
+               node) for node in candidates]
     best = min(score for score, _ in scored)
     return rng.choice([node for score, node in scored if score <= best * 1.0001])

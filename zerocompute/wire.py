@@ -33,6 +33,9 @@ MS_HEADER = "X-Zerocompute-Ms"
 LOAD_HEADER = "X-Zerocompute-Load"
 NEED_EXECUTABLE_HEADER = "X-Zerocompute-Need-Executable"
 
+# The object-server filter answers load probes here (GET, no auth).
+LOAD_PATH = "/zerocompute/load"
+
 MAX_AGE_S = 300
 # The longest an object server may take to prepare a module (compiling the
 # Python runtime takes seconds, more on a busy host) before the guest starts.

@@ -39,7 +39,7 @@ def test_map_only_job_runs_each_task_on_a_replica_and_writes_every_output(
         assert task["node"] in {f"{n['ip']}:{n['port']}/{n['device']}" for n in primaries}
         assert task["local"] is True
         # Only a busy node (503) may have handed a task on to another replica.
-        assert all(r["error"].startswith("503") for r in task["retries"])
+        assert all(r["error"].startswith("503") for r in task["retries"]), report
         assert task["attempts"] == 1 + len(task["retries"])
         assert task["kind"] == "map" and task["exit"] == 0 and task["error"] is None
         assert task["bytes_in"] == len(texts[obj])

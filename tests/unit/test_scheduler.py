@@ -31,7 +31,8 @@ def test_load_aware_avoids_the_busy_node():
     loads = {"n1": NodeLoad(running=2, queued=10, slots=2), "n2": NodeLoad(slots=2),
              "n3": NodeLoad(running=1, slots=2)}
     rng = random.Random(2)
-    assert {choose_node(NODES, loads, {}, "load-aware", rng) for _ in range(50)} == {"n2"}
+    # n3 still has a free slot, so it is as good as the idle n2.
+    assert {choose_node(NODES, loads, {}, "load-aware", rng) for _ in range(50)} == {"n2", "n3"}
 
 
 def test_load_aware_counts_this_proxys_in_flight_tasks():
@@ -51,9 +52,20 @@ def test_load_aware_spreads_ties():
     assert set(picks) == set(NODES)
 
 
-def test_expected_finish_uses_slots():
-    assert expected_finish_ms(NodeLoad(running=4, slots=4, service_ms=10), 0) == 20
+def test_expected_finish_counts_queueing_only_when_slots_are_full():
+    assert expected_finish_ms(NodeLoad(running=1, slots=4, service_ms=10), 0) == 10
+    assert expected_finish_ms(NodeLoad(running=4, slots=4, service_ms=10), 0) == 12.5
     assert expected_finish_ms(NodeLoad(running=4, slots=1, service_ms=10), 0) == 50
+    assert expected_finish_ms(NodeLoad(slots=1, service_ms=10), 3) == 40
+
+
+def test_old_reports_count_for_less():
+    busy = NodeLoad(running=10, slots=1, service_ms=10, reported_at=100.0)
+    fresh = expected_finish_ms(busy, 0, now=100.0)
+    aged = expected_finish_ms(busy, 0, now=110.0)
+    assert fresh == 110 and aged < 15
+    # ... but never below what this proxy itself has in flight there.
+    assert expected_finish_ms(busy, 3, now=1000.0) == 40
 
 
 def test_errors():
