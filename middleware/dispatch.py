@@ -5,7 +5,10 @@ load (what each last reported on a task response or a probe, plus what this
 proxy has in flight there), asks the scheduler for a replica, sends the
 signed task, and moves on to the next candidate when a node cannot run it
 (connection error, timeout, 404 not on this node, 503 busy, 507, any 5xx).
-A guest that fails is not retried: its failure would repeat anywhere.
+A node that is only busy (503 with ``Retry-After``) is tried again after
+that delay: the task waits for a slot somewhere rather than failing, for at
+most ``max_busy_wait_s``.  A guest that fails is not retried: its failure
+would repeat anywhere.
 
 Backup tasks (MapReduce's): once a job has nothing left to dispatch, a
 :class:`JobTracker` watches the tasks still running, and one that has run
@@ -96,7 +99,8 @@ class TaskState:
     candidates: list[list[dict]]  # primaries, then handoffs
     policy: str
     consume: Consumer
-    tried: set[str] = field(default_factory=set)
+    tried: set[str] = field(default_factory=set)  # failed, or being tried now
+    busy_until: dict[str, float] = field(default_factory=dict)  # 503 + Retry-After
     failed: list[Attempt] = field(default_factory=list)
     attempts: int = 0
     live: int = 0  # attempts under way
@@ -107,11 +111,14 @@ class TaskState:
     done: Event = field(default_factory=Event)
     open: dict[str, tuple[dict, Any]] = field(default_factory=dict)  # key -> (node, conn)
 
-    def untried(self) -> list[dict]:
+    def untried(self, now: float | None = None) -> list[dict]:
+        """Nodes still worth trying, primaries first; with ``now``, only those not busy."""
         for group in self.candidates:
             rest = [n for n in group if node_key(n) not in self.tried]
             if rest:
-                return rest
+                if now is None:
+                    return rest
+                return [n for n in rest if self.busy_until.get(node_key(n), 0) <= now]
         return []
 
     def settle(self, answer: TaskResponse | None) -> None:
@@ -129,9 +136,10 @@ class TaskState:
 
 class Dispatcher:
     def __init__(self, secret: str, conn_timeout: float, logger: Any,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, max_busy_wait_s: float = 300.0):
         self.secret = secret
         self.conn_timeout = conn_timeout
+        self.max_busy_wait_s = max_busy_wait_s
         self.logger = logger
         self.rng = rng or random.Random()
         self.loads: dict[str, NodeLoad] = {}
@@ -191,15 +199,23 @@ class Dispatcher:
     def _attempt_loop(self, state: TaskState) -> None:
         try:
             while not state.done.ready():
-                remaining = {node_key(n): n for n in state.untried()}
+                if not state.untried():
+                    break  # every candidate failed
+                now = time.monotonic()
+                remaining = {node_key(n): n for n in state.untried(now)}
                 if not remaining:
-                    break
+                    # Every candidate left is busy: wait for the first Retry-After.
+                    wake = min(state.busy_until.values())
+                    if wake - state.started_at > self.max_busy_wait_s:
+                        break
+                    eventlet.sleep(max(0.0, wake - now))
+                    continue
                 key = choose_node(list(remaining), self.loads, self.in_flight, state.policy,
                                   self.rng, now=time.time())
                 node = remaining[key]
                 state.tried.add(key)
                 state.attempts += 1
-                answer, error = self._attempt(node, state)
+                answer, error, retry_after = self._attempt(node, state)
                 if answer is not None:
                     error = self._claim(state, answer)
                     if error is None:
@@ -207,6 +223,10 @@ class Dispatcher:
                 if state.done.ready():
                     return  # cancelled, or lost the race: already in the report
                 state.failed.append(Attempt(node_label(node), error))
+                if retry_after is not None:
+                    # Busy is not broken: the node may take the task a little later.
+                    state.tried.discard(key)
+                    state.busy_until[key] = time.monotonic() + retry_after
                 self.logger.info("zerocompute: task %s failed on %s: %s; trying another",
                                  state.call.task.get("task"), node_label(node), error)
         finally:
@@ -229,7 +249,10 @@ class Dispatcher:
         finally:
             answer.connection.close()
 
-    def _attempt(self, node: dict, state: TaskState) -> tuple[TaskResponse | None, str]:
+    def _attempt(self, node: dict, state: TaskState,
+                 ) -> tuple[TaskResponse | None, str, float | None]:
+        """Send the task to ``node``: its answer, or an error and, if the node was
+        only busy, the seconds it asked us to wait."""
         key = node_key(node)
         self.in_flight[key] += 1
         try:
@@ -244,12 +267,12 @@ class Dispatcher:
             if resp.status in RETRYABLE or resp.status // 100 == 5:
                 detail = resp.read(200).decode("utf-8", "replace").strip()
                 conn.close()
-                return None, f"{resp.status} {detail}".strip()
+                return None, f"{resp.status} {detail}".strip(), _retry_after(resp)
             # 2xx is the guest's result; a 4xx (invalid executable, refused input)
             # would fail the same way on any node.
-            return TaskResponse(node, resp, conn), ""
+            return TaskResponse(node, resp, conn), "", None
         except (Exception, Timeout) as err:  # noqa: BLE001 - any node failure means retry
-            return None, f"{type(err).__name__}: {err}".rstrip(": ")
+            return None, f"{type(err).__name__}: {err}".rstrip(": "), None
         finally:
             self.in_flight[key] -= 1
             state.open.pop(key, None)
@@ -275,6 +298,16 @@ class Dispatcher:
             conn.close()
             raise
         return resp, conn
+
+
+def _retry_after(resp: Any) -> float | None:
+    """Seconds a busy node (503 with Retry-After) asked us to wait, else None."""
+    if resp.status != 503:
+        return None
+    try:
+        return max(0.0, float(resp.getheader("Retry-After")))
+    except (TypeError, ValueError):
+        return None
 
 
 class JobTracker:

@@ -42,6 +42,8 @@ Place the filter after the auth middleware::
     # backup_factor = 2.0
     # backup_min_s = 1.0
     # conn_timeout = 0.5
+    # How long a task may wait for a slot while every replica answers 503 busy.
+    # max_busy_wait_s = 300
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ class JobMiddleware:
         self.backup_factor = float(conf.get("backup_factor", 2.0))
         self.backup_min_s = float(conf.get("backup_min_s", 1.0))
         self.dispatcher = Dispatcher(self.secret, float(conf.get("conn_timeout", 0.5)),
-                                     self.logger)
+                                     self.logger,
+                                     max_busy_wait_s=float(conf.get("max_busy_wait_s", 300)))
 
     def __call__(self, env: dict, start_response):
         req = Request(env)
@@ -191,7 +194,8 @@ class JobMiddleware:
         self.dispatcher.probe(list({node_key(n): n for p in placements if p
                                     for n in p.primaries}.values()))
         tracker = JobTracker(self.dispatcher, len(tasks), self.backup_factor,
-                             self.backup_min_s) if self.backup_tasks else None
+                             self.backup_min_s) \
+            if self.backup_tasks and manifest.backup_tasks else None
         if tracker:
             eventlet.spawn_n(tracker.watch)
         pool = GreenPool(self.concurrency)
@@ -326,8 +330,10 @@ class JobMiddleware:
         def consume(answer: TaskResponse) -> str | None:
             return self.take_result(req, answer, task, report)
 
+        began = time.perf_counter()
         outcome = self.dispatcher.run(call, placement.primaries, placement.handoffs,
                                       manifest.scheduler, consume, tracker)
+        report.wall_ms = round((time.perf_counter() - began) * 1000, 3)
         answer = outcome.answer
         report.attempts, report.retries, report.backup = \
             outcome.attempts, outcome.failed, outcome.backed_up

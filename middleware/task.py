@@ -5,8 +5,9 @@ object this server holds.  This filter verifies the signature, opens the
 object through Swift's DiskFile API, and runs the WebAssembly guest in an
 executor process, with the open data file as stdin (no copy).  The
 guest's stdout is the response body; its exit status, error, stderr tail,
-timing and this server's load travel in ``X-Zerocompute-*`` headers.  Every
-other request passes through untouched.
+timing and this server's load travel in ``X-Zerocompute-*`` headers.  ``GET
+/zerocompute/load`` answers a load probe.  Every other request passes
+through untouched.
 
 Executables arrive once per server: the proxy first sends only the
 executable's ETag; a server that lacks it answers 412 and the proxy sends it
@@ -40,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from typing import Any
 
 from eventlet.semaphore import Semaphore
@@ -104,6 +106,7 @@ class TaskMiddleware:
         self.running = 0
         self.waiting = 0
         self.service_ms = 50.0
+        self.started: dict[int, float] = {}  # running task -> its start (monotonic)
 
     def __call__(self, env: dict, start_response):
         if env.get("PATH_INFO") == wire.LOAD_PATH and env.get("REQUEST_METHOD") == "GET":
@@ -116,17 +119,22 @@ class TaskMiddleware:
         except Exception:  # noqa: BLE001 - a task must never take the server down
             self.logger.exception("zerocompute task failed unexpectedly: %s", req.path)
             resp = Response(status=500, body=b"internal error running task\n")
-        resp.headers[wire.LOAD_HEADER] = format_load_header(
-            self.running, self.waiting, self.slots, self.service_ms)
+        resp.headers[wire.LOAD_HEADER] = self.load_header()
         return resp(env, start_response)
+
+    def load_header(self) -> str:
+        now = time.monotonic()
+        elapsed = [now - t for t in self.started.values()]
+        elapsed_ms = 1000 * sum(elapsed) / len(elapsed) if elapsed else 0.0
+        return format_load_header(self.running, self.waiting, self.slots, self.service_ms,
+                                  elapsed_ms)
 
     def load_response(self) -> Response:
         """The answer to a load probe: cheap, no auth (it says only how busy we are)."""
         body = json.dumps({"running": self.running, "queued": self.waiting,
                            "slots": self.slots, "service_ms": round(self.service_ms, 3)})
         return Response(status=200, content_type="application/json", body=body.encode(),
-                        headers={wire.LOAD_HEADER: format_load_header(
-                            self.running, self.waiting, self.slots, self.service_ms)})
+                        headers={wire.LOAD_HEADER: self.load_header()})
 
     def handle_task(self, req: Request) -> Response:
         path = wsgi_to_str(req.environ["PATH_INFO"])
@@ -215,9 +223,12 @@ class TaskMiddleware:
         finally:
             self.waiting -= 1
         self.running += 1
+        token = object()
+        self.started[id(token)] = time.monotonic()
         try:
             return self.pool.run(task, fds, float(task["limits"]["time_s"]))
         finally:
+            del self.started[id(token)]
             self.running -= 1
             self._slots.release()
 

@@ -88,13 +88,18 @@ class DevCluster:
     """The dev cluster in ``directory`` (created on first start)."""
 
     def __init__(self, directory: str = DEFAULT_DIR, object_servers: int = OBJECT_SERVERS,
-                 task_slots: int = 2):
+                 task_slots: int = 2, slots: dict[str, int] | None = None,
+                 proxy_options: dict[str, str] | None = None):
+        """``slots`` overrides ``task_slots`` per object server (``{"object1": 1}``);
+        ``proxy_options`` are added to the proxy's ``[filter:zerocompute]``."""
         self.directory = os.path.abspath(directory)
         self.etc = os.path.join(self.directory, "etc")
         self.logs = os.path.join(self.directory, "log")
         self.state_file = os.path.join(self.directory, "cluster.json")
         self.object_server_count = object_servers
         self.task_slots = task_slots
+        self.slots = slots or {}
+        self.proxy_options = proxy_options or {}
         self.state: dict[str, Any] = {}
         if os.path.exists(self.state_file):
             with open(self.state_file) as f:
@@ -254,7 +259,7 @@ use = egg:swift#object
 [filter:zerocompute_object]
 use = egg:zerocompute#zerocompute_object
 secret = {self.secret}
-slots = {self.task_slots}
+slots = {self.slots.get(server.name, self.task_slots)}
 cache_dir = {os.path.join(self.directory, 'cache')}
 """
         return common + f"""
@@ -272,6 +277,7 @@ use = egg:swift#{server.kind}
         simple = ["catch_errors", "gatekeeper", "listing_formats", "bulk", "tempurl",
                   "staticweb", "copy", "slo", "dlo", "versioned_writes", "symlink"]
         filters = "\n".join(f"[filter:{name}]\nuse = egg:swift#{name}\n" for name in simple)
+        options = "\n".join(f"{k} = {v}" for k, v in self.proxy_options.items())
         return f"""
 [pipeline:main]
 pipeline = {PROXY_PIPELINE}
@@ -290,6 +296,7 @@ active_fernet_key_id = 1
 [filter:zerocompute]
 use = egg:zerocompute#zerocompute
 secret = {self.secret}
+{options}
 
 [filter:proxy-logging]
 use = egg:swift#proxy_logging
@@ -321,6 +328,15 @@ use = egg:swift#account_quotas
         log.close()
         self.state["pids"][server.name] = process.pid
         self._save_state()
+
+    def server(self, name: str) -> Server:
+        return next(s for s in self.servers if s.name == name)
+
+    def restart(self, server: Server, timeout: float = 60.0) -> None:
+        """Start a server again (after :meth:`kill`) and wait until it answers."""
+        if not self.is_running(server):
+            self.start_server(server)
+        self.wait_until_ready(timeout)
 
     def is_running(self, server: Server) -> bool:
         pid = self.state.get("pids", {}).get(server.name)

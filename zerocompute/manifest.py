@@ -25,7 +25,8 @@ _MAX_ARGS = 256
 _MAX_ENV = 256
 _MAX_STRING = 4096
 _MAX_INPUT_PATTERNS = 1024
-_TOP_LEVEL = {"name", "map", "combine", "reduce", "output", "outputs", "limits", "scheduler"}
+_TOP_LEVEL = {"name", "map", "combine", "reduce", "output", "outputs", "limits", "scheduler",
+              "backup_tasks"}
 _STAGE_KEYS = {"exec", "args", "env"}
 _MAP_KEYS = _STAGE_KEYS | {"inputs", "split_size"}
 
@@ -159,6 +160,7 @@ class Manifest:
     output: SwiftPath
     limits: Limits
     scheduler: str
+    backup_tasks: bool = True
 
 
 def _require(condition: bool, error: str, where: str) -> None:
@@ -289,6 +291,8 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     scheduler = doc.get("scheduler", default_scheduler)
     _require(scheduler in SCHEDULERS, f"must be one of {', '.join(SCHEDULERS)}", "scheduler")
 
+    backup_tasks = doc.get("backup_tasks", True)
+    _require(isinstance(backup_tasks, bool), "must be true or false", "backup_tasks")
     map_stage = _parse_map(doc.get("map"), own_account)
     return Manifest(
         name=name,
@@ -296,4 +300,5 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
         output=_parse_output(doc.get("output"), own_account, map_stage.inputs),
         limits=_parse_limits(doc.get("limits"), maximum),
         scheduler=scheduler,
+        backup_tasks=backup_tasks,
     )

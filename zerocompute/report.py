@@ -33,7 +33,8 @@ class TaskReport:
     exit: int | None = None
     bytes_in: int = 0
     bytes_out: int = 0
-    ms: float = 0.0
+    ms: float = 0.0  # the guest's own run time
+    wall_ms: float = 0.0  # from first dispatch to the output written, as the proxy saw it
     error: str | None = None
     stderr: str = ""
     backup: bool = False  # a backup copy ran (near the end of the job)

@@ -39,10 +39,16 @@ class NodeLoad:
     slots: int = DEFAULT_SLOTS
     service_ms: float = DEFAULT_SERVICE_MS
     reported_at: float = 0.0
+    elapsed_ms: float = 0.0  # how long the running tasks have been running, on average
+
+    @property
+    def task_ms(self) -> float:
+        """The node's time per task: its recent average, or longer if what runs now is."""
+        return max(self.service_ms, self.elapsed_ms)
 
 
 def parse_load_header(value: str | None, now: float) -> NodeLoad | None:
-    """Parse ``running=1 queued=0 slots=2 service_ms=12.5`` (as sent by the task filter)."""
+    """Parse ``running=1 queued=0 slots=2 service_ms=12.5 elapsed_ms=3.0`` (task filter)."""
     if not value:
         return None
     fields = {}
@@ -56,11 +62,13 @@ def parse_load_header(value: str | None, now: float) -> NodeLoad | None:
                     queued=int(fields.get("queued", 0)),
                     slots=max(1, int(fields.get("slots", DEFAULT_SLOTS))),
                     service_ms=fields.get("service_ms", DEFAULT_SERVICE_MS),
-                    reported_at=now)
+                    reported_at=now, elapsed_ms=fields.get("elapsed_ms", 0.0))
 
 
-def format_load_header(running: int, queued: int, slots: int, service_ms: float) -> str:
-    return f"running={running} queued={queued} slots={slots} service_ms={service_ms:.1f}"
+def format_load_header(running: int, queued: int, slots: int, service_ms: float,
+                       elapsed_ms: float = 0.0) -> str:
+    return (f"running={running} queued={queued} slots={slots} service_ms={service_ms:.1f} "
+            f"elapsed_ms={elapsed_ms:.1f}")
 
 
 def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None) -> float:
@@ -71,7 +79,7 @@ def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None)
     ahead = max(reported, in_flight)
     # Work ahead delays us only once every slot is taken; then it drains across the slots.
     waiting = max(0.0, ahead - load.slots + 1)
-    return (waiting / load.slots + 1.0) * load.service_ms
+    return (waiting / load.slots + 1.0) * load.task_ms
 
 
 def choose_node(candidates: Sequence[str], loads: Mapping[str, NodeLoad],

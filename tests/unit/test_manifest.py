@@ -79,6 +79,7 @@ def test_not_an_object():
     (good(limits={"cpu": 1}), "limits"),
     (good(scheduler="fastest"), "scheduler"),
     (good(name=""), "name"),
+    (good(backup_tasks="no"), "backup_tasks"),
     (good(reduce={"exec": "swift://~/a/x.wasm"}), "reduce"),
 ])
 def test_errors_name_the_field(doc, field):
@@ -126,3 +127,8 @@ def test_a_string_input_is_a_list_of_one():
     doc = good()
     doc["map"]["inputs"] = "swift://~/corpus/*.txt"
     assert len(parse(doc).map.inputs) == 1
+
+
+def test_backup_tasks_may_be_turned_off():
+    assert parse(good()).backup_tasks is True
+    assert parse(good(backup_tasks=False)).backup_tasks is False

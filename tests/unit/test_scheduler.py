@@ -15,8 +15,9 @@ NODES = ["n1", "n2", "n3"]
 
 
 def test_load_header_round_trip():
-    load = parse_load_header(format_load_header(2, 5, 4, 12.5), now=7.0)
-    assert load == NodeLoad(running=2, queued=5, slots=4, service_ms=12.5, reported_at=7.0)
+    load = parse_load_header(format_load_header(2, 5, 4, 12.5, 900.0), now=7.0)
+    assert load == NodeLoad(running=2, queued=5, slots=4, service_ms=12.5, reported_at=7.0,
+                            elapsed_ms=900.0)
     assert parse_load_header(None, 0) is None
     assert parse_load_header("slots=0 junk running=x", 0).slots == 1
 
@@ -57,6 +58,14 @@ def test_expected_finish_counts_queueing_only_when_slots_are_full():
     assert expected_finish_ms(NodeLoad(running=4, slots=4, service_ms=10), 0) == 12.5
     assert expected_finish_ms(NodeLoad(running=4, slots=1, service_ms=10), 0) == 50
     assert expected_finish_ms(NodeLoad(slots=1, service_ms=10), 3) == 40
+
+
+def test_long_running_work_counts_even_before_it_finishes():
+    # A node busy with one long task it has not finished: its average says 50 ms,
+    # but what it runs has taken 10 s already.
+    stuck = NodeLoad(running=1, slots=1, service_ms=50, elapsed_ms=10_000)
+    idle = NodeLoad(running=1, slots=2, service_ms=200)
+    assert choose_node(["stuck", "idle"], {"stuck": stuck, "idle": idle}, {}) == "idle"
 
 
 def test_old_reports_count_for_less():

@@ -1,0 +1,149 @@
+"""Placement under load and failure, on a cluster of its own (object1 has one slot)."""
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from zerocompute import wire
+from zerocompute.client import submit_job
+from zerocompute.devcluster import DevCluster
+from zerocompute.guests import build_c_guest
+
+SLEEPY = os.path.join(os.path.dirname(__file__), "..", "guests", "sleepy.c")
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory):
+    dev = DevCluster(str(tmp_path_factory.mktemp("uneven")), slots={"object1": 1}).start()
+    yield dev
+    dev.stop()
+
+
+@pytest.fixture(scope="module")
+def sleepy_wasm():
+    with open(build_c_guest(SLEEPY), "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def staged(uneven, sleepy_wasm):
+    """40 inputs and the sleepy guest, as test:tester."""
+    swift = uneven.connection()
+    swift.put_container("apps")
+    swift.put_object("apps", "sleepy.wasm", sleepy_wasm)
+    swift.put_container("in")
+    for i in range(40):
+        swift.put_object("in", f"part-{i:02d}", f"input {i}\n".encode() * (i + 1))
+    return swift
+
+
+def label(server):
+    return f"127.0.0.1:{server.port}/sd{server.name[6:]}"
+
+
+def load(server):
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{wire.LOAD_PATH}",
+                                timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def occupy(cluster, server, wasm, ms):
+    """Another tenant's task on ``server`` (sent as the proxy would): holds a slot."""
+    other = cluster.connection("test2:tester2")
+    other.put_container("bg")
+    ring = cluster.object_ring()
+    for i in range(100):
+        part, nodes = ring.get_nodes("AUTH_test2", "bg", f"o{i}")
+        if any(n["port"] == server.port for n in nodes):
+            break
+    other.put_object("bg", f"o{i}", b"background\n")
+    node = next(n for n in nodes if n["port"] == server.port)
+    path = f"/{node['device']}/{part}/AUTH_test2/bg/o{i}"
+    headers = wire.sign_task(cluster.secret, path, {
+        "job": "background", "task": "bg", "exec_etag": __import__("hashlib").md5(
+            wasm).hexdigest(), "exec_name": "sleepy.wasm", "args": [str(ms)], "env": [],
+        "runtime": "wasm", "limits": {"time_s": 60, "cpu_s": 60, "memory_mb": 64,
+                                      "output_mb": 1, "stderr_mb": 1, "stderr_tail_kb": 1,
+                                      "table_elements": 100000, "instances": 10}})
+    req = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}", data=wasm,
+                                 method=wire.METHOD, headers=headers)
+    thread = threading.Thread(target=lambda: urllib.request.urlopen(req, timeout=120).read(),
+                              daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while load(server)["running"] < 1:
+        assert time.monotonic() < deadline, "background task did not start"
+        time.sleep(0.05)
+    return thread
+
+
+def manifest(out, ms=200, scheduler="load-aware"):
+    return {"name": out, "scheduler": scheduler,
+            "map": {"exec": "swift://~/apps/sleepy.wasm", "args": [str(ms)],
+                    "inputs": ["swift://~/in/*"]},
+            "output": f"swift://~/{out}/*"}
+
+
+def test_load_aware_steers_tasks_away_from_a_busy_node(uneven, staged, sleepy_wasm):
+    busy = uneven.server("object1")
+    background = occupy(uneven, busy, sleepy_wasm, 12_000)
+    report = submit_job(staged, manifest("steered"))
+    assert report["status"] == "succeeded", json.dumps(report, indent=1)
+    assert background.is_alive(), "the busy node was not busy for the whole job"
+
+    ring = uneven.object_ring()
+    could_run_there = [t for t in report["tasks"] if busy.port in {
+        n["port"] for n in ring.get_nodes("AUTH_test", "in", t["input"].rsplit("/", 1)[1])[1]}]
+    ran_there = [t for t in report["tasks"] if t["node"] == label(busy)]
+    # Most inputs have a replica on the busy node; the scheduler sent none there.
+    assert len(could_run_there) >= 20
+    assert ran_there == [], json.dumps(ran_there, indent=1)
+    assert all(t["local"] for t in report["tasks"])
+    background.join(30)
+
+
+def test_killed_object_server_mid_job(uneven, staged):
+    reference = submit_job(staged, manifest("reference", ms=50))
+    assert reference["status"] == "succeeded"
+
+    victim = uneven.server("object2")
+    killed = threading.Event()
+
+    def kill_when_busy():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if load(victim)["running"] >= 1:
+                    uneven.kill(victim)  # SIGKILL, tasks in flight
+                    killed.set()
+                    return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.02)
+    killer = threading.Thread(target=kill_when_busy, daemon=True)
+    killer.start()
+    try:
+        report = submit_job(staged, manifest("after-kill", ms=400))
+    finally:
+        killer.join(30)
+        uneven.restart(victim)
+    assert killed.is_set()
+
+    assert report["status"] == "succeeded", json.dumps(report, indent=1)
+    retried = [t for t in report["tasks"]
+               if any(r["node"] == label(victim) for r in t["retries"])]
+    assert retried, "the report shows no task retried after the kill"
+    for task in retried:
+        assert task["node"] != label(victim) and task["attempts"] >= 2
+    # The output equals the fault-free run's, object for object.
+    names = sorted(t["output"].rsplit("/", 1)[1] for t in report["tasks"])
+    assert names == sorted(t["output"].rsplit("/", 1)[1] for t in reference["tasks"])
+    for name in names:
+        assert staged.get_object("after-kill", name)[1] == \
+            staged.get_object("reference", name)[1]
+    assert "_SUCCESS" in [o["name"] for o in staged.get_container("after-kill")[1]]
