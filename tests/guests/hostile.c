@@ -59,7 +59,9 @@ int main(void) {
         for (;;) fwrite(block, 1, sizeof block, stdout);
     }
     if (strcmp(cmd, "stderr") == 0) {
-        for (unsigned long i = 0;; i++) fprintf(stderr, "noise line %lu\n", i);
+        static char block[65536];
+        for (size_t i = 0; i + 16 <= sizeof block; i += 16) memcpy(block + i, "noise line 0123\n", 16);
+        for (;;) fwrite(block, 1, sizeof block, stderr);
     }
     if (strncmp(cmd, "open ", 5) == 0) {
         int opened = 0;
