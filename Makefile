@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench-sandbox clean
+.PHONY: demo test lint bench-sandbox bench-scheduler simulate clean
 
 $(BIN)/zerocompute: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(BIN)/zerocompute lint
 
 bench-sandbox: $(BIN)/zerocompute
 	$(BIN)/python -m tests.perf.bench_sandbox
+
+bench-scheduler: $(BIN)/zerocompute
+	$(BIN)/python -m tests.perf.bench_scheduler
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

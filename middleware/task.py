@@ -64,7 +64,7 @@ from swift.obj.diskfile import DiskFileRouter
 from zerocompute import wire
 from zerocompute.sandbox.executor import ExecutorPool
 from zerocompute.sandbox.wasm import ExecutableStore, InvalidExecutable
-from zerocompute.scheduler import format_load_header
+from zerocompute.scheduler import format_load_header, update_service_ms
 
 _READ_CHUNK = 65536
 
@@ -106,6 +106,7 @@ class TaskMiddleware:
         self.running = 0
         self.waiting = 0
         self.service_ms = 50.0
+        self.completed = 0
         self.started: dict[int, float] = {}  # running task -> its start (monotonic)
 
     def __call__(self, env: dict, start_response):
@@ -196,7 +197,9 @@ class TaskMiddleware:
             reply = self.run_in_executor(task, [input_fd, stdout_fd])
             if reply.get("invalid"):
                 return HTTPBadRequest(body=reply["invalid"].encode())
-            self.service_ms = 0.8 * self.service_ms + 0.2 * float(reply["ms"])
+            self.service_ms = update_service_ms(self.service_ms, float(reply["ms"]),
+                                                self.completed)
+            self.completed += 1
             headers = {
                 wire.EXIT_HEADER: "" if reply["exit"] is None else str(reply["exit"]),
                 wire.STDERR_HEADER: reply["stderr"],

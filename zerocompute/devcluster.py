@@ -63,10 +63,17 @@ class Server:
         return f"{self.kind}-server"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: every socket stays bound until all are chosen,
+    or the kernel may hand the same port out twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -167,11 +174,10 @@ class DevCluster:
         os.makedirs(self.etc, exist_ok=True)
         os.makedirs(self.logs, exist_ok=True)
         if not self.state:
-            servers = {"proxy": ("proxy", _free_port()),
-                       "account": ("account", _free_port()),
-                       "container": ("container", _free_port())}
-            for n in range(1, self.object_server_count + 1):
-                servers[f"object{n}"] = ("object", _free_port())
+            names = [("proxy", "proxy"), ("account", "account"), ("container", "container")]
+            names += [(f"object{n}", "object") for n in range(1, self.object_server_count + 1)]
+            servers = {name: (kind, port) for (name, kind), port in
+                       zip(names, _free_ports(len(names)), strict=True)}
             self.state = {
                 "servers": servers,
                 "pids": {},

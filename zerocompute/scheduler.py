@@ -47,6 +47,16 @@ class NodeLoad:
         return max(self.service_ms, self.elapsed_ms)
 
 
+SERVICE_WEIGHT = 0.2
+
+
+def update_service_ms(current: float, sample_ms: float, samples: int) -> float:
+    """A node's moving average of task time; the first sample replaces the guess."""
+    if samples <= 0:
+        return sample_ms
+    return (1 - SERVICE_WEIGHT) * current + SERVICE_WEIGHT * sample_ms
+
+
 def parse_load_header(value: str | None, now: float) -> NodeLoad | None:
     """Parse ``running=1 queued=0 slots=2 service_ms=12.5 elapsed_ms=3.0`` (task filter)."""
     if not value:
