@@ -28,5 +28,9 @@ bench-sandbox: $(BIN)/zerocompute
 bench-scheduler: $(BIN)/zerocompute
 	$(BIN)/python -m tests.perf.bench_scheduler
 
+simulate: $(BIN)/zerocompute
+	$(BIN)/python -m pip install --quiet matplotlib
+	$(BIN)/python -m zerocompute.simulate --plot doc/scheduler-sim.png
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

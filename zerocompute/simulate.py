@@ -334,7 +334,8 @@ def plot(results: list[dict], path: str) -> None:
         ax.bar_label(bars, fmt="%.0f s", fontsize=8)
     ax.set_xticks(range(len(names)), [
         f"{r['scenario']}\n{r['nodes']} nodes, {r['tasks']:,} tasks" for r in results])
-    ax.set_ylabel("makespan (simulated seconds)")
+    ax.set_yscale("log")
+    ax.set_ylabel("makespan (simulated seconds, log scale)")
     ax.set_title("zerocompute scheduler: random vs load-aware placement")
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
