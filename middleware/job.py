@@ -26,7 +26,9 @@ Place the filter after the auth middleware::
     secret = change-me
     # Default placement policy: load-aware or random.
     # default_scheduler = load-aware
-    # Maximum per-task limits; a manifest may lower them, never raise them.
+    # Maximum per-task limits; a manifest may lower them, never raise them
+    # (also max_cpu_s, max_stderr_mb, max_stderr_tail_kb, max_table_elements,
+    # max_instances: see doc/sandbox.md).
     # max_time_s = 60
     # max_memory_mb = 512
     # max_output_mb = 256
