@@ -160,7 +160,7 @@ class Dispatcher:
         try:
             with ConnectionTimeout(self.conn_timeout):
                 conn = http_connect_raw(node["ip"], node["port"], "GET", wire.LOAD_PATH)
-            with Timeout(self.conn_timeout * 2):
+            with Timeout(max(2.0, self.conn_timeout * 2)):
                 resp = conn.getresponse()
                 resp.read()
             conn.close()

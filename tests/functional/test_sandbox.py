@@ -5,7 +5,6 @@ produce their exact output, and the object servers must keep serving
 ordinary GETs and PUTs while the job runs and after it.
 """
 
-import hashlib
 import json
 import os
 import threading
@@ -14,8 +13,8 @@ import urllib.request
 
 import pytest
 
+from tests.direct import task_request
 from tests.functional.helpers import listing, post_job
-from zerocompute import wire
 from zerocompute.client import submit_job
 from zerocompute.guests import build_c_guest
 from zerocompute.middleware.dispatch import LOST_RACE
@@ -207,12 +206,7 @@ def test_object_server_refuses_invalid_executable_even_when_signed(cluster, swif
     path = f"/{node['device']}/{part}/AUTH_test/in-{unique}/a.txt"
     for body, words in ((b"#!/bin/sh\nrm -rf /\n", b"not a WebAssembly module"),
                         (b"\0asm\x01\0\0\0garbage", b"invalid WebAssembly module")):
-        etag = hashlib.md5(body).hexdigest()
-        headers = wire.sign_task(cluster.secret, path, {
-            "exec_etag": etag, "exec_name": "x.wasm", "args": [], "env": [],
-            "runtime": "wasm", "limits": {}})
-        req = urllib.request.Request(f"http://{node['ip']}:{node['port']}{path}", data=body,
-                                     method=wire.METHOD, headers=headers)
+        req = task_request(cluster, node["port"], path, body, [])
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=30)
         assert err.value.code == 400 and words in err.value.read()

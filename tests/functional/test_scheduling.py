@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from tests.direct import object_on, task_request
 from zerocompute import wire
 from zerocompute.client import submit_job
 from zerocompute.devcluster import DevCluster
@@ -54,24 +55,8 @@ def load(server):
 
 def occupy(cluster, server, wasm, ms):
     """Another tenant's task on ``server`` (sent as the proxy would): holds a slot."""
-    other = cluster.connection("test2:tester2")
-    other.put_container("bg")
-    ring = cluster.object_ring()
-    for i in range(100):
-        part, nodes = ring.get_nodes("AUTH_test2", "bg", f"o{i}")
-        if any(n["port"] == server.port for n in nodes):
-            break
-    other.put_object("bg", f"o{i}", b"background\n")
-    node = next(n for n in nodes if n["port"] == server.port)
-    path = f"/{node['device']}/{part}/AUTH_test2/bg/o{i}"
-    headers = wire.sign_task(cluster.secret, path, {
-        "job": "background", "task": "bg", "exec_etag": __import__("hashlib").md5(
-            wasm).hexdigest(), "exec_name": "sleepy.wasm", "args": [str(ms)], "env": [],
-        "runtime": "wasm", "limits": {"time_s": 60, "cpu_s": 60, "memory_mb": 64,
-                                      "output_mb": 1, "stderr_mb": 1, "stderr_tail_kb": 1,
-                                      "table_elements": 100000, "instances": 10}})
-    req = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}", data=wasm,
-                                 method=wire.METHOD, headers=headers)
+    (path,) = object_on(cluster, server, "test2:tester2", "bg")
+    req = task_request(cluster, server.port, path, wasm, [str(ms)], "background")
     thread = threading.Thread(target=lambda: urllib.request.urlopen(req, timeout=120).read(),
                               daemon=True)
     thread.start()
@@ -91,7 +76,8 @@ def manifest(out, ms=200, scheduler="load-aware"):
 
 def test_load_aware_steers_tasks_away_from_a_busy_node(uneven, staged, sleepy_wasm):
     busy = uneven.server("object1")
-    background = occupy(uneven, busy, sleepy_wasm, 12_000)
+    # Busy for far longer than the job takes, even on a slow, shared machine.
+    background = occupy(uneven, busy, sleepy_wasm, 30_000)
     report = submit_job(staged, manifest("steered"))
     assert report["status"] == "succeeded", json.dumps(report, indent=1)
     assert background.is_alive(), "the busy node was not busy for the whole job"
@@ -104,7 +90,6 @@ def test_load_aware_steers_tasks_away_from_a_busy_node(uneven, staged, sleepy_wa
     assert len(could_run_there) >= 20
     assert ran_there == [], json.dumps(ran_there, indent=1)
     assert all(t["local"] for t in report["tasks"])
-    background.join(30)
 
 
 def test_killed_object_server_mid_job(uneven, staged):

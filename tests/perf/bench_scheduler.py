@@ -18,7 +18,6 @@ whole system against random placement with the same safety net).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -26,16 +25,13 @@ import tempfile
 import threading
 import urllib.request
 
+from tests.direct import object_on, task_request
 from tests.perf.bench_sandbox import percentile
-from zerocompute import wire
 from zerocompute.client import submit_job
 from zerocompute.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
 
 SLEEPY = "tests/guests/sleepy.c"
-BACKGROUND_LIMITS = {"time_s": 120, "cpu_s": 120, "memory_mb": 64, "output_mb": 1,
-                     "stderr_mb": 1, "stderr_tail_kb": 1, "table_elements": 100000,
-                     "instances": 10}
 
 
 class Background:
@@ -43,31 +39,15 @@ class Background:
 
     def __init__(self, cluster: DevCluster, server, wasm: bytes, slots: int, ms: int):
         self.cluster, self.server, self.wasm, self.ms = cluster, server, wasm, ms
-        conn = cluster.connection("test2:tester2")
-        conn.put_container("background")
-        ring = cluster.object_ring()
-        self.targets = []
-        for i in range(1000):
-            part, nodes = ring.get_nodes("AUTH_test2", "background", f"o{i}")
-            node = next((n for n in nodes if n["port"] == server.port), None)
-            if node:
-                conn.put_object("background", f"o{i}", b"x\n")
-                self.targets.append(f"/{node['device']}/{part}/AUTH_test2/background/o{i}")
-            if len(self.targets) == slots:
-                break
+        self.targets = object_on(cluster, server, "test2:tester2", "background", slots)
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.keep_busy, args=(path,), daemon=True)
                         for path in self.targets]
 
     def keep_busy(self, path: str) -> None:
         while not self.stop.is_set():
-            headers = wire.sign_task(self.cluster.secret, path, {
-                "job": "background", "task": "bg",
-                "exec_etag": hashlib.md5(self.wasm).hexdigest(), "exec_name": "sleepy.wasm",
-                "args": [str(self.ms)], "env": [], "runtime": "wasm",
-                "limits": BACKGROUND_LIMITS})
-            req = urllib.request.Request(f"http://127.0.0.1:{self.server.port}{path}",
-                                         data=self.wasm, method=wire.METHOD, headers=headers)
+            req = task_request(self.cluster, self.server.port, path, self.wasm, [str(self.ms)],
+                               "background")
             try:
                 urllib.request.urlopen(req, timeout=300).read()
             except OSError:
