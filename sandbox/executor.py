@@ -67,8 +67,11 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
     try:
         if task.get("runtime") == "python":
             module = runtime.prepare(python.interpreter_path(), key="python")
-            preopen = (python.script_dir(cache_dir, etag, executables.path(etag)),
-                       python.GUEST_DIR)
+            directory = python.script_dir(cache_dir, etag, executables.path(etag))
+            python.ensure_bytecode(directory, lambda argv, writable: runtime.run(
+                module, os.devnull, os.devnull, argv, [], GuestLimits(time_s=60),
+                (writable, python.GUEST_DIR), writable=True))
+            preopen = (directory, python.GUEST_DIR)
             argv = python.argv(task["args"])
         else:
             module = runtime.prepare(executables.path(etag), key=etag)

@@ -209,11 +209,13 @@ class WasmRuntime:
 
     def run(self, prepared: InstancePre, stdin_path: str, stdout_path: str,
             argv: Sequence[str], env: Sequence[tuple[str, str]], limits: GuestLimits,
-            preopen: tuple[str, str] | None = None) -> GuestResult:
+            preopen: tuple[str, str] | None = None, writable: bool = False) -> GuestResult:
         """Run the module's ``_start`` to completion (blocking).
 
-        ``preopen`` maps one host directory read-only into the guest
-        (``(host_path, guest_path)``); nothing else of the host is visible.
+        ``preopen`` maps one host directory into the guest (``(host_path,
+        guest_path)``), read-only unless ``writable`` (only ever for the
+        runtime's own preparation, never for a task); nothing else of the host
+        is visible.
         """
         started = time.perf_counter()
         stderr = _Tail(limits.stderr_tail_bytes, limits.stderr_bytes)
@@ -230,7 +232,7 @@ class WasmRuntime:
         wasi.stdout_file = stdout_path
         wasi.stderr_custom = stderr.write
         if preopen:
-            wasi.preopen_dir(preopen[0], preopen[1], False)
+            wasi.preopen_dir(preopen[0], preopen[1], writable)
         store.set_wasi(wasi)
         exit_code: int | None = None
         error: str | None = None

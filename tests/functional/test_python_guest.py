@@ -68,7 +68,7 @@ print("stdin", sys.stdin.read().strip())
     lines = swift.get_object(f"out-{unique}", "probe")[1].decode().splitlines()
     assert not [line for line in lines if line.startswith(("READ", "WROTE"))], lines
     assert sum(line.startswith("denied") for line in lines) == 3
-    assert "listing ['main.py', 'zerocompute_guest.py']" in lines
+    assert "listing ['__pycache__', 'main.py', 'zerocompute_guest.py']" in lines
     assert "read-only /app" in lines
     assert "env ['MINE', 'ZEROCOMPUTE_INPUT', 'ZEROCOMPUTE_INPUT_SIZE', 'ZEROCOMPUTE_JOB', " \
            "'ZEROCOMPUTE_TASK']" in lines
