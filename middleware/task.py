@@ -62,7 +62,7 @@ from swift.common.utils import config_positive_int_value, get_logger, split_path
 from swift.obj.diskfile import DiskFileRouter
 
 from zerocompute import wire
-from zerocompute.sandbox.executor import ExecutorPool
+from zerocompute.sandbox.executor import CANCELLED, ExecutorPool, hung_up
 from zerocompute.sandbox.wasm import ExecutableStore, InvalidExecutable
 from zerocompute.scheduler import format_load_header, update_service_ms
 
@@ -85,6 +85,11 @@ class _SpooledOutput:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+def _client_socket(req: Request) -> Any:
+    """The requester's socket under eventlet.wsgi (None elsewhere, e.g. in tests)."""
+    return getattr(req.environ.get("eventlet.input"), "_sock", None)
 
 
 class TaskMiddleware:
@@ -175,7 +180,8 @@ class TaskMiddleware:
                     return refusal
                 # The open DiskFile pins this version of the object: the executor gets
                 # the same descriptor, so a concurrent overwrite does not change its input.
-                return self.run_guest(task, diskfile._fp.fileno(), metadata)
+                return self.run_guest(task, diskfile._fp.fileno(), metadata,
+                                      _client_socket(req))
         except (DiskFileNotExist, DiskFileDeleted, DiskFileExpired):
             return HTTPNotFound(body=b"object not on this node\n")
 
@@ -190,11 +196,12 @@ class TaskMiddleware:
             return HTTPConflict(body=b"erasure-coded fragments cannot be read in place\n")
         return None
 
-    def run_guest(self, task: dict, input_fd: int, metadata: dict) -> Response:
+    def run_guest(self, task: dict, input_fd: int, metadata: dict,
+                  client: Any = None) -> Response:
         stdout_fd, stdout_path = tempfile.mkstemp(dir=self.scratch_dir, prefix="out-")
         keep_stdout = False
         try:
-            reply = self.run_in_executor(task, [input_fd, stdout_fd])
+            reply = self.run_in_executor(task, [input_fd, stdout_fd], client)
             if reply.get("invalid"):
                 return HTTPBadRequest(body=reply["invalid"].encode())
             self.service_ms = update_service_ms(self.service_ms, float(reply["ms"]),
@@ -218,18 +225,23 @@ class TaskMiddleware:
             if not keep_stdout:
                 os.unlink(stdout_path)
 
-    def run_in_executor(self, task: dict, fds: list[int]) -> dict:
+    def run_in_executor(self, task: dict, fds: list[int], client: Any = None) -> dict:
         """Wait for a slot, then run; the counters feed the load header."""
         self.waiting += 1
         try:
             self._slots.acquire()
         finally:
             self.waiting -= 1
+        if client is not None and hung_up(client):
+            # Cancelled while it waited (the proxy ran it elsewhere): do not run it.
+            self._slots.release()
+            return {"exit": None, "error": CANCELLED, "stdout_bytes": 0, "stderr": "",
+                    "ms": 0.0}
         self.running += 1
         token = object()
         self.started[id(token)] = time.monotonic()
         try:
-            return self.pool.run(task, fds, float(task["limits"]["time_s"]))
+            return self.pool.run(task, fds, float(task["limits"]["time_s"]), client)
         finally:
             del self.started[id(token)]
             self.running -= 1

@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Any
 
+import eventlet
+
 from zerocompute.sandbox import python
 from zerocompute.sandbox.wasm import ExecutableStore, GuestLimits, InvalidExecutable, WasmRuntime
 from zerocompute.wire import PREPARE_TIMEOUT_S, encode_tail
@@ -183,6 +185,36 @@ class Executor:
         self.sock.close()
 
 
+CANCELLED = "cancelled: the proxy no longer wants the result"
+
+
+def hung_up(sock: Any) -> bool:
+    """Whether the peer of a request whose body has been read has closed."""
+    raw = getattr(sock, "fd", sock)  # eventlet's green socket would wait for data
+    try:
+        return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _watch_hang_up(client: Any, executor: Executor, cancelled: list[bool]) -> None:
+    """Kill ``executor`` if the requester goes away (its socket turns readable at EOF)."""
+    from eventlet.hubs import trampoline
+
+    try:
+        while True:
+            trampoline(client.fileno(), read=True)
+            if hung_up(client):
+                cancelled.append(True)
+                executor.kill()
+                return
+            eventlet.sleep(0.05)  # readable but not closed: nothing we expect; keep watching
+    except (OSError, ValueError):
+        return
+
+
 class ExecutorPool:
     """At most ``size`` executor processes; a task waits for an idle one."""
 
@@ -205,22 +237,33 @@ class ExecutorPool:
                 raise
         return self.idle.get()
 
-    def run(self, task: dict[str, Any], fds: list[int], time_s: float) -> dict[str, Any]:
-        """Run a task in an idle executor; a lost executor is reported and replaced."""
+    def run(self, task: dict[str, Any], fds: list[int], time_s: float,
+            client: Any = None) -> dict[str, Any]:
+        """Run a task in an idle executor; a lost executor is reported and replaced.
+
+        ``client`` is the requester's socket: if it closes while the guest runs
+        (the proxy cancelled this attempt), the executor is killed at once.
+        """
         executor = self._acquire()
         began = time.perf_counter()
+        cancelled: list[bool] = []
+        watcher = eventlet.spawn(_watch_hang_up, client, executor, cancelled) if client else None
         try:
             reply = executor.call(task, fds, time_s)
         except ExecutorGone as gone:
             executor.kill()
             self.started -= 1
             self.restarts += 1
-            return {"exit": None, "error": str(gone), "stdout_bytes": 0, "stderr": "",
+            error = CANCELLED if cancelled else str(gone)
+            return {"exit": None, "error": error, "stdout_bytes": 0, "stderr": "",
                     "ms": (time.perf_counter() - began) * 1000}
         except BaseException:
             executor.kill()
             self.started -= 1
             raise
+        finally:
+            if watcher is not None:
+                watcher.kill()
         self.idle.put(executor)
         return reply
 

@@ -1,5 +1,6 @@
 """Placement under load and failure, on a cluster of its own (object1 has one slot)."""
 
+import http.client
 import json
 import os
 import threading
@@ -132,3 +133,25 @@ def test_killed_object_server_mid_job(uneven, staged):
         assert staged.get_object("after-kill", name)[1] == \
             staged.get_object("reference", name)[1]
     assert "_SUCCESS" in [o["name"] for o in staged.get_container("after-kill")[1]]
+
+
+def test_cancelled_attempt_stops_its_guest(uneven, staged, sleepy_wasm):
+    """When the proxy hangs up (a backup won elsewhere), the object server stops the guest."""
+    server = uneven.server("object3")
+    (path,) = object_on(uneven, server, "test2:tester2", "cancel-me")
+    req = task_request(uneven, server.port, path, sleepy_wasm, ["30000"], "cancel-me")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request(req.get_method(), path, body=req.data, headers=dict(req.header_items()))
+    deadline = time.monotonic() + 20
+    while load(server)["running"] < 1:
+        assert time.monotonic() < deadline, "the task did not start"
+        time.sleep(0.05)
+    conn.close()  # what the proxy does to an attempt that lost the race
+    hung_up_at = time.monotonic()
+    while load(server)["running"] > 0:
+        # The guest would sleep for 30 s; a cancelled one is gone long before.
+        assert time.monotonic() - hung_up_at < 15, "the cancelled guest kept running"
+        time.sleep(0.1)
+    # The server runs the next task normally.
+    report = submit_job(staged, manifest("after-cancel", ms=10))
+    assert report["status"] == "succeeded"
