@@ -37,9 +37,11 @@ from swift.common.exceptions import ConnectionTimeout
 
 from zerocompute import wire
 from zerocompute.report import Attempt
-from zerocompute.scheduler import NodeLoad, choose_node, parse_load_header
+from zerocompute.scheduler import RANDOM, NodeLoad, choose_node, parse_load_header
 
 RETRYABLE = {404, 500, 502, 503, 504, 507}
+# A view older than this is refreshed by a probe before a task is placed on it.
+PROBE_AGE_S = 1.0
 LOST_RACE = "cancelled: another attempt finished first"
 
 
@@ -144,13 +146,24 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.loads: dict[str, NodeLoad] = {}
         self.in_flight: dict[str, int] = defaultdict(int)
+        self.probed_at: dict[str, float] = {}
 
     # -- load view ------------------------------------------------------------
-    def probe(self, nodes: list[dict], max_age_s: float = 1.0) -> None:
-        """Refresh the load of nodes we have not heard from lately (in parallel)."""
+    def probe(self, nodes: list[dict], max_age_s: float = PROBE_AGE_S) -> None:
+        """Refresh the load of nodes we have not heard from lately (in parallel).
+
+        A node is probed at most once per ``max_age_s`` whether or not it
+        answers, so a dead node does not cost every dispatch a connect timeout.
+        """
         now = time.time()
-        stale = {node_key(n): n for n in nodes
-                 if now - self.loads.get(node_key(n), NodeLoad()).reported_at > max_age_s}
+        stale = {}
+        for node in nodes:
+            key = node_key(node)
+            heard = max(self.loads.get(key, NodeLoad()).reported_at,
+                        self.probed_at.get(key, 0.0))
+            if now - heard > max_age_s:
+                self.probed_at[key] = now
+                stale[key] = node
         pile = eventlet.GreenPile(32)
         for node in stale.values():
             pile.spawn(self._probe_one, node)
@@ -210,6 +223,8 @@ class Dispatcher:
                         break
                     eventlet.sleep(max(0.0, wake - now))
                     continue
+                if state.policy != RANDOM:
+                    self.probe(list(remaining.values()))
                 key = choose_node(list(remaining), self.loads, self.in_flight, state.policy,
                                   self.rng, now=time.time())
                 node = remaining[key]

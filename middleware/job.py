@@ -195,15 +195,18 @@ class JobMiddleware:
         placements = [self.placement(req, t.input.path) for t in tasks]
         self.dispatcher.probe(list({node_key(n): n for p in placements if p
                                     for n in p.primaries}.values()))
-        tracker = JobTracker(self.dispatcher, len(tasks), self.backup_factor,
-                             self.backup_min_s) \
+        tracker = JobTracker(self.dispatcher, sum(1 for p in placements if p),
+                             self.backup_factor, self.backup_min_s) \
             if self.backup_tasks and manifest.backup_tasks else None
         if tracker:
             eventlet.spawn_n(tracker.watch)
+        # Not pool.imap: it stops dispatching while the oldest task is unfinished,
+        # so one straggler would hold back the rest and its own backup.
         pool = GreenPool(self.concurrency)
-        reports = list(pool.imap(
-            lambda tp: self.run_map_task(req, manifest, executable, tp[0], tp[1], tracker),
-            zip(tasks, placements, strict=True)))
+        running = [pool.spawn(self.run_map_task, req, manifest, executable, task, placement,
+                              tracker)
+                   for task, placement in zip(tasks, placements, strict=True)]
+        reports = [thread.wait() for thread in running]
         report = JobReport(manifest.name, manifest.scheduler, reports,
                            ms=(time.perf_counter() - started) * 1000)
         self.write_job_files(req, manifest.output, report)

@@ -58,8 +58,16 @@ def occupy(cluster, server, wasm, ms):
     """Another tenant's task on ``server`` (sent as the proxy would): holds a slot."""
     (path,) = object_on(cluster, server, "test2:tester2", "bg")
     req = task_request(cluster, server.port, path, wasm, [str(ms)], "background")
-    thread = threading.Thread(target=lambda: urllib.request.urlopen(req, timeout=120).read(),
-                              daemon=True)
+    outcome: list = []
+
+    def send():
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                outcome.append((resp.status, dict(resp.headers), resp.read()[:200]))
+        except Exception as err:  # noqa: BLE001 - reported by the test
+            outcome.append(repr(err))
+    thread = threading.Thread(target=send, daemon=True)
+    thread.outcome = outcome
     thread.start()
     deadline = time.monotonic() + 10
     while load(server)["running"] < 1:
@@ -79,9 +87,12 @@ def test_load_aware_steers_tasks_away_from_a_busy_node(uneven, staged, sleepy_wa
     busy = uneven.server("object1")
     # Busy for far longer than the job takes, even on a slow, shared machine.
     background = occupy(uneven, busy, sleepy_wasm, 30_000)
+    t0 = time.monotonic()
     report = submit_job(staged, manifest("steered"))
+    took = time.monotonic() - t0
     assert report["status"] == "succeeded", json.dumps(report, indent=1)
-    assert background.is_alive(), "the busy node was not busy for the whole job"
+    assert background.is_alive(), (f"the busy node's task ended early ({took:.1f} s): "
+                                   f"{background.outcome}\n{json.dumps(report, indent=1)}")
 
     ring = uneven.object_ring()
     could_run_there = [t for t in report["tasks"] if busy.port in {

@@ -12,6 +12,7 @@ import pytest
 
 from zerocompute.middleware.dispatch import (
     LOST_RACE,
+    PROBE_AGE_S,
     Dispatcher,
     JobTracker,
     TaskCall,
@@ -38,6 +39,10 @@ class FakeDispatcher(Dispatcher):
         super().__init__("secret", 0.1, logging.getLogger("test"))
         self.behaviour = behaviour
         self.calls = []
+        self.probes = []
+
+    def _probe_one(self, node):
+        self.probes.append(node["port"])  # a node that never answers: the view stays unknown
 
     def _attempt(self, node, state):
         self.calls.append(node["port"])
@@ -170,3 +175,22 @@ def test_no_backups_while_tasks_wait_for_dispatch():
 def _no_leftover_greenthreads():
     yield
     eventlet.sleep(0)
+
+
+def test_stale_views_are_probed_before_placing_but_at_most_once_per_age(monkeypatch):
+    d = FakeDispatcher({1: (0, "ok"), 2: (0, "ok")})
+    clock = [1000.0]
+    monkeypatch.setattr("zerocompute.middleware.dispatch.time.time", lambda: clock[0])
+    run(d, [node(1), node(2)])
+    assert sorted(d.probes) == [1, 2]
+    run(d, [node(1), node(2)])
+    assert sorted(d.probes) == [1, 2], "probed again within PROBE_AGE_S"
+    clock[0] += PROBE_AGE_S + 0.1
+    run(d, [node(1), node(2)])
+    assert sorted(d.probes) == [1, 1, 2, 2]
+
+
+def test_random_policy_does_not_probe():
+    d = FakeDispatcher({1: (0, "ok"), 2: (0, "ok")})
+    d.run(call(), [node(1), node(2)], [], "random", lambda answer: None)
+    assert d.probes == []
