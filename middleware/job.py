@@ -63,7 +63,7 @@ from eventlet import GreenPool
 from swift.common.registry import register_swift_info
 from swift.common.storage_policy import POLICIES
 from swift.common.swob import Request, Response, str_to_wsgi
-from swift.common.utils import config_true_value, get_logger
+from swift.common.utils import close_if_possible, config_true_value, get_logger
 from swift.common.wsgi import make_env, make_subrequest
 from swift.proxy.controllers.base import get_container_info
 
@@ -238,6 +238,7 @@ class JobMiddleware:
         self._check_access(resp, path, field, "executable")
         size = resp.content_length or 0
         if size > self.max_executable_bytes:
+            close_if_possible(resp.app_iter)  # not read: the proxy drops the connection
             raise ManifestError(f"executable {path} is {size} bytes; at most "
                                 f"{self.max_executable_bytes} are allowed", field)
         data = resp.body

@@ -158,12 +158,14 @@ class TaskMiddleware:
             return HTTPBadRequest(body=b"unknown storage policy\n")
 
         etag = task["exec_etag"]
+        # Read the body even when the executable is cached: a hang-up of the
+        # proxy is seen only once nothing unread is left before it.
+        body = req.body_file.read(req.content_length) if req.content_length else b""
         try:
             if not self.executables.has(etag):
-                if not req.content_length:
+                if not body:
                     return HTTPPreconditionFailed(headers={wire.NEED_EXECUTABLE_HEADER: etag})
-                self.executables.add(etag, req.body_file.read(req.content_length),
-                                     task.get("runtime", "wasm"))
+                self.executables.add(etag, body, task.get("runtime", "wasm"))
         except InvalidExecutable as err:
             return HTTPBadRequest(body=str(err).encode())
 

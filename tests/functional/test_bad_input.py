@@ -101,3 +101,15 @@ def test_forged_task_refused_by_object_server(cluster, swift, staged):
         assert err.value.code == 403
     # The object server keeps serving ordinary requests.
     assert swift.get_object(f"in-{staged}", "a.txt")[1] == b"some words\n"
+
+
+def test_over_size_executable_refused_unread(cluster, swift, staged):
+    # The default max_executable_mb is 64: one byte more is refused before any task runs.
+    size = 64 * 1024 * 1024 + 1
+    swift.put_object(f"apps-{staged}", "huge.wasm", b"\0asm\x01\0\0\0" + b"\0" * (size - 8))
+    code, error = post_job(cluster, "test:tester",
+                           manifest(staged, exec=f"swift://~/apps-{staged}/huge.wasm"))
+    assert code == 400
+    assert error["field"] == "map.exec"
+    assert f"is {size} bytes; at most {64 * 1024 * 1024} are allowed" in error["error"]
+    assert_nothing_written(swift, staged)
