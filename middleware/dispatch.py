@@ -22,7 +22,6 @@ Swift PUT is atomic, so never half.
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -37,7 +36,13 @@ from swift.common.exceptions import ConnectionTimeout
 
 from zerocompute import wire
 from zerocompute.report import Attempt
-from zerocompute.scheduler import RANDOM, NodeLoad, choose_node, parse_load_header
+from zerocompute.scheduler import (
+    RANDOM,
+    NodeLoad,
+    choose_node,
+    parse_load_header,
+    straggler_threshold_s,
+)
 
 RETRYABLE = {404, 500, 502, 503, 504, 507}
 # A view older than this is refreshed by a probe before a task is placed on it.
@@ -353,8 +358,7 @@ class JobTracker:
         """Tasks to back up: only once nothing is left to dispatch (the phase's end)."""
         if self.dispatched < self.total or not self.durations:
             return []
-        typical = statistics.median(self.durations)
-        threshold = max(self.min_s, self.factor * typical)
+        threshold = straggler_threshold_s(self.durations, self.factor, self.min_s)
         return [s for s in self.running
                 if not s.backed_up and not s.done.ready() and now - s.started_at > threshold]
 

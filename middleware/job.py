@@ -215,13 +215,22 @@ class JobMiddleware:
 
     # -- checks as the user ---------------------------------------------------
     def subrequest(self, req: Request, method: str, path: str, query: str = "",
-                   headers: dict | None = None, body: bytes | None = None) -> Response:
-        """A request through the rest of the pipeline, authorized as the caller."""
+                   headers: dict | None = None, body: bytes | None = None,
+                   stream: Any = None, length: int = 0) -> Response:
+        """A request through the rest of the pipeline, authorized as the caller.
+
+        The body is ``body``, or ``length`` bytes read from ``stream`` as they
+        are sent on (a node's answer, never held whole in the proxy).
+        """
         if body is not None:
-            headers = dict(headers or {}, **{"Content-Length": str(len(body))})
+            length = len(body)
+        if body is not None or stream is not None:
+            headers = dict(headers or {}, **{"Content-Length": str(length)})
         # A path with '?' keeps the sub-request from inheriting the job's query string.
         sub = make_subrequest(req.environ, method=method, path=quote(path) + "?" + query,
                               headers=headers, body=body, swift_source=SWIFT_SOURCE)
+        if stream is not None:
+            sub.environ["wsgi.input"] = stream
         return sub.get_response(self.app)
 
     def _check_access(self, resp: Response, what: SwiftPath, field: str, noun: str) -> None:
@@ -372,11 +381,7 @@ class JobMiddleware:
             resp.read()
             return None
         length = int(headers.get("content-length", 0))
-        put = make_subrequest(req.environ, method="PUT", path=quote(task.output.path) + "?",
-                              headers={"Content-Length": str(length)},
-                              swift_source=SWIFT_SOURCE)
-        put.environ["wsgi.input"] = resp
-        put_resp = put.get_response(self.app)
+        put_resp = self.subrequest(req, "PUT", task.output.path, stream=resp, length=length)
         if put_resp.status_int in (401, 403, 413):
             report.error = f"writing output {task.output} failed: {put_resp.status}"
             return None
@@ -389,15 +394,13 @@ class JobMiddleware:
 
     def write_job_files(self, req: Request, output: SwiftPath, report: JobReport) -> None:
         """The report always; ``_SUCCESS`` last, and only when every task succeeded."""
+        files = [(REPORT_NAME, "application/json", report.to_json())]
         if report.status == SUCCEEDED:
             # Written last: whoever sees _SUCCESS may trust every output is there.
-            files = [(REPORT_NAME, "application/json"), (SUCCESS_NAME, "text/plain")]
-        else:
-            files = [(REPORT_NAME, "application/json")]
-        for name, content_type in files:
+            files.append((SUCCESS_NAME, "text/plain", b""))
+        for name, content_type, body in files:
             target = job_file(output, name)
-            resp = self.subrequest(req, "PUT", target.path, body=report.to_json()
-                                   if name == REPORT_NAME else b"",
+            resp = self.subrequest(req, "PUT", target.path, body=body,
                                    headers={"Content-Type": content_type})
             if not resp.is_success:
                 report.error = f"writing {target} failed: {resp.status}"

@@ -64,7 +64,7 @@ from swift.obj.diskfile import DiskFileRouter
 from zerocompute import wire
 from zerocompute.sandbox.executor import CANCELLED, ExecutorPool, hung_up
 from zerocompute.sandbox.wasm import ExecutableStore, InvalidExecutable
-from zerocompute.scheduler import format_load_header, update_service_ms
+from zerocompute.scheduler import DEFAULT_SERVICE_MS, format_load_header, update_service_ms
 
 _READ_CHUNK = 65536
 
@@ -108,11 +108,10 @@ class TaskMiddleware:
         self.pool = ExecutorPool(self.slots, self.cache_dir)
         self._slots = Semaphore(self.slots)
         self.diskfile_router = DiskFileRouter(conf, self.logger)
-        self.running = 0
         self.waiting = 0
-        self.service_ms = 50.0
+        self.service_ms = DEFAULT_SERVICE_MS
         self.completed = 0
-        self.started: dict[int, float] = {}  # running task -> its start (monotonic)
+        self.started: list[float] = []  # when each running task started (monotonic)
 
     def __call__(self, env: dict, start_response):
         if env.get("PATH_INFO") == wire.LOAD_PATH and env.get("REQUEST_METHOD") == "GET":
@@ -128,9 +127,13 @@ class TaskMiddleware:
         resp.headers[wire.LOAD_HEADER] = self.load_header()
         return resp(env, start_response)
 
+    @property
+    def running(self) -> int:
+        return len(self.started)
+
     def load_header(self) -> str:
         now = time.monotonic()
-        elapsed = [now - t for t in self.started.values()]
+        elapsed = [now - t for t in self.started]
         elapsed_ms = 1000 * sum(elapsed) / len(elapsed) if elapsed else 0.0
         return format_load_header(self.running, self.waiting, self.slots, self.service_ms,
                                   elapsed_ms)
@@ -239,14 +242,12 @@ class TaskMiddleware:
             self._slots.release()
             return {"exit": None, "error": CANCELLED, "stdout_bytes": 0, "stderr": "",
                     "ms": 0.0}
-        self.running += 1
-        token = object()
-        self.started[id(token)] = time.monotonic()
+        began = time.monotonic()
+        self.started.append(began)
         try:
             return self.pool.run(task, fds, float(task["limits"]["time_s"]), client)
         finally:
-            del self.started[id(token)]
-            self.running -= 1
+            self.started.remove(began)
             self._slots.release()
 
 

@@ -32,7 +32,13 @@ from typing import Any
 import eventlet
 
 from zerocompute.sandbox import python
-from zerocompute.sandbox.wasm import ExecutableStore, GuestLimits, InvalidExecutable, WasmRuntime
+from zerocompute.sandbox.wasm import (
+    ExecutableStore,
+    GuestLimits,
+    InvalidExecutable,
+    WasmRuntime,
+    soft_rlimit,
+)
 from zerocompute.wire import PREPARE_TIMEOUT_S, encode_tail
 
 MAX_MESSAGE = 1 << 20
@@ -90,21 +96,11 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
             "stderr": encode_tail(result.stderr_tail), "ms": result.ms}
 
 
-class _cpu_limit:
+def _cpu_limit(seconds: float):
     """Let the kernel stop this process once the guest has used ``seconds`` of CPU."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def __enter__(self):
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        used = usage.ru_utime + usage.ru_stime
-        self.saved = resource.getrlimit(resource.RLIMIT_CPU)
-        resource.setrlimit(resource.RLIMIT_CPU,
-                           (math.ceil(used + self.seconds), self.saved[1]))
-
-    def __exit__(self, *exc):
-        resource.setrlimit(resource.RLIMIT_CPU, self.saved)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return soft_rlimit(resource.RLIMIT_CPU,
+                       math.ceil(usage.ru_utime + usage.ru_stime + seconds))
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ executors compile once), and recompiled when a cached file does not load.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -31,7 +32,7 @@ import resource
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 
@@ -48,6 +49,8 @@ from wasmtime import (
     WasiConfig,
 )
 
+from zerocompute.manifest import LIMIT_DEFAULTS
+
 WASM_MAGIC = b"\0asm"
 TICK_S = 0.01
 MIB = 1024 * 1024
@@ -60,13 +63,15 @@ class InvalidExecutable(ValueError):
 
 @dataclass(frozen=True)
 class GuestLimits:
-    time_s: float = 60.0
-    memory_bytes: int = 512 * MIB
-    output_bytes: int = 256 * MIB
-    stderr_bytes: int = 16 * MIB
-    stderr_tail_bytes: int = 4096
-    table_elements: int = 1_000_000
-    instances: int = 10
+    """The limits one guest runs under, in runtime units (defaults: the manifest's)."""
+
+    time_s: float = LIMIT_DEFAULTS["time_s"]
+    memory_bytes: int = LIMIT_DEFAULTS["memory_mb"] * MIB
+    output_bytes: int = LIMIT_DEFAULTS["output_mb"] * MIB
+    stderr_bytes: int = LIMIT_DEFAULTS["stderr_mb"] * MIB
+    stderr_tail_bytes: int = LIMIT_DEFAULTS["stderr_tail_kb"] * 1024
+    table_elements: int = LIMIT_DEFAULTS["table_elements"]
+    instances: int = LIMIT_DEFAULTS["instances"]
 
     @classmethod
     def from_task(cls, limits: dict) -> GuestLimits:
@@ -237,7 +242,7 @@ class WasmRuntime:
         exit_code: int | None = None
         error: str | None = None
         instance = None
-        with _file_size_limit(limits.output_bytes + 1):
+        with soft_rlimit(resource.RLIMIT_FSIZE, limits.output_bytes + 1):
             try:
                 instance = prepared.instantiate(store)
                 start = instance.exports(store).get("_start")
@@ -289,20 +294,18 @@ class _Tail:
         return b"".join(self.chunks)[-self.size:]
 
 
-class _file_size_limit:
-    """Cap the size of files this process writes (the guest's stdout) while it runs."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __enter__(self):
-        self.saved = resource.getrlimit(resource.RLIMIT_FSIZE)
-        hard = self.saved[1]
-        soft = self.size if hard == resource.RLIM_INFINITY else min(self.size, hard)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-    def __exit__(self, *exc):
-        resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
+@contextlib.contextmanager
+def soft_rlimit(which: int, soft: int) -> Iterator[None]:
+    """Lower this process's soft limit ``which`` to ``soft`` (never above the hard
+    limit) for the duration, e.g. the size of files the guest's stdout may reach."""
+    saved = resource.getrlimit(which)
+    hard = saved[1]
+    resource.setrlimit(which, (soft if hard == resource.RLIM_INFINITY else min(soft, hard),
+                               hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(which, saved)
 
 
 _TRAP_WORDS = {

@@ -14,10 +14,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from zerocompute.scheduler import POLICIES as SCHEDULERS
+
 SCHEME = "swift://"
 OWN_ACCOUNT = "~"
 WILDCARD = "*"
-SCHEDULERS = ("load-aware", "random")
 RUNTIMES = (".wasm", ".py")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random as _random
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,12 @@ def update_service_ms(current: float, sample_ms: float, samples: int) -> float:
     if samples <= 0:
         return sample_ms
     return (1 - SERVICE_WEIGHT) * current + SERVICE_WEIGHT * sample_ms
+
+
+def straggler_threshold_s(durations_s: Sequence[float], factor: float, min_s: float) -> float:
+    """How long a task may run before it gets a backup copy (MapReduce's backup
+    tasks): ``factor`` times the median of the phase's finished tasks, at least ``min_s``."""
+    return max(min_s, factor * statistics.median(durations_s))
 
 
 def parse_load_header(value: str | None, now: float) -> NodeLoad | None:

@@ -26,7 +26,6 @@ import heapq
 import json
 import math
 import random
-import statistics
 import sys
 import time
 from collections import deque
@@ -38,6 +37,7 @@ from zerocompute.scheduler import (
     RANDOM,
     NodeLoad,
     choose_node,
+    straggler_threshold_s,
     update_service_ms,
 )
 
@@ -261,7 +261,7 @@ def simulate(c: Cluster, policy: str, in_flight_factor: float = 2.0, backups: bo
             heapq.heappush(events, (now + 0.25, 1, -1, -1))
 
     def back_up_stragglers() -> None:
-        threshold = max(backup_min_s, backup_factor * statistics.median(latencies))
+        threshold = straggler_threshold_s(latencies, backup_factor, backup_min_s)
         for task, on in list(copies.items()):
             if task not in backed_up and now - dispatched_at[task] > threshold \
                     and len(on) < len(c.replicas[task]):

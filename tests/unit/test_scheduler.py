@@ -9,6 +9,7 @@ from zerocompute.scheduler import (
     expected_finish_ms,
     format_load_header,
     parse_load_header,
+    straggler_threshold_s,
 )
 
 NODES = ["n1", "n2", "n3"]
@@ -82,3 +83,8 @@ def test_errors():
         choose_node([], {}, {})
     with pytest.raises(ValueError):
         choose_node(NODES, {}, {}, "fastest")
+
+
+def test_straggler_threshold_is_a_multiple_of_the_median_with_a_floor():
+    assert straggler_threshold_s([1.0, 2.0, 9.0], factor=2.0, min_s=1.0) == 4.0
+    assert straggler_threshold_s([0.1, 0.2, 0.3], factor=2.0, min_s=1.0) == 1.0
