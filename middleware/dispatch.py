@@ -1,45 +1,60 @@
-"""Sending tasks to object servers, from the proxy.
+"""Sending a job's tasks to object servers: groups, retries and backup tasks.
 
-:class:`Dispatcher` owns this proxy process's view of the object servers'
-load (what each last reported on a task response or a probe, plus what this
-proxy has in flight there), asks the scheduler for a replica, sends the
-signed task, and moves on to the next candidate when a node cannot run it
-(connection error, timeout, 404 not on this node, 503 busy, 507, any 5xx).
-A node that is only busy (503 with ``Retry-After``) is tried again after
-that delay: the task waits for a slot somewhere rather than failing, for at
-most ``max_busy_wait_s``.  A guest that fails is not retried: its failure
-would repeat anywhere.
+A :class:`Dispatcher` belongs to the proxy filter: it keeps the load view of
+the object servers (their reports, this proxy's in-flight tasks, probes) and
+opens task-group requests.  A :class:`JobRun` belongs to one job: it places
+the job's tasks, packs co-located ones into *groups* (one request per node
+carrying several tasks, ``zerocompute.wire``), keeps at most ``concurrency``
+groups in flight, and hands each task's result to the job as its frame
+arrives, while the rest of the group is still running.
 
-Backup tasks (MapReduce's): once a job has nothing left to dispatch, a
-:class:`JobTracker` watches the tasks still running, and one that has run
-far longer than the job's typical task gets a second attempt on another
-replica.  Both attempts race; the first to come back *claims* the task and
-alone writes its output; the other's result is dropped unread.  A claim is
-released only if writing failed, so an output is never written twice, and a
-Swift PUT is atomic, so never half.
+Placement is late: a group is formed when a dispatch slot frees, from the
+freshest view.  The scheduler picks the node for the oldest waiting task and
+the group is filled with other waiting tasks that node holds; its size comes
+from :func:`zerocompute.scheduler.group_size` (large while much work
+remains, single tasks near the end, never more than about half a second of
+work, and only as large as the job's experience of that node warrants).
+
+A node that cannot run a task (connection error, timeout, not on this node,
+507, any 5xx) is not tried again for it; the task goes back to the waiting
+tasks and is placed again among the replicas left, then the handoffs.  A
+node that is only busy (503 with ``Retry-After``) is tried again after that
+delay, for at most ``max_busy_wait_s``.  A guest that fails is not retried:
+its failure would repeat anywhere.
+
+Backup tasks (MapReduce's): once nothing is left to dispatch, a task that has
+been running far longer than the job's typical task gets a second attempt,
+alone, on another replica.  The first result back *claims* the task; the
+other attempt's request is closed (the object server then kills its guest),
+and the tasks of that group that had not run yet go back to be placed again.
+Only the claiming result is handed to the job, so an output is never written
+twice.
 """
 
 from __future__ import annotations
 
 import random
+import socket
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import eventlet
 from eventlet import Timeout
-from eventlet.event import Event
-from swift.common.bufferedhttp import http_connect, http_connect_raw
+from eventlet.queue import Empty, LightQueue
+from swift.common.bufferedhttp import http_connect_raw
 from swift.common.exceptions import ConnectionTimeout
 
 from zerocompute import wire
 from zerocompute.report import Attempt
 from zerocompute.scheduler import (
     RANDOM,
+    JobSpeeds,
     NodeLoad,
     choose_node,
+    group_size,
     parse_load_header,
     straggler_threshold_s,
 )
@@ -48,6 +63,8 @@ RETRYABLE = {404, 500, 502, 503, 504, 507}
 # A view older than this is refreshed by a probe before a task is placed on it.
 PROBE_AGE_S = 1.0
 LOST_RACE = "cancelled: another attempt finished first"
+# Longest wait for the next frame beyond the guest's own time limit.
+FRAME_GRACE_S = 30.0
 
 
 def node_key(node: dict[str, Any]) -> str:
@@ -59,64 +76,31 @@ def node_label(node: dict[str, Any]) -> str:
     return f"{node['ip']}:{node['port']}/{node['device']}"
 
 
-@dataclass
-class TaskCall:
-    """What is sent for one task, wherever it runs."""
+@dataclass(eq=False)
+class TaskState:
+    """One task of a job: where it may run, and its attempts so far."""
 
+    index: int
+    task_id: str
     partition: int
     path: str  # /account/container/object, unquoted
     policy_index: int
-    task: dict[str, Any]
-    executable: bytes
-    exec_etag: str
-    time_s: float
-
-
-@dataclass
-class TaskResponse:
-    """The response of the node that ran the task (its body still unread)."""
-
-    node: dict[str, Any]
-    response: Any
-    connection: Any
-
-
-@dataclass
-class Outcome:
-    """How a task ended: the answer that settled it (None if every node failed),
-    how many attempts were made, the ones that did not count, and whether a
-    backup copy was started."""
-
-    answer: TaskResponse | None
-    attempts: int
-    failed: list[Attempt]
-    backed_up: bool
-
-
-# ``consume`` handles a node's answer (writes the output) and returns an error
-# string when the task must be tried elsewhere, None when it is settled.
-Consumer = Callable[[TaskResponse], "str | None"]
-
-
-@dataclass
-class TaskState:
-    """One task's attempts, on one or more nodes at once."""
-
-    call: TaskCall
+    env: tuple[tuple[str, str], ...]
     candidates: list[list[dict]]  # primaries, then handoffs
-    policy: str
-    consume: Consumer
-    tried: set[str] = field(default_factory=set)  # failed, or being tried now
+    tried: set[str] = field(default_factory=set)  # nodes that failed it
     busy_until: dict[str, float] = field(default_factory=dict)  # 503 + Retry-After
     failed: list[Attempt] = field(default_factory=list)
-    attempts: int = 0
-    live: int = 0  # attempts under way
-    started_at: float = 0.0
+    live: dict[str, Stream] = field(default_factory=dict)  # node key -> group carrying it
+    first_sent: float | None = None
+    running_since: float | None = None  # when it became the next task of its group
     backed_up: bool = False
-    claimed: bool = False
-    answer: TaskResponse | None = None
-    done: Event = field(default_factory=Event)
-    open: dict[str, tuple[dict, Any]] = field(default_factory=dict)  # key -> (node, conn)
+    done: bool = False
+    node: dict | None = None  # where the claiming result came from
+    error: str | None = None  # why no node could run it
+
+    @property
+    def attempts(self) -> int:
+        return len(self.failed) + (1 if self.node is not None else 0)
 
     def untried(self, now: float | None = None) -> list[dict]:
         """Nodes still worth trying, primaries first; with ``now``, only those not busy."""
@@ -128,20 +112,47 @@ class TaskState:
                 return [n for n in rest if self.busy_until.get(node_key(n), 0) <= now]
         return []
 
-    def settle(self, answer: TaskResponse | None) -> None:
-        """The task is decided: cancel the attempts still waiting on other nodes."""
-        if self.done.ready():
-            return
-        self.answer = answer
-        for key, (node, conn) in list(self.open.items()):
-            if answer is None or key != node_key(answer.node):
-                self.failed.append(Attempt(node_label(node), LOST_RACE))
-                conn.close()  # wakes the waiting greenthread, which then gives up
-        self.open.clear()
-        self.done.send(answer)
+    def spec(self, node: dict) -> wire.TaskSpec:
+        return wire.TaskSpec(self.task_id, node["device"], self.partition, self.path,
+                             self.policy_index, self.env)
+
+
+@dataclass(eq=False)
+class Stream:
+    """One task-group request in flight to one node."""
+
+    node: dict
+    tasks: list[TaskState]
+    answered: int = 0
+    sock: Any = None
+    cancelled: bool = False
+
+    @property
+    def key(self) -> str:
+        return node_key(self.node)
+
+    def head(self) -> TaskState | None:
+        """The task of the group the node is running now."""
+        return self.tasks[self.answered] if self.answered < len(self.tasks) else None
+
+    def cancel(self) -> None:
+        """Hang up: the object server kills the running guest and drops the rest."""
+        self.cancelled = True
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+# The job's handler of a task's claiming result: reads exactly
+# ``result.stdout_bytes`` from the stream (the guest's stdout).
+ResultHandler = Callable[[TaskState, dict, wire.TaskResult, Any], None]
 
 
 class Dispatcher:
+    """The proxy's view of object-server load, and the requests that carry groups."""
+
     def __init__(self, secret: str, conn_timeout: float, logger: Any,
                  rng: random.Random | None = None, max_busy_wait_s: float = 300.0):
         self.secret = secret
@@ -169,6 +180,8 @@ class Dispatcher:
             if now - heard > max_age_s:
                 self.probed_at[key] = now
                 stale[key] = node
+        if not stale:
+            return
         pile = eventlet.GreenPile(32)
         for node in stale.values():
             pile.spawn(self._probe_one, node)
@@ -182,142 +195,51 @@ class Dispatcher:
                 resp = conn.getresponse()
                 resp.read()
             conn.close()
-            self._note_load(node_key(node), resp)
+            self.note_load(node_key(node), resp.getheader(wire.LOAD_HEADER))
         except (Exception, Timeout):  # noqa: BLE001 - an unreachable node stays unknown
             pass
 
-    def _note_load(self, key: str, resp: Any) -> None:
-        load = parse_load_header(resp.getheader(wire.LOAD_HEADER), time.time())
+    def note_load(self, key: str, header: str | None) -> None:
+        load = parse_load_header(header, time.time())
         if load is not None:
             self.loads[key] = load
 
-    # -- running one task -------------------------------------------------------
-    def run(self, call: TaskCall, primaries: list[dict], handoffs: list[dict], policy: str,
-            consume: Consumer, tracker: JobTracker | None = None) -> Outcome:
-        """Run ``call`` on the best primary, falling back to the others, then handoffs."""
-        state = TaskState(call, [primaries, handoffs], policy, consume,
-                          started_at=time.monotonic())
-        if tracker:
-            tracker.started(state)
-        self.launch(state)
-        answer = state.done.wait()
-        if tracker:
-            tracker.finished(state)
-        # A copy: attempts that end later must not change a report already made.
-        return Outcome(answer, state.attempts, list(state.failed), state.backed_up)
+    # -- sending ----------------------------------------------------------------
+    def open_group(self, node: dict, group: wire.TaskGroup, executable: bytes,
+                   stream: Stream | None = None) -> Any:
+        """Send ``group`` to ``node``; the response (its frames unread).
 
-    def launch(self, state: TaskState) -> bool:
-        """Start one more attempt of ``state`` on a node it has not tried; False if none."""
-        if state.done.ready() or not state.untried():
-            return False
-        state.live += 1
-        eventlet.spawn_n(self._attempt_loop, state)
-        return True
+        Only the group goes first: a node that already caches the executable
+        starts at once, one that does not asks for the bytes with a 412.
+        """
+        resp = self._send(node, group, b"", stream)
+        if resp.status == 412 and resp.getheader(wire.NEED_EXECUTABLE_HEADER):
+            resp.read()
+            resp.close()
+            resp = self._send(node, group, executable, stream)
+        return resp
 
-    def _attempt_loop(self, state: TaskState) -> None:
-        try:
-            while not state.done.ready():
-                if not state.untried():
-                    break  # every candidate failed
-                now = time.monotonic()
-                remaining = {node_key(n): n for n in state.untried(now)}
-                if not remaining:
-                    # Every candidate left is busy: wait for the first Retry-After.
-                    wake = min(state.busy_until.values())
-                    if wake - state.started_at > self.max_busy_wait_s:
-                        break
-                    eventlet.sleep(max(0.0, wake - now))
-                    continue
-                if state.policy != RANDOM:
-                    self.probe(list(remaining.values()))
-                key = choose_node(list(remaining), self.loads, self.in_flight, state.policy,
-                                  self.rng, now=time.time())
-                node = remaining[key]
-                state.tried.add(key)
-                state.attempts += 1
-                answer, error, retry_after = self._attempt(node, state)
-                if answer is not None:
-                    error = self._claim(state, answer)
-                    if error is None:
-                        return
-                if state.done.ready():
-                    return  # cancelled, or lost the race: already in the report
-                state.failed.append(Attempt(node_label(node), error))
-                if retry_after is not None:
-                    # Busy is not broken: the node may take the task a little later.
-                    state.tried.discard(key)
-                    state.busy_until[key] = time.monotonic() + retry_after
-                self.logger.info("zerocompute: task %s failed on %s: %s; trying another",
-                                 state.call.task.get("task"), node_label(node), error)
-        finally:
-            state.live -= 1
-            if state.live == 0:
-                state.settle(None)  # every node tried, none worked
-
-    def _claim(self, state: TaskState, answer: TaskResponse) -> str | None:
-        """Let the first attempt back write the task's output; drop the others."""
-        try:
-            if state.claimed or state.done.ready():
-                return LOST_RACE
-            state.claimed = True
-            error = state.consume(answer)
-            if error is None:
-                state.settle(answer)
-                return None
-            state.claimed = False
-            return error
-        finally:
-            answer.connection.close()
-
-    def _attempt(self, node: dict, state: TaskState,
-                 ) -> tuple[TaskResponse | None, str, float | None]:
-        """Send the task to ``node``: its answer, or an error and, if the node was
-        only busy, the seconds it asked us to wait."""
-        key = node_key(node)
-        self.in_flight[key] += 1
-        try:
-            # Only the ETag goes first: a node that already caches the executable
-            # runs at once, one that does not asks for the bytes with a 412.
-            resp, conn = self._send(node, state, with_executable=False)
-            if resp.status == 412 and resp.getheader(wire.NEED_EXECUTABLE_HEADER):
-                resp.read()
-                conn.close()
-                resp, conn = self._send(node, state, with_executable=True)
-            self._note_load(key, resp)
-            if resp.status in RETRYABLE or resp.status // 100 == 5:
-                detail = resp.read(200).decode("utf-8", "replace").strip()
-                conn.close()
-                return None, f"{resp.status} {detail}".strip(), _retry_after(resp)
-            # 2xx is the guest's result; a 4xx (invalid executable, refused input)
-            # would fail the same way on any node.
-            return TaskResponse(node, resp, conn), "", None
-        except (Exception, Timeout) as err:  # noqa: BLE001 - any node failure means retry
-            return None, f"{type(err).__name__}: {err}".rstrip(": "), None
-        finally:
-            self.in_flight[key] -= 1
-            state.open.pop(key, None)
-
-    def _send(self, node: dict, state: TaskState, with_executable: bool):
-        call = state.call
-        device_path = f"/{node['device']}/{call.partition}{call.path}"
-        headers = wire.sign_task(self.secret, device_path, call.task)
-        headers["X-Backend-Storage-Policy-Index"] = str(call.policy_index)
-        body = call.executable if with_executable else b""
-        headers["Content-Length"] = str(len(body))
+    def _send(self, node: dict, group: wire.TaskGroup, executable: bytes,
+              stream: Stream | None) -> Any:
+        body, headers = wire.sign_group(self.secret, group)
+        headers["Content-Length"] = str(len(body) + len(executable))
         with ConnectionTimeout(self.conn_timeout):
-            conn = http_connect(node["ip"], node["port"], node["device"], call.partition,
-                                wire.METHOD, call.path, headers=headers)
-        state.open[node_key(node)] = (node, conn)
+            conn = http_connect_raw(node["ip"], node["port"], wire.METHOD, wire.TASKS_PATH,
+                                    headers=headers)
+        if stream is not None:
+            stream.sock = conn.sock
+            if stream.cancelled:
+                stream.cancel()
         try:
-            if body:
-                conn.send(body)
-            # A backstop only: the object server enforces the guest's limits itself.
-            with Timeout(call.time_s + wire.PREPARE_TIMEOUT_S + 30):
+            conn.send(body + executable)
+            with Timeout(float(group.limits["time_s"]) + wire.PREPARE_TIMEOUT_S
+                         + FRAME_GRACE_S):
                 resp = conn.getresponse()
         except BaseException:
             conn.close()
             raise
-        return resp, conn
+        resp.connection = conn
+        return resp
 
 
 def _retry_after(resp: Any) -> float | None:
@@ -330,43 +252,293 @@ def _retry_after(resp: Any) -> float | None:
         return None
 
 
-class JobTracker:
-    """Watches one job's running tasks and backs up stragglers near the end."""
+@dataclass(frozen=True)
+class RunSettings:
+    policy: str
+    concurrency: int = 16
+    max_group: int = 32
+    backups: bool = True
+    backup_factor: float = 2.0
+    backup_min_s: float = 1.0
+    tick_s: float = 0.2
 
-    def __init__(self, dispatcher: Dispatcher, total: int, factor: float = 2.0,
-                 min_s: float = 1.0, interval_s: float = 0.2):
+
+class JobRun:
+    """The dispatch of one job's tasks, until each is claimed or has failed."""
+
+    def __init__(self, dispatcher: Dispatcher, tasks: list[TaskState],
+                 template: wire.TaskGroup, executable: bytes, settings: RunSettings,
+                 on_result: ResultHandler):
         self.dispatcher = dispatcher
-        self.total = total
-        self.factor = factor
-        self.min_s = min_s
-        self.interval_s = interval_s
-        self.running: list[TaskState] = []
-        self.durations: list[float] = []
-        self.dispatched = 0
+        self.tasks = tasks
+        self.template = template
+        self.executable = executable
+        self.settings = settings
+        self.on_result = on_result
+        self.speeds = JobSpeeds()
+        self.durations: list[float] = []  # claimed tasks, from running to result
         self.backups = 0
+        self.streams: set[Stream] = set()
+        self.unfinished = len(tasks)
+        self.pending: OrderedDict[int, TaskState] = OrderedDict()
+        self.by_node: dict[str, OrderedDict[int, TaskState]] = defaultdict(OrderedDict)
+        self._wake: LightQueue = LightQueue()
 
-    def started(self, state: TaskState) -> None:
-        self.dispatched += 1
-        self.running.append(state)
+    # -- the loop -------------------------------------------------------------
+    def run(self) -> None:
+        for state in self.tasks:
+            self._enqueue(state)
+        while self.unfinished:
+            self._dispatch()
+            if self.settings.backups:
+                self._back_up_stragglers(time.monotonic())
+            if not self.unfinished:
+                break
+            try:
+                self._wake.get(timeout=self.settings.tick_s)
+                while self._wake.qsize():
+                    self._wake.get_nowait()
+            except Empty:
+                pass
+        for stream in list(self.streams):
+            stream.cancel()  # only losers of races remain
 
-    def finished(self, state: TaskState) -> None:
-        self.running.remove(state)
-        if state.answer is not None:
-            self.durations.append(time.monotonic() - state.started_at)
+    def _dispatch(self) -> None:
+        while len(self.streams) < self.settings.concurrency and self.pending:
+            picked = self._next_group(time.monotonic())
+            if picked is None:
+                return
+            self._start(*picked)
 
-    def stragglers(self, now: float) -> list[TaskState]:
-        """Tasks to back up: only once nothing is left to dispatch (the phase's end)."""
-        if self.dispatched < self.total or not self.durations:
-            return []
-        threshold = straggler_threshold_s(self.durations, self.factor, self.min_s)
-        return [s for s in self.running
-                if not s.backed_up and not s.done.ready() and now - s.started_at > threshold]
+    def _next_group(self, now: float) -> tuple[dict, list[TaskState]] | None:
+        """The next node to send to and the waiting tasks it gets."""
+        hopeless = []
+        picked = None
+        for state in self.pending.values():
+            if not state.untried():
+                hopeless.append(state)
+                continue
+            ready = state.untried(now)
+            if ready:
+                picked = (state, ready)
+                break
+            if state.first_sent and now - state.first_sent > self.dispatcher.max_busy_wait_s:
+                hopeless.append(state)
+        for state in hopeless:
+            self._dequeue(state)
+            self._give_up(state)
+        if picked is None:
+            return None
+        state, ready = picked
+        node = self._choose(state, ready)
+        return node, self._fill_group(state, node_key(node), now)
 
-    def watch(self) -> None:
-        """Run in a greenthread until every task is done."""
-        while self.dispatched < self.total or self.running:
-            for state in self.stragglers(time.monotonic()):
-                state.backed_up = True
-                if self.dispatcher.launch(state):
-                    self.backups += 1
-            eventlet.sleep(self.interval_s)
+    def _choose(self, state: TaskState, ready: list[dict]) -> dict:
+        by_key = {node_key(n): n for n in ready}
+        d = self.dispatcher
+        if self.settings.policy != RANDOM:
+            d.probe(ready)
+        key = choose_node(list(by_key), d.loads, d.in_flight, self.settings.policy, d.rng,
+                          now=time.time(), task_ms=self.speeds.estimates(list(by_key)))
+        return by_key[key]
+
+    def _fill_group(self, first: TaskState, key: str, now: float) -> list[TaskState]:
+        d = self.dispatcher
+        estimate = self.speeds.task_ms(key) or d.loads.get(key, NodeLoad()).task_ms
+        size = group_size(len(self.pending), self.settings.concurrency, estimate,
+                          self.speeds.completed(key), self.settings.max_group)
+        group = [first]
+        for state in self.by_node[key].values():
+            if len(group) >= size:
+                break
+            if state is not first and any(node_key(n) == key for n in state.untried(now)):
+                group.append(state)
+        for state in group:
+            self._dequeue(state)
+        return group
+
+    def _start(self, node: dict, group: list[TaskState], backup: bool = False) -> Stream:
+        stream = Stream(node, group)
+        now = time.monotonic()
+        for state in group:
+            state.live[stream.key] = stream
+            state.first_sent = state.first_sent or now
+        if not backup:  # a backup's task keeps the time it has been running elsewhere
+            group[0].running_since = now
+        self.streams.add(stream)
+        self.dispatcher.in_flight[stream.key] += len(group)
+        eventlet.spawn_n(self._run_stream, stream)
+        return stream
+
+    # -- the waiting tasks ---------------------------------------------------------
+    def _enqueue(self, state: TaskState) -> None:
+        if state.done or state.live:
+            return
+        self.pending[state.index] = state
+        for group in state.candidates:
+            for n in group:
+                self.by_node[node_key(n)][state.index] = state
+
+    def _dequeue(self, state: TaskState) -> None:
+        self.pending.pop(state.index, None)
+        for group in state.candidates:
+            for n in group:
+                self.by_node[node_key(n)].pop(state.index, None)
+
+    def _give_up(self, state: TaskState) -> None:
+        state.done = True
+        state.error = "no node could run the task: " + "; ".join(
+            f"{a.node}: {a.error}" for a in state.failed)
+        self.unfinished -= 1
+
+    # -- one group's request ------------------------------------------------------
+    def _run_stream(self, stream: Stream) -> None:
+        error, retry_after = "", None
+        try:
+            resp = self.dispatcher.open_group(stream.node, self._group_for(stream),
+                                              self.executable, stream)
+        except (Exception, Timeout) as err:  # noqa: BLE001 - any node failure means retry
+            self._stream_over(stream, _describe(err))
+            return
+        try:
+            self.dispatcher.note_load(stream.key, resp.getheader(wire.LOAD_HEADER))
+            if resp.status != 200:
+                detail = resp.read(300).decode("utf-8", "replace").strip()
+                error = f"{resp.status} {detail}".strip()
+                if resp.status in RETRYABLE or resp.status // 100 == 5:
+                    retry_after = _retry_after(resp)
+                else:
+                    # Refused as such (invalid executable): it would fail anywhere.
+                    self._fail_unanswered(stream, detail or f"task refused: {resp.status}")
+                return
+            self._read_frames(stream, resp)
+            if stream.head() is not None and not stream.cancelled:
+                error = "the node's answer ended early"
+        except (Exception, Timeout) as err:  # noqa: BLE001 - the rest is retried elsewhere
+            error = _describe(err)
+        finally:
+            resp.connection.close()
+            self._stream_over(stream, error, retry_after)
+
+    def _group_for(self, stream: Stream) -> wire.TaskGroup:
+        key = stream.key
+        specs = []
+        for state in stream.tasks:
+            node = next(n for g in state.candidates for n in g if node_key(n) == key)
+            specs.append(state.spec(node))
+        return replace(self.template, tasks=tuple(specs))
+
+    def _read_frames(self, stream: Stream, resp: Any) -> None:
+        timeout = float(self.template.limits["time_s"]) + wire.PREPARE_TIMEOUT_S + FRAME_GRACE_S
+        frames = wire.read_frames(resp)
+        while stream.head() is not None:
+            with Timeout(timeout):
+                try:
+                    result, body = next(frames)
+                except StopIteration:
+                    return
+            self._take_frame(stream, result, body)
+
+    def _take_frame(self, stream: Stream, result: wire.TaskResult, body: Any) -> None:
+        state = stream.head()
+        if state is None or result.task != state.task_id:
+            raise wire.BadFrame(f"result for {result.task!r} out of order")
+        now = time.monotonic()
+        stream.answered += 1
+        self.dispatcher.in_flight[stream.key] -= 1
+        self.dispatcher.note_load(stream.key, result.load)
+        following = stream.head()
+        if following is not None:
+            following.running_since = now
+        state.live.pop(stream.key, None)
+        if result.retry:
+            self._failed_on(state, stream.node, result.retry)
+            self._enqueue(state)
+        elif state.done:
+            body.read(result.stdout_bytes)  # lost the race: drop it unread by anyone
+        else:
+            self._claim(state, stream, result, body, now)
+        self._wake.put(None)
+
+    def _claim(self, state: TaskState, stream: Stream, result: wire.TaskResult, body: Any,
+               now: float) -> None:
+        state.done = True
+        state.node = stream.node
+        if result.completed:
+            self.speeds.add(stream.key, result.ms)
+        if state.running_since is not None:
+            self.durations.append(now - state.running_since)
+        for other in list(state.live.values()):
+            state.failed.append(Attempt(node_label(other.node), LOST_RACE))
+            other.cancel()
+        state.live.clear()
+        try:
+            self.on_result(state, stream.node, result, body)
+        except Exception as err:
+            # The output did not arrive whole (the node died mid-stream): run it again.
+            state.done, state.node = False, None
+            self._failed_on(state, stream.node, f"reading its output failed: {_describe(err)}")
+            self._enqueue(state)
+            raise
+        # Counted only now: the job must not finish while this output is on its way.
+        self.unfinished -= 1
+
+    def _failed_on(self, state: TaskState, node: dict, error: str,
+                   retry_after: float | None = None) -> None:
+        key = node_key(node)
+        state.failed.append(Attempt(node_label(node), error))
+        if retry_after is not None:
+            # Busy is not broken: the node may take the task a little later.
+            state.busy_until[key] = time.monotonic() + retry_after
+        else:
+            state.tried.add(key)
+        self.dispatcher.logger.info("zerocompute: task %s failed on %s: %s; trying another",
+                                    state.task_id, node_label(node), error)
+
+    def _fail_unanswered(self, stream: Stream, error: str) -> None:
+        while (state := stream.head()) is not None:
+            stream.answered += 1
+            self.dispatcher.in_flight[stream.key] -= 1
+            state.live.pop(stream.key, None)
+            if not state.done:
+                state.done = True
+                state.node = stream.node
+                state.error = error
+                self.unfinished -= 1
+
+    def _stream_over(self, stream: Stream, error: str, retry_after: float | None = None,
+                     ) -> None:
+        """The request ended: its unanswered tasks go back to wait for a node."""
+        while (state := stream.head()) is not None:
+            stream.answered += 1
+            self.dispatcher.in_flight[stream.key] -= 1
+            state.live.pop(stream.key, None)
+            if state.done:
+                continue
+            if not stream.cancelled:
+                self._failed_on(state, stream.node, error, retry_after)
+            self._enqueue(state)
+        self.streams.discard(stream)
+        self._wake.put(None)
+
+    # -- backup tasks ------------------------------------------------------------
+    def _back_up_stragglers(self, now: float) -> None:
+        """Once nothing waits, give a long-running task a copy on another replica."""
+        if self.pending or not self.durations:
+            return
+        threshold = straggler_threshold_s(self.durations, self.settings.backup_factor,
+                                          self.settings.backup_min_s)
+        for stream in list(self.streams):
+            state = stream.head()
+            if state is None or state.done or state.backed_up or state.running_since is None \
+                    or now - state.running_since <= threshold:
+                continue
+            state.backed_up = True
+            ready = [n for n in state.untried(now) if node_key(n) not in state.live]
+            if ready:
+                self._start(self._choose(state, ready), [state], backup=True)
+                self.backups += 1
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".rstrip(": ")

@@ -6,12 +6,17 @@ manifest, checks the executable, the inputs and the output location *as the
 requesting user* (sub-requests through the rest of the pipeline, so the auth
 middleware's ACLs apply), expands ``*`` inputs by container listing, runs one
 map task per input object on an object server that holds a replica (chosen by
-the scheduler from live load), writes each task's output as a Swift object,
-and answers with the job report in JSON.  A job that succeeds also writes
+the scheduler from live load; co-located tasks travel in groups), writes
+each task's output as a Swift object (or gathers every output into one), and
+answers with the job report in JSON.  A job that succeeds also writes
 ``_SUCCESS`` and ``_report.json`` beside its outputs.
 
 A bad request is answered with a 4xx whose JSON body has ``error`` and, where
-it applies, ``field``; nothing is written for it.
+it applies, ``field``; nothing is written for it.  A job still running after
+``heartbeat_s`` gets its ``200`` at once and a space every ``heartbeat_s``
+until the report follows (as SLO's ``heartbeat``), so that no idle timeout
+of a client or load balancer cuts it; the report's ``status`` then says how
+it ended.
 
 Place the filter after the auth middleware::
 
@@ -35,8 +40,10 @@ Place the filter after the auth middleware::
     # max_tasks = 10000
     # max_manifest_bytes = 65536
     # max_executable_mb = 64
-    # Tasks of one job in flight at once.
+    # Task-group requests of one job in flight at once, and the most tasks
+    # one group carries; also the number of output writes in flight.
     # concurrency = 16
+    # max_group = 32
     # Backup tasks: once nothing is left to dispatch, a task running longer than
     # backup_factor x the job's median task time (and backup_min_s) gets a second
     # attempt on another replica; the first to finish wins.
@@ -46,6 +53,9 @@ Place the filter after the auth middleware::
     # conn_timeout = 0.5
     # How long a task may wait for a slot while every replica answers 503 busy.
     # max_busy_wait_s = 300
+    # A synchronous job still running after this many seconds gets its 200 and
+    # a space every this many seconds until its report (0: never).
+    # heartbeat_s = 10
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -60,10 +71,17 @@ from urllib.parse import quote
 
 import eventlet
 from eventlet import GreenPool
+from eventlet.event import Event
 from swift.common.registry import register_swift_info
 from swift.common.storage_policy import POLICIES
 from swift.common.swob import Request, Response, str_to_wsgi
-from swift.common.utils import close_if_possible, config_true_value, get_logger
+from swift.common.utils import (
+    close_if_possible,
+    config_positive_int_value,
+    config_true_value,
+    get_logger,
+    non_negative_float,
+)
 from swift.common.wsgi import make_env, make_subrequest
 from swift.proxy.controllers.base import get_container_info
 
@@ -78,9 +96,9 @@ from zerocompute.manifest import (
 )
 from zerocompute.middleware.dispatch import (
     Dispatcher,
-    JobTracker,
-    TaskCall,
-    TaskResponse,
+    JobRun,
+    RunSettings,
+    TaskState,
     node_key,
     node_label,
 )
@@ -90,20 +108,63 @@ from zerocompute.sandbox.python import available as python_runtime_available
 from zerocompute.sandbox.wasm import InvalidExecutable, check_wasm
 from zerocompute.scheduler import POLICIES as SCHEDULER_POLICIES
 
-EXECUTE_HEADER = "X-Zerocompute-Execute"
-ASYNC_HEADER = "X-Zerocompute-Async"
 SWIFT_SOURCE = "ZC"
 LISTING_LIMIT = 10000
+# A task's output is kept in memory up to this size while it waits to be
+# written, and spooled to a temporary file beyond it.
+SPOOL_MEMORY = 1 << 20
+GATHER_MEMORY = 16 << 20
+WRITE_TRIES = 3
+_COPY_CHUNK = 65536
 
 
 @dataclass(frozen=True)
-class Placement:
-    """Where one input lives: its policy, partition and nodes."""
+class JobFilterConfig:
+    """The filter's settings, parsed once by :func:`filter_factory`."""
 
-    policy_index: int
-    partition: int
-    primaries: list[dict]
-    handoffs: list[dict]
+    secret: str
+    swift_dir: str
+    maximum: Limits
+    default_scheduler: str
+    max_tasks: int
+    max_manifest_bytes: int
+    max_executable_bytes: int
+    concurrency: int
+    max_group: int
+    backup_tasks: bool
+    backup_factor: float
+    backup_min_s: float
+    conn_timeout: float
+    max_busy_wait_s: float
+    heartbeat_s: float
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, str]) -> JobFilterConfig:
+        secret = conf.get("secret", "")
+        if not secret:
+            raise ValueError("zerocompute: 'secret' must be set (shared with object servers)")
+        scheduler = conf.get("default_scheduler", "load-aware")
+        if scheduler not in SCHEDULER_POLICIES:
+            raise ValueError(f"zerocompute: default_scheduler must be one of "
+                             f"{', '.join(SCHEDULER_POLICIES)}")
+        return cls(
+            secret=secret,
+            swift_dir=conf.get("swift_dir", "/etc/swift"),
+            maximum=Limits.from_conf(conf),
+            default_scheduler=scheduler,
+            max_tasks=config_positive_int_value(conf.get("max_tasks", 10000)),
+            max_manifest_bytes=config_positive_int_value(conf.get("max_manifest_bytes", 65536)),
+            max_executable_bytes=config_positive_int_value(
+                conf.get("max_executable_mb", 64)) * 1024 * 1024,
+            concurrency=config_positive_int_value(conf.get("concurrency", 16)),
+            max_group=config_positive_int_value(conf.get("max_group", 32)),
+            backup_tasks=config_true_value(conf.get("backup_tasks", "true")),
+            backup_factor=non_negative_float(conf.get("backup_factor", 2.0)),
+            backup_min_s=non_negative_float(conf.get("backup_min_s", 1.0)),
+            conn_timeout=non_negative_float(conf.get("conn_timeout", 0.5)),
+            max_busy_wait_s=non_negative_float(conf.get("max_busy_wait_s", 300)),
+            heartbeat_s=non_negative_float(conf.get("heartbeat_s", 10)),
+        )
 
 
 def json_response(status: int, body: dict[str, Any], headers: dict | None = None) -> Response:
@@ -112,32 +173,17 @@ def json_response(status: int, body: dict[str, Any], headers: dict | None = None
 
 
 class JobMiddleware:
-    def __init__(self, app: Any, conf: dict[str, str], logger: Any = None):
+    def __init__(self, app: Any, config: JobFilterConfig, logger: Any = None,
+                 conf: dict[str, str] | None = None):
         self.app = app
-        self.logger = logger or get_logger(conf, log_route="zerocompute")
-        self.secret = conf.get("secret", "")
-        if not self.secret:
-            raise ValueError("zerocompute: 'secret' must be set (shared with object servers)")
-        self.swift_dir = conf.get("swift_dir", "/etc/swift")
-        self.maximum = Limits.from_conf(conf)
-        self.default_scheduler = conf.get("default_scheduler", "load-aware")
-        if self.default_scheduler not in SCHEDULER_POLICIES:
-            raise ValueError(f"zerocompute: default_scheduler must be one of "
-                             f"{', '.join(SCHEDULER_POLICIES)}")
-        self.max_tasks = int(conf.get("max_tasks", 10000))
-        self.max_manifest_bytes = int(conf.get("max_manifest_bytes", 65536))
-        self.max_executable_bytes = int(conf.get("max_executable_mb", 64)) * 1024 * 1024
-        self.concurrency = int(conf.get("concurrency", 16))
-        self.backup_tasks = config_true_value(conf.get("backup_tasks", "true"))
-        self.backup_factor = float(conf.get("backup_factor", 2.0))
-        self.backup_min_s = float(conf.get("backup_min_s", 1.0))
-        self.dispatcher = Dispatcher(self.secret, float(conf.get("conn_timeout", 0.5)),
-                                     self.logger,
-                                     max_busy_wait_s=float(conf.get("max_busy_wait_s", 300)))
+        self.config = config
+        self.logger = logger or get_logger(conf or {}, log_route="zerocompute")
+        self.dispatcher = Dispatcher(config.secret, config.conn_timeout, self.logger,
+                                     max_busy_wait_s=config.max_busy_wait_s)
 
     def __call__(self, env: dict, start_response):
         req = Request(env)
-        if req.method != "POST" or not config_true_value(req.headers.get(EXECUTE_HEADER)):
+        if req.method != "POST" or not config_true_value(req.headers.get(wire.EXECUTE_HEADER)):
             return self.app(env, start_response)
         try:
             version, account, container = req.split_path(2, 3, True)
@@ -174,44 +220,39 @@ class JobMiddleware:
 
     # -- the job ------------------------------------------------------------
     def handle_job(self, req: Request, account: str) -> Response:
-        if config_true_value(req.headers.get(ASYNC_HEADER)):
+        if config_true_value(req.headers.get(wire.ASYNC_HEADER)):
             raise ManifestError("asynchronous jobs are not supported by this cluster yet",
-                                ASYNC_HEADER)
-        body = req.body_file.read(self.max_manifest_bytes + 1)
-        if len(body) > self.max_manifest_bytes:
-            raise ManifestError(f"manifest larger than {self.max_manifest_bytes} bytes",
-                                status=413)
-        manifest = parse_manifest(body, account, self.maximum, self.default_scheduler)
+                                wire.ASYNC_HEADER)
+        # One info cache for every sub-request of the job: account and container
+        # info is looked up once per job, not once per input checked or output written.
+        req.environ.setdefault("swift.infocache", {})
+        limit = self.config.max_manifest_bytes
+        body = req.body_file.read(limit + 1)
+        if len(body) > limit:
+            raise ManifestError(f"manifest larger than {limit} bytes", status=413)
+        manifest = parse_manifest(body, account, self.config.maximum,
+                                  self.config.default_scheduler)
         executable = self.fetch_executable(req, manifest.map.exec, "map.exec")
         found = [self.expand_input(req, pattern, f"map.inputs[{i}]")
                  for i, pattern in enumerate(manifest.map.inputs)]
         tasks = plan_map_only(manifest, found)
-        if len(tasks) > self.max_tasks:
+        if len(tasks) > self.config.max_tasks:
             raise ManifestError(f"{len(tasks)} tasks; this cluster runs at most "
-                                f"{self.max_tasks} per job", "map.inputs")
+                                f"{self.config.max_tasks} per job", "map.inputs")
         self.prepare_output(req, manifest.output)
+        return self.respond(MapJob(self, req, manifest, executable, tasks))
 
-        started = time.perf_counter()
-        placements = [self.placement(req, t.input.path) for t in tasks]
-        self.dispatcher.probe(list({node_key(n): n for p in placements if p
-                                    for n in p.primaries}.values()))
-        tracker = JobTracker(self.dispatcher, sum(1 for p in placements if p),
-                             self.backup_factor, self.backup_min_s) \
-            if self.backup_tasks and manifest.backup_tasks else None
-        if tracker:
-            eventlet.spawn_n(tracker.watch)
-        # Not pool.imap: it stops dispatching while the oldest task is unfinished,
-        # so one straggler would hold back the rest and its own backup.
-        pool = GreenPool(self.concurrency)
-        running = [pool.spawn(self.run_map_task, req, manifest, executable, task, placement,
-                              tracker)
-                   for task, placement in zip(tasks, placements, strict=True)]
-        reports = [thread.wait() for thread in running]
-        report = JobReport(manifest.name, manifest.scheduler, reports,
-                           ms=(time.perf_counter() - started) * 1000)
-        self.write_job_files(req, manifest.output, report)
-        return json_response(200, report.to_dict(),
-                             headers={"X-Zerocompute-Job-Status": report.status})
+    def respond(self, job: MapJob) -> Response:
+        """The report; after ``heartbeat_s``, the 200 at once and the report when ready."""
+        finished = Event()
+        eventlet.spawn_n(lambda: finished.send(job.run()))
+        heartbeat = self.config.heartbeat_s
+        report = finished.wait(heartbeat) if heartbeat else finished.wait()
+        if report is not None:
+            return json_response(200, report.to_dict(),
+                                 headers={wire.JOB_STATUS_HEADER: report.status})
+        return Response(status=200, content_type="application/json",
+                        app_iter=_heartbeat(finished, heartbeat))
 
     # -- checks as the user ---------------------------------------------------
     def subrequest(self, req: Request, method: str, path: str, query: str = "",
@@ -246,10 +287,10 @@ class JobMiddleware:
         resp = self.subrequest(req, "GET", path.path)
         self._check_access(resp, path, field, "executable")
         size = resp.content_length or 0
-        if size > self.max_executable_bytes:
+        if size > self.config.max_executable_bytes:
             close_if_possible(resp.app_iter)  # not read: the proxy drops the connection
             raise ManifestError(f"executable {path} is {size} bytes; at most "
-                                f"{self.max_executable_bytes} are allowed", field)
+                                f"{self.config.max_executable_bytes} are allowed", field)
         data = resp.body
         if runtime_of(path) == "python":
             if not python_runtime_available():
@@ -298,100 +339,6 @@ class JobMiddleware:
         resp = self.subrequest(req, "DELETE", success.path)
         if resp.status_int in (401, 403):
             raise ManifestError(f"not allowed to write to {container}", "output", status=403)
-
-    # -- running tasks ----------------------------------------------------------
-    def placement(self, req: Request, path: SwiftPath) -> Placement | None:
-        """Where an object lives (None if that cannot be found out)."""
-        try:
-            env = make_env(req.environ, path=str_to_wsgi(path.container_path))
-            info = get_container_info(env, self.app, swift_source=SWIFT_SOURCE)
-            policy_index = int(info.get("storage_policy") or 0)
-            ring = POLICIES.get_object_ring(policy_index, self.swift_dir)
-            partition, primaries = ring.get_nodes(path.account, path.container, path.obj)
-            handoffs = list(itertools.islice(ring.get_more_nodes(partition), 2))
-        except Exception as err:  # noqa: BLE001 - reported per task
-            self.logger.warning("zerocompute: cannot locate %s: %s", path, err)
-            return None
-        return Placement(policy_index, partition, primaries, handoffs)
-
-    def run_map_task(self, req: Request, manifest: Manifest, executable: tuple[str, bytes],
-                     task: MapTask, placement: Placement | None,
-                     tracker: JobTracker | None) -> TaskReport:
-        item = task.input
-        report = TaskReport(kind="map", task=task.task_id, input=str(item.path),
-                            output=str(task.output), bytes_in=item.size)
-        if placement is None:
-            report.error = "cannot locate the input in the ring"
-            return report
-        etag, code = executable
-        limits = manifest.limits
-        call = TaskCall(
-            partition=placement.partition,
-            path=f"/{item.path.account}/{item.path.container}/{item.path.obj}",
-            policy_index=placement.policy_index, executable=code, exec_etag=etag,
-            time_s=limits.time_s,
-            task={"job": manifest.name, "task": task.task_id, "exec_etag": etag,
-                  "exec_name": manifest.map.exec.obj.rsplit("/", 1)[-1],
-                  "args": list(manifest.map.args),
-                  "env": [*map(list, manifest.map.env),
-                          ["ZEROCOMPUTE_INPUT", str(item.path)],
-                          ["ZEROCOMPUTE_INPUT_SIZE", str(item.size)],
-                          ["ZEROCOMPUTE_TASK", task.task_id],
-                          ["ZEROCOMPUTE_JOB", manifest.name]],
-                  "runtime": runtime_of(manifest.map.exec),
-                  "limits": limits.to_dict()})
-        primary_keys = {node_key(n) for n in placement.primaries}
-
-        def consume(answer: TaskResponse) -> str | None:
-            return self.take_result(req, answer, task, report)
-
-        began = time.perf_counter()
-        outcome = self.dispatcher.run(call, placement.primaries, placement.handoffs,
-                                      manifest.scheduler, consume, tracker)
-        report.wall_ms = round((time.perf_counter() - began) * 1000, 3)
-        answer = outcome.answer
-        report.attempts, report.retries, report.backup = \
-            outcome.attempts, outcome.failed, outcome.backed_up
-        if answer is None:
-            report.error = "no node could run the task: " + "; ".join(
-                f"{a.node}: {a.error}" for a in report.retries)
-        else:
-            report.node = node_label(answer.node)
-            report.local = node_key(answer.node) in primary_keys
-        return report
-
-    def take_result(self, req: Request, answer: TaskResponse, task: MapTask,
-                    report: TaskReport) -> str | None:
-        """Record a node's answer and write the output; an error string means retry."""
-        resp = answer.response
-        headers = {k.lower(): v for k, v in resp.getheaders()}
-        if resp.status // 100 != 2:
-            report.error = resp.read(1024).decode("utf-8", "replace").strip() or \
-                f"task refused: {resp.status}"
-            return None
-        exit_value = headers.get(wire.EXIT_HEADER.lower(), "")
-        report.exit = int(exit_value) if exit_value.lstrip("-").isdigit() else None
-        report.error = headers.get(wire.ERROR_HEADER.lower())
-        report.stderr = wire.decode_tail(headers.get(wire.STDERR_HEADER.lower()))
-        report.ms = float(headers.get(wire.MS_HEADER.lower(), 0) or 0)
-        report.bytes_in = int(headers.get(wire.BYTES_IN_HEADER.lower(), report.bytes_in))
-        if report.exit is not None and report.exit != 0 and report.error is None:
-            report.error = f"guest exited with status {report.exit}"
-        if not report.ok:
-            resp.read()
-            return None
-        length = int(headers.get("content-length", 0))
-        put_resp = self.subrequest(req, "PUT", task.output.path, stream=resp, length=length)
-        if put_resp.status_int in (401, 403, 413):
-            report.error = f"writing output {task.output} failed: {put_resp.status}"
-            return None
-        if not put_resp.is_success:
-            # Most likely the node's stream broke off: run the task elsewhere.
-            report.exit = None
-            return f"writing output {task.output} failed: {put_resp.status}"
-        report.bytes_out = length
-        return None
-
     def write_job_files(self, req: Request, output: SwiftPath, report: JobReport) -> None:
         """The report always; ``_SUCCESS`` last, and only when every task succeeded."""
         files = [(REPORT_NAME, "application/json", report.to_json())]
@@ -400,11 +347,260 @@ class JobMiddleware:
             files.append((SUCCESS_NAME, "text/plain", b""))
         for name, content_type, body in files:
             target = job_file(output, name)
-            resp = self.subrequest(req, "PUT", target.path, body=body,
-                                   headers={"Content-Type": content_type})
-            if not resp.is_success:
-                report.error = f"writing {target} failed: {resp.status}"
+            try:
+                resp = self.subrequest(req, "PUT", target.path, body=body,
+                                       headers={"Content-Type": content_type})
+                failure = None if resp.is_success else resp.status
+            except Exception as err:  # noqa: BLE001 - said in the report we answer with
+                self.logger.exception("zerocompute: writing %s failed", target)
+                failure = f"{type(err).__name__}: {err}"
+            if failure is not None:
+                report.error = f"writing {target} failed: {failure}"
                 return
+
+
+def _heartbeat(finished: Event, interval: float):
+    """Spaces (valid leading JSON whitespace) until the report, then the report."""
+    while (report := finished.wait(interval)) is None:
+        yield b" "
+    yield json.dumps(report.to_dict(), indent=1).encode("utf-8") + b"\n"
+
+
+class MapJob:
+    """One map-only job: its request, manifest, executable, tasks and reports.
+
+    Built once the manifest has been checked; :meth:`run` places and runs
+    the tasks (:class:`JobRun`), writes each output as its result arrives
+    (``concurrency`` writes at once; a stream that finds every writer busy
+    waits, which bounds the outputs held in memory) or gathers them into the
+    one output object, and writes the job's own files.
+    """
+
+    def __init__(self, middleware: JobMiddleware, req: Request, manifest: Manifest,
+                 executable: tuple[str, bytes], tasks: list[MapTask]):
+        self.middleware = middleware
+        self.config = middleware.config
+        self.req = req
+        self.manifest = manifest
+        self.etag, self.code = executable
+        self.tasks = tasks
+        self.reports = [TaskReport(kind="map", task=t.task_id, input=str(t.input.path),
+                                   output=None if t.output is None else str(t.output),
+                                   bytes_in=t.input.size) for t in tasks]
+        self.writes = GreenPool(self.config.concurrency)
+        self.gathered = Gathered() if manifest.gathers else None
+        self._policies: dict[str, int] = {}
+
+    def run(self) -> JobReport:
+        started = time.perf_counter()
+        try:
+            states = self.task_states()
+            self.run_tasks(states)
+            error = self.write_gathered()
+        except Exception as err:  # noqa: BLE001 - the report says what happened
+            self.middleware.logger.exception("zerocompute: job %s failed", self.manifest.name)
+            error = f"internal error: {type(err).__name__}: {err}"
+        report = JobReport(self.manifest.name, self.manifest.scheduler, self.reports,
+                           ms=(time.perf_counter() - started) * 1000, error=error,
+                           output=str(self.manifest.output) if self.gathered else None)
+        self.middleware.write_job_files(self.req, self.manifest.output, report)
+        return report
+
+    # -- placing --------------------------------------------------------------
+    def task_states(self) -> list[TaskState]:
+        states = []
+        for index, task in enumerate(self.tasks):
+            item = task.input
+            placement = self.placement(item.path)
+            if placement is None:
+                self.reports[index].error = "cannot locate the input in the ring"
+                continue
+            policy_index, partition, primaries, handoffs = placement
+            states.append(TaskState(
+                index=index, task_id=task.task_id, partition=partition,
+                path=f"/{item.path.account}/{item.path.container}/{item.path.obj}",
+                policy_index=policy_index,
+                env=(("ZEROCOMPUTE_INPUT", str(item.path)),
+                     ("ZEROCOMPUTE_INPUT_SIZE", str(item.size)),
+                     ("ZEROCOMPUTE_TASK", task.task_id)),
+                candidates=[primaries, handoffs]))
+        return states
+
+    def placement(self, path: SwiftPath) -> tuple[int, int, list, list] | None:
+        """Policy, partition, primaries and handoffs of an object (None if unknown)."""
+        try:
+            policy_index = self._policies.get(path.container_path)
+            if policy_index is None:
+                env = make_env(self.req.environ, path=str_to_wsgi(path.container_path))
+                info = get_container_info(env, self.middleware.app, swift_source=SWIFT_SOURCE)
+                policy_index = self._policies[path.container_path] = \
+                    int(info.get("storage_policy") or 0)
+            ring = POLICIES.get_object_ring(policy_index, self.config.swift_dir)
+            partition, primaries = ring.get_nodes(path.account, path.container, path.obj)
+            handoffs = list(itertools.islice(ring.get_more_nodes(partition), 2))
+        except Exception as err:  # noqa: BLE001 - reported per task
+            self.middleware.logger.warning("zerocompute: cannot locate %s: %s", path, err)
+            return None
+        return policy_index, partition, primaries, handoffs
+
+    # -- running ----------------------------------------------------------------
+    def run_tasks(self, states: list[TaskState]) -> None:
+        manifest = self.manifest
+        if not states:
+            return
+        dispatcher = self.middleware.dispatcher
+        dispatcher.probe(list({node_key(n): n for s in states
+                               for n in s.candidates[0]}.values()))
+        template = wire.TaskGroup(
+            job=manifest.name, exec_etag=self.etag,
+            exec_name=manifest.map.exec.obj.rsplit("/", 1)[-1],
+            runtime=runtime_of(manifest.map.exec), args=manifest.map.args,
+            env=(*manifest.map.env, ("ZEROCOMPUTE_JOB", manifest.name)),
+            limits=manifest.limits.to_dict(), tasks=())
+        settings = RunSettings(
+            policy=manifest.scheduler, concurrency=self.config.concurrency,
+            max_group=self.config.max_group,
+            backups=self.config.backup_tasks and manifest.backup_tasks,
+            backup_factor=self.config.backup_factor, backup_min_s=self.config.backup_min_s)
+        run = JobRun(dispatcher, states, template, self.code, settings, self.take_result)
+        run.run()
+        self.writes.waitall()
+        for state in states:
+            report = self.reports[state.index]
+            report.attempts, report.retries, report.backup = \
+                state.attempts, state.failed, state.backed_up
+            if state.error is not None:
+                report.error = state.error
+                report.exit = None
+            if state.first_sent is not None and not report.wall_ms:
+                report.wall_ms = round((time.monotonic() - state.first_sent) * 1000, 3)
+
+    def take_result(self, state: TaskState, node: dict, result: wire.TaskResult,
+                    stream: Any) -> None:
+        """A task's claiming result: record it and hand its output on."""
+        report = self.reports[state.index]
+        report.node = node_label(node)
+        report.local = node_key(node) in {node_key(n) for n in state.candidates[0]}
+        report.exit = result.exit
+        report.error = result.invalid or result.error
+        report.stderr = result.stderr
+        report.ms = result.ms
+        report.bytes_in = result.bytes_in or report.bytes_in
+        if report.exit is not None and report.exit != 0 and report.error is None:
+            report.error = f"guest exited with status {report.exit}"
+        output = read_output(stream, result.stdout_bytes)
+        if not report.ok:
+            output.close()
+            return
+        if self.gathered is not None:
+            self.gathered.add(state.index, output, result.stdout_bytes)
+            report.bytes_out = result.stdout_bytes
+            self.finish(state, report)
+            return
+        # Blocks while every writer is busy: the stream waits, memory stays bounded.
+        self.writes.spawn_n(self.write_output, state, report, output, result.stdout_bytes)
+
+    def write_output(self, state: TaskState, report: TaskReport, output: Any,
+                     length: int) -> None:
+        target = self.tasks[state.index].output
+        try:
+            status = ""
+            for _ in range(WRITE_TRIES):
+                output.seek(0)
+                resp = self.middleware.subrequest(self.req, "PUT", target.path, stream=output,
+                                                  length=length)
+                status = resp.status
+                if resp.is_success:
+                    report.bytes_out = length
+                    return
+                if resp.status_int // 100 == 4:
+                    break  # refused (401, 403, 413 ...): trying again changes nothing
+            report.error = f"writing output {target} failed: {status}"
+        except Exception as err:  # noqa: BLE001 - one task's write, reported on it
+            self.middleware.logger.exception("zerocompute: writing %s failed", target)
+            report.error = f"writing output {target} failed: {type(err).__name__}: {err}"
+        finally:
+            output.close()
+            self.finish(state, report)
+
+    @staticmethod
+    def finish(state: TaskState, report: TaskReport) -> None:
+        if state.first_sent is not None:
+            report.wall_ms = round((time.monotonic() - state.first_sent) * 1000, 3)
+
+    def write_gathered(self) -> str | None:
+        """The one output of a gathering job, in input order, once every task succeeded."""
+        if self.gathered is None or not all(r.ok for r in self.reports):
+            return None
+        target = self.manifest.output
+        try:
+            resp = self.middleware.subrequest(self.req, "PUT", target.path,
+                                              stream=self.gathered.reader(),
+                                              length=self.gathered.size)
+        finally:
+            self.gathered.close()
+        if not resp.is_success:
+            return f"writing output {target} failed: {resp.status}"
+        return None
+
+
+def read_output(stream: Any, length: int) -> Any:
+    """``length`` bytes of a task's stdout, in memory or spooled to a temporary file."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
+    left = length
+    while left > 0:
+        chunk = stream.read(min(left, _COPY_CHUNK))
+        if not chunk:
+            spool.close()
+            raise OSError(f"output ended {left} bytes short")
+        spool.write(chunk)
+        left -= len(chunk)
+    spool.seek(0)
+    return spool
+
+
+class Gathered:
+    """Every task's output for one object: appended as they come, read in task order."""
+
+    def __init__(self):
+        self.file = tempfile.SpooledTemporaryFile(max_size=GATHER_MEMORY)
+        self.pieces: dict[int, tuple[int, int]] = {}  # task index -> (offset, length)
+        self.size = 0
+
+    def add(self, index: int, output: Any, length: int) -> None:
+        # Copied without yielding to the hub, so concurrent streams cannot interleave.
+        offset = self.file.seek(0, 2)
+        while chunk := output.read(_COPY_CHUNK):
+            self.file.write(chunk)
+        output.close()
+        self.pieces[index] = (offset, length)
+        self.size += length
+
+    def reader(self) -> _InOrder:
+        return _InOrder(self.file, [self.pieces[i] for i in sorted(self.pieces)])
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _InOrder:
+    """A file-like ``read`` over the pieces of a file, in the given order."""
+
+    def __init__(self, file: Any, pieces: list[tuple[int, int]]):
+        self.file = file
+        self.pieces = list(reversed(pieces))
+        self.left = 0
+
+    def read(self, size: int = -1) -> bytes:
+        while self.left == 0:
+            if not self.pieces:
+                return b""
+            offset, self.left = self.pieces.pop()
+            self.file.seek(offset)
+        size = self.left if size is None or size < 0 else min(size, self.left)
+        data = self.file.read(size)
+        self.left -= len(data)
+        return data
 
 
 def job_file(output: SwiftPath, name: str) -> SwiftPath:
@@ -416,19 +612,21 @@ def job_file(output: SwiftPath, name: str) -> SwiftPath:
 
 def filter_factory(global_conf: dict, **local_conf: str):
     conf = dict(global_conf, **local_conf)
-    maximum = Limits.from_conf(conf)
+    config = JobFilterConfig.from_conf(conf)
     register_swift_info(
         "zerocompute",
         version=__version__,
         runtimes=["wasm32-wasi", "python3.12"] if python_runtime_available()
         else ["wasm32-wasi"],
         schedulers=list(SCHEDULER_POLICIES),
-        default_scheduler=conf.get("default_scheduler", "load-aware"),
-        max_limits=maximum.to_dict(),
-        max_tasks=int(conf.get("max_tasks", 10000)),
+        default_scheduler=config.default_scheduler,
+        max_limits=config.maximum.to_dict(),
+        max_tasks=config.max_tasks,
+        max_group=config.max_group,
+        heartbeat_s=config.heartbeat_s,
         stages=["map"],
     )
 
     def job_filter(app):
-        return JobMiddleware(app, conf)
+        return JobMiddleware(app, config, conf=conf)
     return job_filter

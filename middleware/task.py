@@ -1,24 +1,28 @@
-"""Object-server filter: runs zerocompute map tasks beside the data.
+"""Object-server filter: runs zerocompute tasks beside the data.
 
-The proxy's ``zerocompute`` filter sends a signed ``EXECUTE`` request for an
-object this server holds.  This filter verifies the signature, opens the
-object through Swift's DiskFile API, and runs the WebAssembly guest in an
-executor process, with the open data file as stdin (no copy).  The
-guest's stdout is the response body; its exit status, error, stderr tail,
-timing and this server's load travel in ``X-Zerocompute-*`` headers.  ``GET
-/zerocompute/load`` answers a load probe.  Every other request passes
-through untouched.
+The proxy's ``zerocompute`` filter sends ``EXECUTE /zerocompute/tasks`` with
+a signed *task group*: one or more tasks of a job whose input objects this
+server holds (``zerocompute.wire``).  This filter verifies the signature,
+then runs the group's tasks one after another, each in its own sandbox: it
+opens the task's object through Swift's DiskFile API and hands the open data
+file to an executor process as the guest's stdin (no copy).  Each task's
+result streams back as a frame (a JSON line, then the guest's stdout) as soon
+as its guest is done.  ``GET /zerocompute/load`` answers a load probe.  Every
+other request passes through untouched.
 
-Executables arrive once per server: the proxy first sends only the
-executable's ETag; a server that lacks it answers 412 and the proxy sends it
-again with the executable as the body, which is checked against the signed
-ETag, compiled and cached (``doc/sandbox.md``).
+Executables arrive once per server: the proxy first sends only the group;
+a server that lacks the executable answers 412 and the proxy sends the group
+again followed by the executable, which is checked against the signed ETag,
+compiled and cached (``doc/sandbox.md``).
 
 Guests run in a pool of ``slots`` executor processes
 (``zerocompute.sandbox.executor``): the eventlet hub never waits on a guest,
 and a crashing guest or runtime takes down one executor, never the object
-server.  Beyond ``slots`` running and ``queue`` waiting tasks the server
-answers 503 with ``Retry-After`` so the proxy places the task elsewhere.
+server.  Each task of a group takes a slot for itself, so several groups
+share the slots task by task.  Beyond ``slots + queue`` groups at once the
+server answers 503 with ``Retry-After`` so the proxy places them elsewhere.
+When the proxy hangs up (it cancelled the attempt), the running guest is
+killed and the rest of the group is dropped.
 
 Configuration, in ``object-server.conf``::
 
@@ -29,7 +33,7 @@ Configuration, in ``object-server.conf``::
     use = egg:zerocompute#zerocompute_object
     # Must equal the proxy filter's secret.
     secret = change-me
-    # Tasks run at once, and tasks allowed to wait for a slot.
+    # Tasks run at once, and groups allowed to wait for a slot.
     # slots = <number of CPUs>
     # queue = <2 x slots>
     # Where executables and compiled modules are cached.
@@ -42,23 +46,33 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from eventlet.semaphore import Semaphore
-from swift.common.exceptions import DiskFileDeleted, DiskFileExpired, DiskFileNotExist
+from swift.common.exceptions import (
+    DiskFileDeleted,
+    DiskFileDeviceUnavailable,
+    DiskFileExpired,
+    DiskFileNotExist,
+)
 from swift.common.storage_policy import POLICIES
 from swift.common.swob import (
     HTTPBadRequest,
-    HTTPConflict,
     HTTPForbidden,
-    HTTPNotFound,
     HTTPPreconditionFailed,
+    HTTPRequestEntityTooLarge,
     HTTPServiceUnavailable,
     Request,
     Response,
-    wsgi_to_str,
 )
-from swift.common.utils import config_positive_int_value, get_logger, split_path
+from swift.common.utils import (
+    config_positive_int_value,
+    get_logger,
+    non_negative_int,
+    split_path,
+)
 from swift.obj.diskfile import DiskFileRouter
 
 from zerocompute import wire
@@ -69,22 +83,24 @@ from zerocompute.scheduler import DEFAULT_SERVICE_MS, format_load_header, update
 _READ_CHUNK = 65536
 
 
-class _SpooledOutput:
-    """Streams the guest's stdout file and removes it, even if never read (WSGI close)."""
+@dataclass(frozen=True)
+class TaskFilterConfig:
+    """The filter's settings, parsed once by :func:`filter_factory`."""
 
-    def __init__(self, path: str):
-        self.path = path
+    secret: str
+    slots: int
+    queue: int
+    cache_dir: str
 
-    def __iter__(self):
-        with open(self.path, "rb") as f:
-            while chunk := f.read(_READ_CHUNK):
-                yield chunk
-
-    def close(self) -> None:
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+    @classmethod
+    def from_conf(cls, conf: dict[str, str]) -> TaskFilterConfig:
+        secret = conf.get("secret", "")
+        if not secret:
+            raise ValueError("zerocompute_object: 'secret' must be set (same as the proxy's)")
+        slots = config_positive_int_value(conf.get("slots", os.cpu_count() or 1))
+        return cls(secret=secret, slots=slots,
+                   queue=non_negative_int(conf.get("queue", 2 * slots)),
+                   cache_dir=conf.get("cache_dir", "/var/cache/swift/zerocompute"))
 
 
 def _client_socket(req: Request) -> Any:
@@ -92,23 +108,35 @@ def _client_socket(req: Request) -> Any:
     return getattr(req.environ.get("eventlet.input"), "_sock", None)
 
 
+def refuse_input(metadata: dict) -> str | None:
+    """Why an object's data file is not its bytes (None when it is)."""
+    if any(k.lower().startswith("x-object-sysmeta-crypto-") for k in metadata):
+        return "encrypted objects cannot be read in place"
+    if "X-Static-Large-Object" in metadata or any(
+            k.lower() == "x-object-manifest" for k in metadata):
+        return "large-object manifests are not supported as inputs"
+    if "X-Object-Sysmeta-Ec-Frag-Index" in metadata:
+        return "erasure-coded fragments cannot be read in place"
+    return None
+
+
 class TaskMiddleware:
-    def __init__(self, app: Any, conf: dict[str, str], logger: Any = None):
+    def __init__(self, app: Any, config: TaskFilterConfig, logger: Any = None,
+                 pool: Any = None, conf: dict[str, str] | None = None):
+        """``pool`` runs guests (an :class:`ExecutorPool` unless a test gives a stub)."""
         self.app = app
-        self.logger = logger or get_logger(conf, log_route="zerocompute_object")
-        self.secret = conf.get("secret", "")
-        if not self.secret:
-            raise ValueError("zerocompute_object: 'secret' must be set (same as the proxy's)")
-        self.slots = config_positive_int_value(conf.get("slots", os.cpu_count() or 1))
-        self.queue = int(conf.get("queue", 2 * self.slots))
-        self.cache_dir = conf.get("cache_dir", "/var/cache/swift/zerocompute")
-        self.scratch_dir = os.path.join(self.cache_dir, "scratch")
+        self.config = config
+        self.logger = logger or get_logger(conf or {}, log_route="zerocompute_object")
+        self.slots = config.slots
+        self.scratch_dir = os.path.join(config.cache_dir, "scratch")
         os.makedirs(self.scratch_dir, exist_ok=True)
-        self.executables = ExecutableStore(self.cache_dir)
-        self.pool = ExecutorPool(self.slots, self.cache_dir)
-        self._slots = Semaphore(self.slots)
-        self.diskfile_router = DiskFileRouter(conf, self.logger)
-        self.waiting = 0
+        self.executables = ExecutableStore(config.cache_dir)
+        self.pool = pool or ExecutorPool(config.slots, config.cache_dir)
+        self._slots = Semaphore(config.slots)
+        self.diskfile_router = DiskFileRouter(conf or {}, self.logger)
+        self.groups = 0  # task groups being served
+        self.pending = 0  # tasks of those groups that wait for their turn in the group
+        self.waiting = 0  # tasks whose turn came, waiting for a slot
         self.service_ms = DEFAULT_SERVICE_MS
         self.completed = 0
         self.started: list[float] = []  # when each running task started (monotonic)
@@ -120,13 +148,14 @@ class TaskMiddleware:
             return self.app(env, start_response)
         req = Request(env)
         try:
-            resp = self.handle_task(req)
+            resp = self.handle_group(req)
         except Exception:  # noqa: BLE001 - a task must never take the server down
-            self.logger.exception("zerocompute task failed unexpectedly: %s", req.path)
-            resp = Response(status=500, body=b"internal error running task\n")
+            self.logger.exception("zerocompute task group failed unexpectedly")
+            resp = Response(status=500, body=b"internal error running tasks\n")
         resp.headers[wire.LOAD_HEADER] = self.load_header()
         return resp(env, start_response)
 
+    # -- load ---------------------------------------------------------------------
     @property
     def running(self) -> int:
         return len(self.started)
@@ -135,102 +164,120 @@ class TaskMiddleware:
         now = time.monotonic()
         elapsed = [now - t for t in self.started]
         elapsed_ms = 1000 * sum(elapsed) / len(elapsed) if elapsed else 0.0
-        return format_load_header(self.running, self.waiting, self.slots, self.service_ms,
+        return format_load_header(self.running, self.queued, self.slots, self.service_ms,
                                   elapsed_ms)
+
+    @property
+    def queued(self) -> int:
+        return self.pending + self.waiting
 
     def load_response(self) -> Response:
         """The answer to a load probe: cheap, no auth (it says only how busy we are)."""
-        body = json.dumps({"running": self.running, "queued": self.waiting,
+        body = json.dumps({"running": self.running, "queued": self.queued,
                            "slots": self.slots, "service_ms": round(self.service_ms, 3)})
         return Response(status=200, content_type="application/json", body=body.encode(),
                         headers={wire.LOAD_HEADER: self.load_header()})
 
-    def handle_task(self, req: Request) -> Response:
-        path = wsgi_to_str(req.environ["PATH_INFO"])
+    # -- a group --------------------------------------------------------------------
+    def handle_group(self, req: Request) -> Response:
+        if req.path_info != wire.TASKS_PATH:
+            return HTTPBadRequest(body=b"task groups go to " + wire.TASKS_PATH.encode() + b"\n")
         try:
-            task = wire.verify_task(self.secret, req.method, path, req.headers)
-        except wire.BadSignature as err:
-            self.logger.warning("zerocompute: refused unsigned task %s: %s", req.path, err)
-            return HTTPForbidden(body=b"task signature refused\n")
-        try:
-            device, partition, account, container, obj = split_path(path, 5, 5, True)
-            policy = POLICIES.get_by_index(req.headers.get("X-Backend-Storage-Policy-Index", 0))
+            group_length = int(req.headers.get(wire.GROUP_LENGTH_HEADER, ""))
+            body_length = int(req.content_length or 0)
         except ValueError:
-            return HTTPBadRequest(body=b"bad task path\n")
-        if policy is None:
-            return HTTPBadRequest(body=b"unknown storage policy\n")
-
-        etag = task["exec_etag"]
-        # Read the body even when the executable is cached: a hang-up of the
-        # proxy is seen only once nothing unread is left before it.
-        body = req.body_file.read(req.content_length) if req.content_length else b""
+            return HTTPBadRequest(body=b"bad task group length\n")
+        if not 0 < group_length <= min(body_length, wire.MAX_GROUP_BYTES):
+            return HTTPForbidden(body=b"task signature refused\n")
+        # Read the whole body even when the executable is cached: a hang-up of
+        # the proxy is seen only once nothing unread is left before it.
+        body = req.body_file.read(body_length)
         try:
-            if not self.executables.has(etag):
-                if not body:
-                    return HTTPPreconditionFailed(headers={wire.NEED_EXECUTABLE_HEADER: etag})
-                self.executables.add(etag, body, task.get("runtime", "wasm"))
+            group = wire.verify_group(self.config.secret, req.method, req.path_info,
+                                      req.headers, body[:group_length])
+        except wire.BadSignature as err:
+            self.logger.warning("zerocompute: refused unsigned task group: %s", err)
+            return HTTPForbidden(body=b"task signature refused\n")
+        executable = body[group_length:]
+        try:
+            if not self.executables.has(group.exec_etag):
+                if not executable:
+                    return HTTPPreconditionFailed(
+                        headers={wire.NEED_EXECUTABLE_HEADER: group.exec_etag})
+                self.executables.add(group.exec_etag, executable, group.runtime)
         except InvalidExecutable as err:
             return HTTPBadRequest(body=str(err).encode())
-
-        if self.running >= self.slots and self.waiting >= self.queue:
+        if self.groups >= self.slots + self.config.queue:
             return HTTPServiceUnavailable(headers={"Retry-After": "1"},
                                           body=b"zerocompute: all task slots busy\n")
-        diskfile = self.diskfile_router[policy].get_diskfile(
-            device, partition, account, container, obj, policy=policy)
+        if len(group.tasks) > 4096:
+            return HTTPRequestEntityTooLarge(body=b"too many tasks in one group\n")
+        return Response(status=200, content_type="application/octet-stream",
+                        app_iter=GroupRun(self, group, _client_socket(req)))
+
+    def run_task(self, group: wire.TaskGroup, spec: wire.TaskSpec, client: Any,
+                 ) -> tuple[wire.TaskResult, int | None]:
+        """Run one task of a group: its result and, when it produced output, the
+        descriptor of its (already unlinked) stdout file."""
+        result = wire.TaskResult(task=spec.task)
         try:
+            _device, _part, account, container, obj = split_path(
+                spec.disk_path, 5, 5, True)
+        except ValueError:
+            result.error = "bad task path"
+            return result, None
+        policy = POLICIES.get_by_index(spec.policy)
+        if policy is None:
+            result.retry = f"unknown storage policy {spec.policy}"
+            return result, None
+        try:
+            diskfile = self.diskfile_router[policy].get_diskfile(
+                spec.device, spec.partition, account, container, obj, policy=policy)
             with diskfile.open():
                 metadata = diskfile.get_metadata()
-                refusal = self.refuse_input(metadata)
+                refusal = refuse_input(metadata)
                 if refusal is not None:
-                    return refusal
+                    result.error = refusal
+                    return result, None
+                result.bytes_in = int(metadata.get("Content-Length", 0))
                 # The open DiskFile pins this version of the object: the executor gets
                 # the same descriptor, so a concurrent overwrite does not change its input.
-                return self.run_guest(task, diskfile._fp.fileno(), metadata,
-                                      _client_socket(req))
+                return self.run_guest(group, spec, diskfile._fp.fileno(), result, client)
         except (DiskFileNotExist, DiskFileDeleted, DiskFileExpired):
-            return HTTPNotFound(body=b"object not on this node\n")
+            result.retry = "404 object not on this node"
+        except DiskFileDeviceUnavailable:
+            result.retry = "507 device unavailable"
+        return result, None
 
-    @staticmethod
-    def refuse_input(metadata: dict) -> Response | None:
-        if any(k.lower().startswith("x-object-sysmeta-crypto-") for k in metadata):
-            return HTTPConflict(body=b"encrypted objects cannot be read in place\n")
-        if "X-Static-Large-Object" in metadata or any(
-                k.lower() == "x-object-manifest" for k in metadata):
-            return HTTPConflict(body=b"large-object manifests are not supported as inputs\n")
-        if "X-Object-Sysmeta-Ec-Frag-Index" in metadata:
-            return HTTPConflict(body=b"erasure-coded fragments cannot be read in place\n")
-        return None
-
-    def run_guest(self, task: dict, input_fd: int, metadata: dict,
-                  client: Any = None) -> Response:
+    def run_guest(self, group: wire.TaskGroup, spec: wire.TaskSpec, input_fd: int,
+                  result: wire.TaskResult, client: Any) -> tuple[wire.TaskResult, int | None]:
         stdout_fd, stdout_path = tempfile.mkstemp(dir=self.scratch_dir, prefix="out-")
-        keep_stdout = False
+        os.unlink(stdout_path)  # the executor writes through /proc/self/fd; nothing to clean
         try:
-            reply = self.run_in_executor(task, [input_fd, stdout_fd], client)
-            if reply.get("invalid"):
-                return HTTPBadRequest(body=reply["invalid"].encode())
-            self.service_ms = update_service_ms(self.service_ms, float(reply["ms"]),
-                                                self.completed)
-            self.completed += 1
-            headers = {
-                wire.EXIT_HEADER: "" if reply["exit"] is None else str(reply["exit"]),
-                wire.STDERR_HEADER: reply["stderr"],
-                wire.BYTES_IN_HEADER: str(metadata.get("Content-Length", 0)),
-                wire.MS_HEADER: f"{float(reply['ms']):.3f}",
-            }
-            if reply["error"]:
-                headers[wire.ERROR_HEADER] = reply["error"]
-            if reply["exit"] != 0 or reply["error"]:
-                return Response(status=200, headers=headers, body=b"")
-            keep_stdout = True
-            return Response(status=200, headers=headers, content_length=reply["stdout_bytes"],
-                            app_iter=_SpooledOutput(stdout_path))
-        finally:
+            reply = self.run_in_executor(group.guest_task(spec), [input_fd, stdout_fd],
+                                         float(group.limits["time_s"]), client)
+        except BaseException:
             os.close(stdout_fd)
-            if not keep_stdout:
-                os.unlink(stdout_path)
+            raise
+        if reply.get("invalid"):
+            os.close(stdout_fd)
+            result.invalid = reply["invalid"]
+            return result, None
+        result.exit = reply["exit"]
+        result.error = reply["error"]
+        result.stderr = wire.decode_tail(reply["stderr"])
+        result.ms = float(reply["ms"])
+        if result.completed:
+            self.service_ms = update_service_ms(self.service_ms, result.ms, self.completed)
+            self.completed += 1
+        if result.exit != 0 or result.error:
+            os.close(stdout_fd)
+            return result, None
+        result.stdout_bytes = int(reply["stdout_bytes"])
+        return result, stdout_fd
 
-    def run_in_executor(self, task: dict, fds: list[int], client: Any = None) -> dict:
+    def run_in_executor(self, task: dict, fds: list[int], time_s: float,
+                        client: Any = None) -> dict:
         """Wait for a slot, then run; the counters feed the load header."""
         self.waiting += 1
         try:
@@ -245,16 +292,75 @@ class TaskMiddleware:
         began = time.monotonic()
         self.started.append(began)
         try:
-            return self.pool.run(task, fds, float(task["limits"]["time_s"]), client)
+            return self.pool.run(task, fds, time_s, client)
         finally:
             self.started.remove(began)
             self._slots.release()
 
 
+class GroupRun:
+    """The response body of a group: runs its tasks in order, yielding each frame.
+
+    Closed early (the proxy hung up), it runs nothing more.
+    """
+
+    def __init__(self, server: TaskMiddleware, group: wire.TaskGroup, client: Any):
+        self.server = server
+        self.group = group
+        self.client = client
+        self.left = len(group.tasks)
+        server.groups += 1
+        server.pending += self.left
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for spec in self.group.tasks:
+                if self.client is not None and hung_up(self.client):
+                    return
+                self.left -= 1
+                self.server.pending -= 1
+                result, stdout_fd = self.server.run_task(self.group, spec, self.client)
+                result.load = self.server.load_header()
+                yield from self._frame(result, stdout_fd)
+        finally:
+            self.close()
+
+    @staticmethod
+    def _frame(result: wire.TaskResult, stdout_fd: int | None) -> Iterator[bytes]:
+        head = result.frame_head()
+        if stdout_fd is None:
+            yield head
+            return
+        try:
+            left = result.stdout_bytes
+            first = os.pread(stdout_fd, min(left, _READ_CHUNK), 0)
+            yield head + first  # small outputs travel in one write
+            offset = len(first)
+            left -= len(first)
+            while left > 0:
+                chunk = os.pread(stdout_fd, min(left, _READ_CHUNK), offset)
+                if not chunk:
+                    raise OSError("guest output shorter than reported")
+                offset += len(chunk)
+                left -= len(chunk)
+                yield chunk
+        finally:
+            os.close(stdout_fd)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.server.pending -= self.left
+        self.left = 0
+        self.server.groups -= 1
+
+
 def filter_factory(global_conf: dict, **local_conf: str):
     conf = dict(global_conf, **local_conf)
+    config = TaskFilterConfig.from_conf(conf)
 
     def task_filter(app):
-        return TaskMiddleware(app, conf)
+        return TaskMiddleware(app, config, conf=conf)
     return task_filter
-

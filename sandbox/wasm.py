@@ -49,7 +49,7 @@ from wasmtime import (
     WasiConfig,
 )
 
-from zerocompute.manifest import LIMIT_DEFAULTS
+from zerocompute.wire import LIMIT_DEFAULTS
 
 WASM_MAGIC = b"\0asm"
 TICK_S = 0.01

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zerocompute.scheduler import POLICIES as SCHEDULERS
+from zerocompute.wire import LIMIT_DEFAULTS
 
 SCHEME = "swift://"
 OWN_ACCOUNT = "~"
@@ -97,21 +98,6 @@ class SwiftPath:
             else f"{SCHEME}{self.account}/{self.container}"
 
 
-# Every per-task limit: its manifest key, its type and the operator's default
-# maximum (``max_<key>`` in the proxy filter's config).  A manifest may lower
-# a limit, never raise it above the operator's maximum.
-LIMIT_DEFAULTS: dict[str, float | int] = {
-    "time_s": 60.0,          # wall-clock seconds (wasmtime epoch interruption)
-    "cpu_s": 60.0,           # CPU seconds (kernel RLIMIT_CPU on the executor)
-    "memory_mb": 512,        # linear memory (the store's limiter)
-    "output_mb": 256,        # stdout (kernel RLIMIT_FSIZE on the output file)
-    "stderr_mb": 16,         # stderr a guest may write
-    "stderr_tail_kb": 4,     # the end of stderr kept for the report
-    "table_elements": 1_000_000,  # elements of all tables
-    "instances": 10,         # module instances
-}
-
-
 @dataclass(frozen=True)
 class Limits:
     """Per-task resource limits; ``None`` means the operator's maximum."""
@@ -162,6 +148,11 @@ class Manifest:
     limits: Limits
     scheduler: str
     backup_tasks: bool = True
+
+    @property
+    def gathers(self) -> bool:
+        """Whether every task's output goes into the one object ``output`` names."""
+        return not self.output.has_wildcard
 
 
 def _require(condition: bool, error: str, where: str) -> None:
@@ -235,16 +226,14 @@ def _parse_map(value: Any, own_account: str) -> MapStage:
     )
 
 
-def _parse_output(value: Any, own_account: str, inputs: tuple[SwiftPath, ...]) -> SwiftPath:
+def _parse_output(value: Any, own_account: str) -> SwiftPath:
+    """A pattern with ``*`` (one output per input) or one plain object (every
+    task's output gathered into it, in input order)."""
     _require(value is not None, "is required", "output")
     path = SwiftPath.parse(value, "output").resolve(own_account)
     if not path.obj or path.obj.endswith("/"):
         # A bare container or "dir/" means one output per input under it.
         path = replace(path, obj=path.obj + WILDCARD)
-    many = len(inputs) > 1 or any(p.has_wildcard for p in inputs)
-    _require(path.has_wildcard or not many,
-             "must contain '*' (it receives the part of each input's name that '*' matched), "
-             "because the job has more than one input", "output")
     return path
 
 
@@ -298,7 +287,7 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     return Manifest(
         name=name,
         map=map_stage,
-        output=_parse_output(doc.get("output"), own_account, map_stage.inputs),
+        output=_parse_output(doc.get("output"), own_account),
         limits=_parse_limits(doc.get("limits"), maximum),
         scheduler=scheduler,
         backup_tasks=backup_tasks,

@@ -27,7 +27,7 @@ class InputObject:
 class MapTask:
     task_id: str
     input: InputObject
-    output: SwiftPath
+    output: SwiftPath | None  # None: gathered into the job's one output object
 
 
 def listing_prefix(pattern: SwiftPath) -> str:
@@ -62,7 +62,8 @@ def output_for(output: SwiftPath, item: InputObject) -> SwiftPath:
 
 
 def plan_map_only(manifest: Manifest, inputs_per_pattern: list[list[InputObject]]) -> list[MapTask]:
-    """One map task per input object; refuse empty, colliding or self-overwriting plans."""
+    """One map task per input object, in input order; refuse empty, colliding or
+    self-overwriting plans."""
     for i, (pattern, found) in enumerate(zip(manifest.map.inputs, inputs_per_pattern,
                                              strict=True)):
         if not found:
@@ -72,6 +73,11 @@ def plan_map_only(manifest: Manifest, inputs_per_pattern: list[list[InputObject]
     for found in inputs_per_pattern:
         for item in found:
             unique.setdefault(item.path, item)
+    if manifest.gathers:
+        if manifest.output in unique:
+            raise ManifestError(f"output {manifest.output} would overwrite an input of this "
+                                "job", "output")
+        return [MapTask(f"m{n:05d}", item, None) for n, item in enumerate(unique.values())]
     tasks: list[MapTask] = []
     writers: dict[SwiftPath, SwiftPath] = {}
     for n, item in enumerate(unique.values()):

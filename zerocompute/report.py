@@ -52,6 +52,7 @@ class JobReport:
     tasks: list[TaskReport]
     ms: float = 0.0
     error: str | None = None  # a failure of the job itself, not of one task
+    output: str | None = None  # the one object every task's output was gathered into
 
     @property
     def status(self) -> str:
@@ -60,6 +61,8 @@ class JobReport:
 
     @property
     def outputs(self) -> list[str]:
+        if self.output is not None:
+            return [self.output] if self.status == SUCCEEDED else []
         return [t.output for t in self.tasks if t.ok and t.output]
 
     def to_dict(self) -> dict[str, Any]:

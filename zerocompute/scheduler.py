@@ -6,9 +6,12 @@ estimates when each candidate would finish the task and takes the earliest
 the work ahead of the task on that node is what the node last reported
 (running + queued, trusted less as the report ages) or what this proxy has in
 flight there, whichever is more; it delays the task only once every slot is
-taken; the task then takes the node's recent service time.  Ties are broken
-at random so equal nodes share the work.  ``doc/scheduler.md`` explains the
-choice; ``zerocompute.simulate`` runs this same code at scale.
+taken; the task then takes what this job's tasks take on that node
+(:class:`JobSpeeds`), or the node's recent service time until the job has
+seen it finish one.  Ties are broken at random so equal nodes share the work.
+:func:`group_size` says how many co-located tasks travel in one request.
+``doc/scheduler.md`` explains the choices; ``zerocompute.simulate`` runs this
+same code at scale.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import math
 import random as _random
 import statistics
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 RANDOM = "random"
 LOAD_AWARE = "load-aware"
@@ -49,10 +53,17 @@ class NodeLoad:
 
 
 SERVICE_WEIGHT = 0.2
+# A node's speed on a job is the median of its last this many tasks of it.
+SPEED_WINDOW = 16
+# A group is sized to hold about this much work on its node, so that a slow
+# node never holds many tasks that another replica could run sooner.
+GROUP_TARGET_MS = 500.0
+MAX_GROUP = 32
 
 
 def update_service_ms(current: float, sample_ms: float, samples: int) -> float:
-    """A node's moving average of task time; the first sample replaces the guess."""
+    """A node's moving average of *completed* guests' run time (a cancelled or
+    killed attempt says nothing about speed); the first sample replaces the guess."""
     if samples <= 0:
         return sample_ms
     return (1 - SERVICE_WEIGHT) * current + SERVICE_WEIGHT * sample_ms
@@ -88,21 +99,88 @@ def format_load_header(running: int, queued: int, slots: int, service_ms: float,
             f"elapsed_ms={elapsed_ms:.1f}")
 
 
-def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None) -> float:
-    """When a task sent now would finish on this node, in milliseconds from now."""
+@dataclass
+class JobSpeeds:
+    """How long one job's tasks take on each node (completed guests only).
+
+    A node slowed by CPU contention (a noisy neighbour, an older host) has
+    free slots and looks idle to the load report; what gives it away is that
+    *this job's* tasks take longer there than elsewhere.  Per node, the median
+    of its last :data:`SPEED_WINDOW` samples; a node this job has not run on
+    yet is assumed to take the job's median (optimistic, so it gets tried).
+    """
+
+    samples: dict[str, deque] = field(default_factory=dict)
+    _all: deque = field(default_factory=lambda: deque(maxlen=8 * SPEED_WINDOW))
+
+    def add(self, node: str, ms: float) -> None:
+        self.samples.setdefault(node, deque(maxlen=SPEED_WINDOW)).append(ms)
+        self._all.append(ms)
+
+    def completed(self, node: str) -> int:
+        return len(self.samples.get(node, ()))
+
+    @property
+    def median_ms(self) -> float | None:
+        return statistics.median(self._all) if self._all else None
+
+    def task_ms(self, node: str) -> float | None:
+        """This job's expected task time on ``node``; None before any task finished."""
+        mine = self.samples.get(node)
+        if mine:
+            return statistics.median(mine)
+        return self.median_ms
+
+    def relative_speed(self, node: str) -> float | None:
+        """The node's time on this job against the job's median (2.0: twice as slow)."""
+        mine, overall = self.samples.get(node), self.median_ms
+        if not mine or not overall:
+            return None
+        return statistics.median(mine) / overall
+
+    def estimates(self, nodes: Sequence[str]) -> dict[str, float]:
+        return {n: ms for n in nodes if (ms := self.task_ms(n)) is not None}
+
+
+def group_size(pending: int, concurrency: int, task_ms: float, completed_on_node: int,
+               max_group: int = MAX_GROUP, target_ms: float = GROUP_TARGET_MS) -> int:
+    """How many tasks to send a node in one request.
+
+    Large while much work remains, down to one near the end of a phase (so
+    that balancing, retries and backup tasks keep task granularity); never
+    more than about ``target_ms`` of work on that node; and growing as the
+    job sees the node finish its tasks (1, 2, 4, ...), so that no node gets a
+    big group before its speed on this job is known.
+    """
+    by_remaining = math.ceil(pending / (2 * max(1, concurrency)))
+    by_time = int(target_ms // max(task_ms, 0.001))
+    by_trust = 2 ** min(completed_on_node, 16)
+    return max(1, min(max_group, by_remaining, by_time, by_trust))
+
+
+def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None,
+                       task_ms: float | None = None) -> float:
+    """When a task sent now would finish on this node, in milliseconds from now.
+
+    ``task_ms`` is what the job knows of its own tasks on this node; without
+    it, the node's recent service time stands in.
+    """
     reported = load.running + load.queued
     if now is not None and load.reported_at:
         reported *= math.exp(-max(0.0, now - load.reported_at) / STALE_S)
     ahead = max(reported, in_flight)
     # Work ahead delays us only once every slot is taken; then it drains across the slots.
     waiting = max(0.0, ahead - load.slots + 1)
-    return (waiting / load.slots + 1.0) * load.task_ms
+    per_task = load.task_ms if task_ms is None else max(task_ms, load.elapsed_ms)
+    return (waiting / load.slots + 1.0) * per_task
 
 
 def choose_node(candidates: Sequence[str], loads: Mapping[str, NodeLoad],
                 in_flight: Mapping[str, int], policy: str = LOAD_AWARE,
-                rng: _random.Random | None = None, now: float | None = None) -> str:
-    """Pick one of ``candidates`` (node keys) for a task."""
+                rng: _random.Random | None = None, now: float | None = None,
+                task_ms: Mapping[str, float] | None = None) -> str:
+    """Pick one of ``candidates`` (node keys) for a task; ``task_ms`` is the
+    job's own estimate per node (:meth:`JobSpeeds.estimates`)."""
     if not candidates:
         raise ValueError("no candidate node")
     rng = rng or _random
@@ -110,7 +188,8 @@ def choose_node(candidates: Sequence[str], loads: Mapping[str, NodeLoad],
         return rng.choice(list(candidates))
     if policy != LOAD_AWARE:
         raise ValueError(f"unknown scheduler policy {policy!r}")
-    scored = [(expected_finish_ms(loads.get(node, NodeLoad()), in_flight.get(node, 0), now),
-               node) for node in candidates]
+    task_ms = task_ms or {}
+    scored = [(expected_finish_ms(loads.get(node, NodeLoad()), in_flight.get(node, 0), now,
+                                  task_ms.get(node)), node) for node in candidates]
     best = min(score for score, _ in scored)
     return rng.choice([node for score, node in scored if score <= best * 1.0001])

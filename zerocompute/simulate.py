@@ -11,8 +11,11 @@ Backup tasks work as in the proxy.
 
 The load view is what the real proxy has: each node's running and queued
 tasks and slots (as it would report them), an exponential moving average of
-its task service time learnt from completions, and this proxy's in-flight
-count per node.
+its task service time learnt from completed tasks, this proxy's in-flight
+count per node, and the job's own task times per node
+(:class:`zerocompute.scheduler.JobSpeeds`).  Tasks are not grouped here: a
+group holds at most half a second of work (``group_size``), and the
+simulated tasks take a second each.
 
 ``python -m zerocompute.simulate`` prints the makespan of ``random``,
 ``load-aware`` and a lower bound for each scenario, and can draw the plot of
@@ -35,6 +38,7 @@ from zerocompute.scheduler import (
     DEFAULT_SERVICE_MS,
     LOAD_AWARE,
     RANDOM,
+    JobSpeeds,
     NodeLoad,
     choose_node,
     straggler_threshold_s,
@@ -67,6 +71,8 @@ SCENARIOS = {
     "uniform": Scenario("uniform"),
     "skewed": Scenario("skewed", speeds=((0.2, 0.5), (0.1, 2.0)), hot_nodes=0.05,
                        hot_share=0.3, background_nodes=0.1, background_slots=3),
+    # Contended CPUs: a tenth of the nodes run at a fifth of the speed, slots free.
+    "cpu-skew": Scenario("cpu-skew", speeds=((0.1, 0.2),)),
 }
 
 
@@ -205,6 +211,7 @@ def simulate(c: Cluster, policy: str, in_flight_factor: float = 2.0, backups: bo
     mine = [0] * nodes  # this proxy's tasks on each node (queued or running)
     service_ms = [DEFAULT_SERVICE_MS] * nodes
     completed = [0] * nodes
+    speeds = JobSpeeds()
     dispatched_at = [0.0] * tasks
     copies: dict[int, list[int]] = {}  # task -> nodes its live copies are on
     live: set[tuple[int, int]] = set()  # (task, node) copies running now
@@ -226,7 +233,8 @@ def simulate(c: Cluster, policy: str, in_flight_factor: float = 2.0, backups: bo
         loads = {str(n): NodeLoad(running=running[n] + c.background[n], queued=len(queues[n]),
                                   slots=c.slots[n] + c.background[n], service_ms=service_ms[n])
                  for n in candidates}
-        node = int(choose_node(keys, loads, {str(n): mine[n] for n in candidates}, policy, rng))
+        node = int(choose_node(keys, loads, {str(n): mine[n] for n in candidates}, policy, rng,
+                               task_ms=speeds.estimates(keys)))
         mine[node] += 1
         copies.setdefault(task, []).append(node)
         if running[node] < c.slots[node]:
@@ -281,9 +289,9 @@ def simulate(c: Cluster, policy: str, in_flight_factor: float = 2.0, backups: bo
             continue  # a copy that was stopped
         live.discard((task, node))
         mine[node] -= 1
-        service_ms[node] = update_service_ms(service_ms[node],
-                                             c.work[task] / c.speed[node] * 1000,
-                                             completed[node])
+        took_ms = c.work[task] / c.speed[node] * 1000
+        service_ms[node] = update_service_ms(service_ms[node], took_ms, completed[node])
+        speeds.add(str(node), took_ms)
         completed[node] += 1
         latencies.append(now - dispatched_at[task])
         finished_at = now

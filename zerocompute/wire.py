@@ -1,14 +1,25 @@
-"""The task request between the proxy filter and the object-server filter.
+"""The messages between the proxy filter and the object-server filter.
 
-The proxy sends ``EXECUTE /<device>/<partition>/<account>/<container>/<object>``
-to an object server that holds the object.  The task's description travels in
-``X-Zerocompute-Task`` (URL-safe base64 of JSON) and is signed with an
-HMAC-SHA256 over the method, the path and that header, using a secret the
-proxy and the object servers share.  Clients cannot forge tasks: an object
-server refuses any EXECUTE whose signature does not verify or whose timestamp
-is too old to be fresh.  A custom method (rather than POST or GET) means an
-object server without the filter answers 405 instead of doing something else
-with the request.
+The proxy sends ``EXECUTE /zerocompute/tasks`` to an object server with a
+*task group*: one or more tasks of one job whose inputs that server holds.
+The body is the group (:class:`TaskGroup`, JSON), followed by the
+executable's bytes when the server asked for them.  ``X-Zerocompute-Group-
+Length`` says where the JSON ends, and ``X-Zerocompute-Signature`` is an
+HMAC-SHA256 over the method, the path and the JSON, with a secret shared by
+the proxy and the object servers: clients cannot forge or alter a group, and
+a group older than :data:`MAX_AGE_S` is refused.  A custom method (rather
+than POST or GET) means an object server without the filter answers 405
+instead of doing something else with the request.
+
+The object server answers ``200`` and streams one frame per task, in the
+group's order, each as soon as its guest is done: a line of JSON
+(:class:`TaskResult`) and then exactly ``stdout_bytes`` of the guest's
+stdout.  A task the server could not run (its object is not there, its disk
+is gone) has ``retry`` set: the proxy tries another replica.  Every frame
+carries the server's load, so the proxy's view stays fresh mid-stream.
+
+Everything that crosses a hop is one of these dataclasses; nothing else
+builds or parses the JSON.
 """
 
 from __future__ import annotations
@@ -18,69 +29,193 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 METHOD = "EXECUTE"
-TASK_HEADER = "X-Zerocompute-Task"
-SIGNATURE_HEADER = "X-Zerocompute-Signature"
-
-# Response headers of the object-server filter.
-EXIT_HEADER = "X-Zerocompute-Exit"
-ERROR_HEADER = "X-Zerocompute-Error"
-STDERR_HEADER = "X-Zerocompute-Stderr"
-BYTES_IN_HEADER = "X-Zerocompute-Bytes-In"
-MS_HEADER = "X-Zerocompute-Ms"
-LOAD_HEADER = "X-Zerocompute-Load"
-NEED_EXECUTABLE_HEADER = "X-Zerocompute-Need-Executable"
-
+TASKS_PATH = "/zerocompute/tasks"
 # The object-server filter answers load probes here (GET, no auth).
 LOAD_PATH = "/zerocompute/load"
+
+# Client-facing headers of the job API.
+EXECUTE_HEADER = "X-Zerocompute-Execute"
+ASYNC_HEADER = "X-Zerocompute-Async"
+JOB_STATUS_HEADER = "X-Zerocompute-Job-Status"
+
+# Task-group request and response headers (proxy <-> object server only).
+SIGNATURE_HEADER = "X-Zerocompute-Signature"
+GROUP_LENGTH_HEADER = "X-Zerocompute-Group-Length"
+NEED_EXECUTABLE_HEADER = "X-Zerocompute-Need-Executable"
+LOAD_HEADER = "X-Zerocompute-Load"
 
 MAX_AGE_S = 300
 # The longest an object server may take to prepare a module (compiling the
 # Python runtime takes seconds, more on a busy host) before the guest starts.
 PREPARE_TIMEOUT_S = 600.0
+MAX_GROUP_BYTES = 4 << 20
+MAX_FRAME_LINE = 1 << 20
+
+# Every per-task limit: its manifest key and the operator's default maximum
+# (``max_<key>`` in the proxy filter's config).  Shared by the manifest (the
+# proxy) and the sandbox (the object servers): it is part of the message.
+LIMIT_DEFAULTS: dict[str, float | int] = {
+    "time_s": 60.0,          # wall-clock seconds (wasmtime epoch interruption)
+    "cpu_s": 60.0,           # CPU seconds (kernel RLIMIT_CPU on the executor)
+    "memory_mb": 512,        # linear memory (the store's limiter)
+    "output_mb": 256,        # stdout (kernel RLIMIT_FSIZE on the output file)
+    "stderr_mb": 16,         # stderr a guest may write
+    "stderr_tail_kb": 4,     # the end of stderr kept for the report
+    "table_elements": 1_000_000,  # elements of all tables
+    "instances": 10,         # module instances
+}
 
 
 class BadSignature(Exception):
     pass
 
 
-def _mac(secret: str, method: str, path: str, encoded: str) -> str:
-    message = "\n".join((method, path, encoded)).encode("utf-8")
+class BadFrame(ValueError):
+    """The object server's stream is not what the protocol says."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a group: where its input is on the receiving server."""
+
+    task: str
+    device: str
+    partition: int
+    path: str  # /account/container/object, unquoted
+    policy: int = 0
+    env: tuple[tuple[str, str], ...] = ()  # this task's own variables (input, task id)
+
+    @property
+    def disk_path(self) -> str:
+        return f"/{self.device}/{self.partition}{self.path}"
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    """Tasks of one job that share an executable, arguments and limits."""
+
+    job: str
+    exec_etag: str
+    exec_name: str
+    runtime: str  # wasm or python
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    limits: dict[str, float | int]
+    tasks: tuple[TaskSpec, ...]
+    ts: float = 0.0
+
+    def guest_task(self, spec: TaskSpec) -> dict[str, Any]:
+        """What an executor process gets for one task of the group."""
+        return {"job": self.job, "task": spec.task, "exec_etag": self.exec_etag,
+                "exec_name": self.exec_name, "runtime": self.runtime,
+                "args": list(self.args), "env": [*map(list, self.env), *map(list, spec.env)],
+                "limits": dict(self.limits)}
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def decode(cls, data: bytes) -> TaskGroup:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
+            raise ValueError("not a task group")
+        tasks = tuple(TaskSpec(t["task"], t["device"], int(t["partition"]), t["path"],
+                               int(t.get("policy", 0)),
+                               tuple((str(k), str(v)) for k, v in t.get("env", ())))
+                      for t in doc["tasks"])
+        return cls(job=str(doc["job"]), exec_etag=str(doc["exec_etag"]),
+                   exec_name=str(doc["exec_name"]), runtime=str(doc["runtime"]),
+                   args=tuple(map(str, doc["args"])),
+                   env=tuple((str(k), str(v)) for k, v in doc["env"]),
+                   limits=dict(doc["limits"]), tasks=tasks, ts=float(doc["ts"]))
+
+
+def _mac(secret: str, method: str, path: str, body: bytes) -> str:
+    message = b"\n".join((method.encode("utf-8"), path.encode("utf-8"), body))
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
-def sign_task(secret: str, path: str, task: dict[str, Any],
-              now: float | None = None) -> dict[str, str]:
-    """Headers carrying ``task`` to ``path``, stamped with the time and signed."""
-    task = dict(task, ts=time.time() if now is None else now)
-    encoded = base64.urlsafe_b64encode(
-        json.dumps(task, separators=(",", ":")).encode("utf-8")).decode("ascii")
-    return {TASK_HEADER: encoded, SIGNATURE_HEADER: _mac(secret, METHOD, path, encoded)}
+def sign_group(secret: str, group: TaskGroup, now: float | None = None,
+               path: str = TASKS_PATH) -> tuple[bytes, dict[str, str]]:
+    """The group stamped with the time, encoded, and the headers that sign it."""
+    stamped = TaskGroup(**{f.name: getattr(group, f.name) for f in fields(group)
+                           if f.name != "ts"}, ts=time.time() if now is None else now)
+    body = stamped.encode()
+    return body, {SIGNATURE_HEADER: _mac(secret, METHOD, path, body),
+                  GROUP_LENGTH_HEADER: str(len(body))}
 
 
-def verify_task(secret: str, method: str, path: str, headers: Any,
-                now: float | None = None) -> dict[str, Any]:
-    """The task of a signed request, or :class:`BadSignature`."""
-    encoded = headers.get(TASK_HEADER)
+def verify_group(secret: str, method: str, path: str, headers: Any, body: bytes,
+                 now: float | None = None) -> TaskGroup:
+    """The group of a signed request body, or :class:`BadSignature`."""
     signature = headers.get(SIGNATURE_HEADER)
-    if not encoded or not signature:
-        raise BadSignature("missing task or signature")
-    if not hmac.compare_digest(_mac(secret, method, path, encoded), signature):
+    if not signature or not body:
+        raise BadSignature("missing task group or signature")
+    if not hmac.compare_digest(_mac(secret, method, path, body), signature):
         raise BadSignature("signature does not match")
     try:
-        task = json.loads(base64.urlsafe_b64decode(encoded.encode("ascii")))
-    except ValueError:
-        raise BadSignature("undecodable task") from None
+        group = TaskGroup.decode(body)
+    except (ValueError, KeyError, TypeError):
+        raise BadSignature("undecodable task group") from None
     now = time.time() if now is None else now
-    if not isinstance(task, dict) or abs(now - float(task.get("ts", 0))) > MAX_AGE_S:
-        raise BadSignature("stale task")
-    return task
+    if abs(now - group.ts) > MAX_AGE_S:
+        raise BadSignature("stale task group")
+    return group
+
+
+@dataclass
+class TaskResult:
+    """How one task of a group ended on the object server (one frame's header)."""
+
+    task: str
+    exit: int | None = None
+    error: str | None = None
+    stderr: str = ""  # the tail, as text
+    ms: float = 0.0  # the guest's run time
+    bytes_in: int = 0
+    stdout_bytes: int = 0
+    retry: str | None = None  # the task could not run here: try another replica
+    invalid: str | None = None  # the executable cannot run anywhere
+    load: str = ""  # the server's X-Zerocompute-Load when the task ended
+
+    @property
+    def completed(self) -> bool:
+        """The guest ran to its end (whatever its exit status): its time means something."""
+        return self.exit is not None
+
+    def frame_head(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8") + b"\n"
+
+    @classmethod
+    def parse(cls, line: bytes) -> TaskResult:
+        try:
+            doc = json.loads(line)
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in doc.items() if k in known})
+        except (ValueError, TypeError, AttributeError) as err:
+            raise BadFrame(f"bad result frame: {err}") from None
+
+
+def read_frames(stream: Any) -> Iterator[tuple[TaskResult, Any]]:
+    """The frames of an object server's answer: each result, and ``stream`` itself
+    positioned at its stdout (the caller reads exactly ``stdout_bytes`` of it
+    before asking for the next frame)."""
+    while True:
+        line = stream.readline(MAX_FRAME_LINE)
+        if not line:
+            return
+        if not line.endswith(b"\n"):
+            raise BadFrame("truncated result frame")
+        yield TaskResult.parse(line), stream
 
 
 def encode_tail(data: bytes) -> str:
-    """A stderr tail, safe to carry in a header."""
+    """A stderr tail, safe to carry in JSON from the executor."""
     return base64.b64encode(data).decode("ascii")
 
 

@@ -7,6 +7,7 @@ import urllib.request
 import pytest
 from swiftclient.client import ClientException
 
+from tests.direct import frames, group_request, task_group
 from tests.functional.helpers import post_job
 from zerocompute import wire
 
@@ -87,20 +88,32 @@ def test_unauthenticated_job_refused(cluster, staged):
     assert err.value.code == 401
 
 
-def test_forged_task_refused_by_object_server(cluster, swift, staged):
+def test_forged_task_refused_by_object_server(cluster, swift, staged, wordcount_wasm):
     """A client that reaches an object server directly cannot run code there."""
     ring = cluster.object_ring()
     part, nodes = ring.get_nodes("AUTH_test", f"in-{staged}", "a.txt")
     node = nodes[0]
     path = f"/{node['device']}/{part}/AUTH_test/in-{staged}/a.txt"
-    for headers in ({}, wire.sign_task("wrong-secret", path, {"exec_etag": "0" * 32})):
-        req = urllib.request.Request(f"http://{node['ip']}:{node['port']}{path}",
-                                     method=wire.METHOD, headers=headers)
+    group = task_group(wordcount_wasm, ["count"], [path])
+    body, signed = wire.sign_group(cluster.secret, group)
+    _, wrong = wire.sign_group("wrong-secret", group)
+    tampered = body.replace(b'"count"', b'"other"')
+    for data, headers in ((body, {}),  # unsigned
+                          (body, wrong),  # signed with another secret
+                          (tampered, signed)):  # altered after signing
+        req = urllib.request.Request(f"http://{node['ip']}:{node['port']}{wire.TASKS_PATH}",
+                                     data=data + wordcount_wasm, method=wire.METHOD,
+                                     headers={**headers,
+                                              wire.GROUP_LENGTH_HEADER: str(len(data))})
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, timeout=30)
         assert err.value.code == 403
-    # The object server keeps serving ordinary requests.
+    # The object server keeps serving ordinary requests, and signed groups.
     assert swift.get_object(f"in-{staged}", "a.txt")[1] == b"some words\n"
+    with urllib.request.urlopen(group_request(cluster.secret, node["port"], group,
+                                              wordcount_wasm), timeout=30) as resp:
+        ((result, out),) = frames(resp.read())
+    assert result.exit == 0 and out == b"some\t1\nwords\t1\n"
 
 
 def test_over_size_executable_refused_unread(cluster, swift, staged):

@@ -152,7 +152,8 @@ def test_cancelled_attempt_stops_its_guest(uneven, staged, sleepy_wasm):
     (path,) = object_on(uneven, server, "test2:tester2", "cancel-me")
     req = task_request(uneven, server.port, path, sleepy_wasm, ["30000"], "cancel-me")
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    conn.request(req.get_method(), path, body=req.data, headers=dict(req.header_items()))
+    conn.request(req.get_method(), wire.TASKS_PATH, body=req.data,
+                 headers=dict(req.header_items()))
     deadline = time.monotonic() + 20
     while load(server)["running"] < 1:
         assert time.monotonic() < deadline, "the task did not start"

@@ -1,196 +1,293 @@
-"""Retries, claims and backup tasks of the proxy's dispatcher, with fake nodes.
+"""Groups, retries, claims and backup tasks of the proxy's dispatch, with fake nodes.
 
-``_attempt`` is replaced by a fake that sleeps (green) and answers as told;
-everything else (choice of node, claims, cancellation, the tracker) is the
-real code running under eventlet.
+``Dispatcher.open_group`` is replaced by fake object servers that answer a
+group frame by frame (sleeping, green, as told); everything else (placement,
+grouping, claims, cancellation, backups) is the real code under eventlet.
+Every test runs under an ``eventlet.Timeout``: a regression fails, it does
+not hang.
 """
 
+import io
 import logging
 
 import eventlet
 import pytest
 
+from zerocompute import wire
 from zerocompute.middleware.dispatch import (
     LOST_RACE,
     PROBE_AGE_S,
     Dispatcher,
-    JobTracker,
-    TaskCall,
-    TaskResponse,
+    JobRun,
+    RunSettings,
+    TaskState,
     node_key,
 )
 
-
-class Conn:
-    closed = False
-
-    def close(self):
-        self.closed = True
+TEMPLATE = wire.TaskGroup(job="j", exec_etag="0" * 32, exec_name="g.wasm", runtime="wasm",
+                          args=(), env=(), limits={"time_s": 10}, tasks=())
 
 
 def node(port):
     return {"ip": "127.0.0.1", "port": port, "device": f"sd{port}"}
 
 
-class FakeDispatcher(Dispatcher):
-    """Each node answers after ``delay`` seconds with ``"ok"`` or an error string."""
+class FakeResponse:
+    """An object server's streamed answer: one frame per task, each after ``delay``."""
 
+    def __init__(self, behaviour, group, stream):
+        self.status = behaviour.get("status", 200)
+        self.behaviour = behaviour
+        self.stream = stream
+        self.frames = list(group.tasks)
+        self.body = io.BytesIO()
+        self.connection = self
+        self.answered = 0
+
+    def getheader(self, name, default=None):
+        if name == "Retry-After" and self.status == 503:
+            return "0.05"
+        return default
+
+    def read(self, n=-1):
+        if self.status != 200:
+            return b"refused"
+        return self.body.read(n)
+
+    def readline(self, limit=-1):
+        if not self.frames:
+            return b""
+        eventlet.sleep(self.behaviour.get("delay", 0))
+        if self.stream is not None and self.stream.cancelled:
+            raise ConnectionResetError("hung up")
+        if self.behaviour.get("answered", 0) == self.behaviour.get("die_after", -1):
+            self.behaviour["refuse"] = "node died"  # and stays dead
+            raise ConnectionResetError("node died")
+        self.behaviour["answered"] = self.behaviour.get("answered", 0) + 1
+        spec = self.frames.pop(0)
+        self.answered += 1
+        if self.behaviour.get("retry"):
+            result = wire.TaskResult(spec.task, retry=self.behaviour["retry"])
+            out = b""
+        else:
+            out = f"out-{spec.task}-{spec.device}".encode()
+            result = wire.TaskResult(spec.task, exit=self.behaviour.get("exit", 0),
+                                     ms=self.behaviour.get("ms", 1.0), stdout_bytes=len(out))
+        head = result.frame_head()
+        self.body = io.BytesIO(out)
+        return head
+
+    def close(self):
+        pass
+
+
+class FakeDispatcher(Dispatcher):
     def __init__(self, behaviour):
         super().__init__("secret", 0.1, logging.getLogger("test"))
         self.behaviour = behaviour
-        self.calls = []
+        self.groups = []  # (port, [task ids])
         self.probes = []
 
     def _probe_one(self, node):
         self.probes.append(node["port"])  # a node that never answers: the view stays unknown
 
-    def _attempt(self, node, state):
-        self.calls.append(node["port"])
-        delay, result = self.behaviour[node["port"]]
-        conn = Conn()
-        state.open[node_key(node)] = (node, conn)
-        try:
-            eventlet.sleep(delay)
-        finally:
-            state.open.pop(node_key(node), None)
-        if conn.closed:
-            return None, "connection closed", None
-        if result == "ok":
-            return TaskResponse(node, response=None, connection=Conn()), "", None
-        if result.startswith("busy"):
-            self.behaviour[node["port"]] = (delay, "ok")  # it will have room next time
-            return None, "503 busy", 0.05
-        return None, result, None
+    def open_group(self, node, group, executable, stream=None):
+        self.groups.append((node["port"], [t.task for t in group.tasks]))
+        behaviour = self.behaviour[node["port"]]
+        if behaviour.get("refuse"):
+            eventlet.sleep(0)
+            raise ConnectionRefusedError(behaviour["refuse"])
+        if behaviour.get("busy_once"):
+            behaviour.pop("busy_once")
+            return FakeResponse({"status": 503}, group, stream)
+        if behaviour.get("busy"):
+            return FakeResponse({"status": 503}, group, stream)
+        return FakeResponse(behaviour, group, stream)
 
 
-def call():
-    return TaskCall(partition=1, path="/a/c/o", policy_index=0, task={"task": "m0"},
-                    executable=b"", exec_etag="0" * 32, time_s=10)
+def states(count, primaries, handoffs=()):
+    return [TaskState(index=i, task_id=f"m{i}", partition=1, path=f"/a/c/o{i}",
+                      policy_index=0, env=(),
+                      candidates=[[node(p) for p in primaries], [node(p) for p in handoffs]])
+            for i in range(count)]
 
 
-def run(dispatcher, primaries, handoffs=(), consume=None, tracker=None):
-    written = []
+def run(dispatcher, tasks, policy="load-aware", backups=False, on_result=None, **settings):
+    results = []
 
-    def default_consume(answer):
-        written.append(answer.node["port"])
-        return None
-    outcome = dispatcher.run(call(), list(primaries), list(handoffs), "load-aware",
-                             consume or default_consume, tracker)
-    return outcome, written
+    def collect(state, node, result, stream):
+        data = stream.read(result.stdout_bytes)
+        results.append((state.task_id, node["port"], result.exit, data))
+    before = dict(dispatcher.in_flight)
+    job = JobRun(dispatcher, tasks, TEMPLATE, b"", RunSettings(
+        policy=policy, backups=backups, tick_s=0.02, **settings), on_result or collect)
+    with eventlet.Timeout(10):
+        job.run()
+        while job.streams:  # the losers of races end soon after
+            eventlet.sleep(0.01)
+    leaked = {k: v - before.get(k, 0) for k, v in dispatcher.in_flight.items()
+              if v != before.get(k, 0)}
+    assert not leaked, f"tasks still counted in flight: {leaked}"
+    return job, results
 
 
-def test_first_healthy_node_wins():
-    d = FakeDispatcher({1: (0, "ok"), 2: (0, "ok"), 3: (0, "ok")})
-    outcome, written = run(d, [node(1), node(2), node(3)])
-    assert outcome.answer is not None and outcome.attempts == 1 and outcome.failed == []
-    assert len(written) == 1
+def test_every_task_runs_once_and_hands_its_output_on():
+    d = FakeDispatcher({1: {}, 2: {}, 3: {}})
+    tasks = states(50, [1, 2, 3])
+    job, results = run(d, tasks)
+    assert sorted(r[0] for r in results) == sorted(t.task_id for t in tasks)
+    for task_id, port, exit_code, data in results:
+        assert exit_code == 0 and data == f"out-{task_id}-sd{port}".encode()
+    assert all(t.attempts == 1 and t.failed == [] for t in tasks)
+
+
+def test_co_located_tasks_travel_in_groups_that_shrink_near_the_end():
+    d = FakeDispatcher({1: {}, 2: {}, 3: {}})
+    tasks = states(400, [1, 2, 3])
+    run(d, tasks, concurrency=4)
+    sizes = [len(ids) for _port, ids in d.groups]
+    assert len(d.groups) < 400 / 4, f"{len(d.groups)} requests for 400 tasks"
+    assert max(sizes) >= 16
+    assert sizes[-1] == 1, "the last groups are single tasks"
+    assert sizes[0] == 1, "no node gets a big group before it has finished one task"
 
 
 def test_failures_move_on_to_other_replicas_then_handoffs():
-    d = FakeDispatcher({1: (0, "500 internal error"), 2: (0, "ConnectionRefusedError"),
-                        3: (0, "507 insufficient storage"), 4: (0, "ok")})
-    outcome, written = run(d, [node(1), node(2), node(3)], [node(4)])
-    assert written == [4] and outcome.attempts == 4
-    assert sorted(a.error for a in outcome.failed) == [
-        "500 internal error", "507 insufficient storage", "ConnectionRefusedError"]
-    assert d.calls[-1] == 4  # handoffs only after every primary
+    d = FakeDispatcher({1: {"retry": "404 object not on this node"},
+                        2: {"refuse": "connection refused"},
+                        3: {"retry": "507 device unavailable"}, 4: {}})
+    tasks = states(3, [1, 2, 3], handoffs=[4])
+    job, results = run(d, tasks)
+    assert sorted(port for _, port, _, _ in results) == [4, 4, 4]
+    for t in tasks:
+        assert t.attempts == 4
+        assert sorted(a.error.split(":")[0] for a in t.failed) == [
+            "404 object not on this node", "507 device unavailable", "ConnectionRefusedError"]
+    assert all(port == 4 for port, _ in d.groups[-1:])
+
+
+def test_a_node_dying_mid_group_reruns_only_what_it_had_not_answered():
+    d = FakeDispatcher({1: {"die_after": 6, "delay": 0.002}, 2: {"delay": 0.002}})
+    tasks = states(40, [1, 2])
+    d.in_flight[node_key(node(2))] = 100  # steer the first groups to node 1
+    job, results = run(d, tasks)
+    d.in_flight[node_key(node(2))] = 0
+    assert sorted(r[0] for r in results) == sorted(t.task_id for t in tasks), \
+        "every task handed on exactly once"
+    on_1 = [r for r in results if r[1] == 1]
+    assert on_1, "node 1 answered some tasks before it died"
+    assert len(on_1) == 6
+    rerun = [t for t in tasks if t.failed]
+    assert rerun and all(t.node["port"] == 2 for t in rerun)
+    assert all("ConnectionResetError" in t.failed[0].error
+               or "node died" in t.failed[0].error for t in rerun)
 
 
 def test_busy_nodes_are_tried_again_after_retry_after():
-    d = FakeDispatcher({1: (0, "busy"), 2: (0, "busy")})
-    outcome, written = run(d, [node(1), node(2)])
-    assert outcome.answer is not None and len(written) == 1
-    assert [a.error for a in outcome.failed] == ["503 busy", "503 busy"]
-    assert outcome.attempts == 3
+    d = FakeDispatcher({1: {"busy_once": True}, 2: {"busy_once": True}})
+    tasks = states(1, [1, 2])
+    job, results = run(d, tasks)
+    assert len(results) == 1
+    assert [a.error for a in tasks[0].failed] == ["503 refused", "503 refused"]
+    assert tasks[0].attempts == 3
 
 
 def test_busy_wait_is_bounded():
-    d = FakeDispatcher({})
+    d = FakeDispatcher({1: {"busy": True}})
     d.max_busy_wait_s = 0.0
-
-    def always_busy(node, state):
-        return None, "503 busy", 0.01
-    d._attempt = always_busy
-    outcome, written = run(d, [node(1)])
-    assert outcome.answer is None and written == [] and outcome.attempts >= 1
+    tasks = states(1, [1])
+    job, results = run(d, tasks)
+    assert results == [] and tasks[0].error.startswith("no node could run the task")
 
 
 def test_every_node_failing_fails_the_task():
-    d = FakeDispatcher({1: (0, "404 not here"), 2: (0, "RemoteDisconnected")})
-    outcome, written = run(d, [node(1), node(2)])
-    assert outcome.answer is None and written == [] and outcome.attempts == 2
+    d = FakeDispatcher({1: {"retry": "404 object not on this node"},
+                        2: {"refuse": "RemoteDisconnected"}})
+    tasks = states(2, [1, 2])
+    job, results = run(d, tasks)
+    assert results == []
+    for t in tasks:
+        assert t.done and t.node is None and t.attempts == 2
+        assert "no node could run the task" in t.error and "404" in t.error
 
 
-def test_failed_write_releases_the_claim_for_the_next_node():
-    d = FakeDispatcher({1: (0, "ok"), 2: (0, "ok")})
-    writes = []
-
-    def consume(answer):
-        writes.append(answer.node["port"])
-        return "writing output failed: 503" if len(writes) == 1 else None
-    outcome, _ = run(d, [node(1), node(2)], consume=consume)
-    assert outcome.answer is not None and len(writes) == 2 and writes[0] != writes[1]
+def test_a_failing_guest_is_not_retried():
+    d = FakeDispatcher({1: {"exit": 3}, 2: {"exit": 3}})
+    tasks = states(5, [1, 2])
+    job, results = run(d, tasks)
+    assert len(results) == 5 and all(r[2] == 3 for r in results)
+    assert all(t.attempts == 1 for t in tasks)
 
 
-def test_backup_races_the_straggler_and_only_the_winner_writes():
-    # Node 1 is slow; once nothing is left to dispatch the tracker starts a
-    # backup on node 2, which wins; the straggler is cancelled, never written.
-    d = FakeDispatcher({1: (5.0, "ok"), 2: (0.05, "ok")})
-    d.rng.seed(1)
-    d.loads = {}
-    tracker = JobTracker(d, total=1, factor=2.0, min_s=0.1, interval_s=0.02)
-    tracker.durations = [0.01]  # the job's typical task so far
-    watcher = eventlet.spawn(tracker.watch)
+def test_output_that_does_not_arrive_whole_runs_again_elsewhere():
+    d = FakeDispatcher({1: {}, 2: {}})
+    tasks = states(1, [1, 2])
+    seen = []
+
+    def flaky(state, node, result, stream):
+        seen.append(node["port"])
+        if len(seen) == 1:
+            raise OSError("output ended 7 bytes short")
+    run(d, tasks, on_result=flaky)
+    assert len(seen) == 2 and seen[0] != seen[1]
+    assert "reading its output failed" in tasks[0].failed[0].error
+
+
+def test_backup_races_the_straggler_and_only_the_winner_is_handed_on():
+    # Node 1 is slow; once nothing is left to dispatch a backup runs on node 2
+    # and wins; the straggler's request is hung up on, its result never used.
+    d = FakeDispatcher({1: {"delay": 3.0}, 2: {"delay": 0.01}})
+    tasks = states(1, [1, 2])
     d.in_flight[node_key(node(2))] = 5  # steer the first attempt to node 1
-    with eventlet.Timeout(3):
-        outcome, written = run(d, [node(1), node(2)], tracker=tracker)
+    job = JobRun(d, tasks, TEMPLATE, b"", RunSettings(
+        policy="load-aware", backups=True, backup_min_s=0.1, tick_s=0.02),
+        lambda state, node, result, stream: results.append(node["port"]))
+    results = []
+    job.durations = [0.01]  # the job's typical task so far
+    with eventlet.Timeout(2):
+        job.run()
     d.in_flight[node_key(node(2))] = 0
-    watcher.wait()
-    assert written == [2]
-    assert outcome.backed_up and tracker.backups == 1 and outcome.attempts == 2
-    assert [a.error for a in outcome.failed] == [LOST_RACE]
+    assert results == [2]
+    assert tasks[0].backed_up and job.backups == 1 and tasks[0].attempts == 2
+    assert [a.error for a in tasks[0].failed] == [LOST_RACE]
+    assert [port for port, _ in d.groups] == [1, 2]
 
 
 def test_no_backups_while_tasks_wait_for_dispatch():
-    d = FakeDispatcher({})
-    tracker = JobTracker(d, total=3, min_s=0)
-    tracker.durations = [0.01]
-
-    class State:
-        backed_up = False
-        started_at = 0.0
-
-        class done:
-            @staticmethod
-            def ready():
-                return False
-    tracker.dispatched, tracker.running = 2, [State()]
-    assert tracker.stragglers(now=100.0) == []
-    tracker.dispatched = 3
-    assert tracker.stragglers(now=100.0) == tracker.running
-    assert tracker.stragglers(now=0.001) == []  # not yet beyond 2 x the median
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_greenthreads():
-    yield
-    eventlet.sleep(0)
+    d = FakeDispatcher({1: {"delay": 0.3}, 2: {"delay": 0.3}})
+    tasks = states(6, [1, 2])
+    job, results = run(d, tasks, backups=True, concurrency=1, backup_min_s=0.0,
+                       backup_factor=0.01)
+    assert len(results) == 6
+    # Only the last task ran with nothing left to dispatch: only it can be backed up.
+    assert [t.task_id for t in tasks if t.backed_up] in ([], ["m5"])
 
 
 def test_stale_views_are_probed_before_placing_but_at_most_once_per_age(monkeypatch):
-    d = FakeDispatcher({1: (0, "ok"), 2: (0, "ok")})
+    d = FakeDispatcher({1: {}, 2: {}})
     clock = [1000.0]
     monkeypatch.setattr("zerocompute.middleware.dispatch.time.time", lambda: clock[0])
-    run(d, [node(1), node(2)])
+    run(d, states(1, [1, 2]))
     assert sorted(d.probes) == [1, 2]
-    run(d, [node(1), node(2)])
+    run(d, states(1, [1, 2]))
     assert sorted(d.probes) == [1, 2], "probed again within PROBE_AGE_S"
     clock[0] += PROBE_AGE_S + 0.1
-    run(d, [node(1), node(2)])
+    run(d, states(1, [1, 2]))
     assert sorted(d.probes) == [1, 1, 2, 2]
 
 
 def test_random_policy_does_not_probe():
-    d = FakeDispatcher({1: (0, "ok"), 2: (0, "ok")})
-    d.run(call(), [node(1), node(2)], [], "random", lambda answer: None)
+    d = FakeDispatcher({1: {}, 2: {}})
+    run(d, states(3, [1, 2]), policy="random")
     assert d.probes == []
+
+
+@pytest.mark.parametrize("slow_ms", [40.0])
+def test_a_node_slow_on_this_job_gets_fewer_tasks(slow_ms):
+    """Free slots do not hide a slow node: the job's own task times do."""
+    d = FakeDispatcher({1: {"delay": 0.004, "ms": slow_ms}, 2: {"delay": 0.001, "ms": 4.0}})
+    tasks = states(200, [1, 2])
+    job, results = run(d, tasks, concurrency=2, max_group=4)
+    on_slow = sum(1 for r in results if r[1] == 1)
+    assert job.speeds.relative_speed(node_key(node(1))) > 1.5
+    assert on_slow < 60, f"{on_slow} of 200 tasks on the node ten times slower"

@@ -73,7 +73,7 @@ def test_not_an_object():
      "map.env.A"),
     (good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"], "bogus": 1}), "map"),
     (good(output=None), "output"),
-    (good(output="swift://~/out/fixed-name"), "output"),
+    (good(output="swift://~/out*/x"), "output"),
     (good(limits={"time_s": -1}), "limits.time_s"),
     (good(limits={"memory_mb": 1.5}), "limits.memory_mb"),
     (good(limits={"cpu": 1}), "limits"),
@@ -114,7 +114,13 @@ def test_python_scripts_are_executables():
 def test_single_literal_input_needs_no_wildcard_in_output():
     m = parse(good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/one.txt"]},
                    output="swift://~/out/one.result"))
-    assert m.output.obj == "one.result"
+    assert m.output.obj == "one.result" and m.gathers
+
+
+def test_plain_output_name_gathers_many_inputs():
+    m = parse(good(output="swift://~/out/all-counts.txt"))
+    assert m.gathers and m.output.obj == "all-counts.txt"
+    assert not parse(good()).gathers
 
 
 def test_output_directory_means_one_output_per_input():

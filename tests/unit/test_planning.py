@@ -72,3 +72,15 @@ def test_plan_refuses_two_tasks_writing_one_object():
     with pytest.raises(ManifestError) as err:
         plan_map_only(m, [[InputObject(path("x/a"), 1, "a")], [InputObject(path("y/a"), 1, "a")]])
     assert "would both write" in err.value.error
+
+
+def test_gathering_plan_keeps_input_order_and_refuses_overwriting_an_input():
+    m = manifest([path("b/*"), path("a/*")], path("all.txt", "o"))
+    tasks = plan_map_only(m, [[InputObject(path("b/2"), 1, "2"), InputObject(path("b/1"), 1, "1")],
+                              [InputObject(path("a/1"), 1, "1")]])
+    assert [t.input.path.obj for t in tasks] == ["b/2", "b/1", "a/1"]
+    assert all(t.output is None for t in tasks)
+    clobber = manifest([path("*")], path("x"))
+    with pytest.raises(ManifestError) as err:
+        plan_map_only(clobber, [[InputObject(path("x"), 1, "x")]])
+    assert "overwrite an input" in err.value.error

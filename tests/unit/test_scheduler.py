@@ -4,12 +4,15 @@ from collections import Counter
 import pytest
 
 from zerocompute.scheduler import (
+    JobSpeeds,
     NodeLoad,
     choose_node,
     expected_finish_ms,
     format_load_header,
+    group_size,
     parse_load_header,
     straggler_threshold_s,
+    update_service_ms,
 )
 
 NODES = ["n1", "n2", "n3"]
@@ -88,3 +91,40 @@ def test_errors():
 def test_straggler_threshold_is_a_multiple_of_the_median_with_a_floor():
     assert straggler_threshold_s([1.0, 2.0, 9.0], factor=2.0, min_s=1.0) == 4.0
     assert straggler_threshold_s([0.1, 0.2, 0.3], factor=2.0, min_s=1.0) == 1.0
+
+
+def test_job_speeds_see_a_slow_node_that_has_free_slots():
+    speeds = JobSpeeds()
+    assert speeds.task_ms("n1") is None and speeds.relative_speed("n1") is None
+    for _ in range(5):
+        speeds.add("n1", 500.0)  # a fifth of a core
+        speeds.add("n2", 100.0)
+        speeds.add("n3", 100.0)
+    assert speeds.relative_speed("n1") == pytest.approx(5.0)
+    assert speeds.task_ms("n4") == 100.0, "an unseen node is assumed to be typical"
+    idle = {n: NodeLoad(slots=2, service_ms=50.0) for n in NODES}
+    # Both n2 and n3 run one task each already; n1 is idle but five times slower.
+    busy = {"n2": 1, "n3": 1}
+    rng = random.Random(3)
+    picks = {choose_node(NODES, idle, busy, "load-aware", rng,
+                         task_ms=speeds.estimates(NODES)) for _ in range(50)}
+    assert picks == {"n2", "n3"}
+    # Without the job's own times, the node service times (all equal) cannot tell.
+    assert "n1" in {choose_node(NODES, idle, busy, "load-aware", rng) for _ in range(50)}
+
+
+def test_only_completed_work_feeds_the_service_time():
+    # The first sample replaces the guess; later ones move the average by 20 %.
+    assert update_service_ms(50.0, 400.0, 0) == 400.0
+    assert update_service_ms(400.0, 100.0, 1) == pytest.approx(340.0)
+
+
+def test_group_size_shrinks_near_the_end_and_grows_with_trust():
+    assert group_size(pending=1000, concurrency=16, task_ms=1.0, completed_on_node=10) == 32
+    assert group_size(1000, 16, 1.0, completed_on_node=0) == 1
+    assert group_size(1000, 16, 1.0, completed_on_node=3) == 8
+    assert group_size(40, 16, 1.0, 10) == 2
+    assert group_size(3, 16, 1.0, 10) == 1
+    # Never more than about half a second of work on the node.
+    assert group_size(1000, 16, task_ms=100.0, completed_on_node=10) == 5
+    assert group_size(1000, 16, task_ms=2000.0, completed_on_node=10) == 1
