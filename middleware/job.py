@@ -251,6 +251,8 @@ class JobMiddleware:
         if report is not None:
             return json_response(200, report.to_dict(),
                                  headers={wire.JOB_STATUS_HEADER: report.status})
+        # As SLO's heartbeat: every space goes out at once, not once 4 KiB are buffered.
+        job.req.environ["eventlet.minimum_write_chunk_size"] = 0
         return Response(status=200, content_type="application/json",
                         app_iter=_heartbeat(finished, heartbeat))
 
@@ -360,7 +362,11 @@ class JobMiddleware:
 
 
 def _heartbeat(finished: Event, interval: float):
-    """Spaces (valid leading JSON whitespace) until the report, then the report."""
+    """Spaces (valid leading JSON whitespace) until the report, then the report.
+
+    The first goes at once: the status line leaves with the first bytes.
+    """
+    yield b" "
     while (report := finished.wait(interval)) is None:
         yield b" "
     yield json.dumps(report.to_dict(), indent=1).encode("utf-8") + b"\n"
