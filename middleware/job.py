@@ -598,15 +598,23 @@ class _InOrder:
         self.left = 0
 
     def read(self, size: int = -1) -> bytes:
-        while self.left == 0:
-            if not self.pieces:
-                return b""
-            offset, self.left = self.pieces.pop()
-            self.file.seek(offset)
-        size = self.left if size is None or size < 0 else min(size, self.left)
-        data = self.file.read(size)
-        self.left -= len(data)
-        return data
+        """Up to ``size`` bytes (all that is left if negative), across pieces as a file."""
+        wanted = float("inf") if size is None or size < 0 else size
+        parts = []
+        while wanted > 0:
+            if self.left == 0:
+                if not self.pieces:
+                    break
+                offset, self.left = self.pieces.pop()
+                self.file.seek(offset)
+                continue
+            data = self.file.read(int(min(wanted, self.left)))
+            if not data:
+                raise OSError("gathered output shorter than recorded")
+            self.left -= len(data)
+            wanted -= len(data)
+            parts.append(data)
+        return b"".join(parts)
 
 
 def job_file(output: SwiftPath, name: str) -> SwiftPath:

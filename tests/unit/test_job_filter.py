@@ -1,0 +1,239 @@
+"""The proxy filter against a fake Swift (the pattern of Swift's ``FakeSwift``)
+and fake object servers (``tests/unit/test_dispatch.py``): what it reads and
+writes as the user, in what order, and what it answers."""
+
+import json
+import os
+from urllib.parse import parse_qs
+
+import eventlet
+import pytest
+import wasmtime
+from swift.common import utils
+from swift.common.ring import RingBuilder
+from swift.common.storage_policy import POLICIES
+from swift.common.swob import Request, Response
+
+from tests.unit.test_dispatch import FakeDispatcher
+from zerocompute import wire
+from zerocompute.manifest import Limits
+from zerocompute.middleware import job
+from zerocompute.middleware.job import JobFilterConfig, JobMiddleware
+
+WASM = bytes(wasmtime.wat2wasm('(module (func (export "_start")))'))
+
+
+class FakeSwift:
+    """Accounts, containers and objects in a dict; ``errors`` overrides answers."""
+
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
+        self.containers = {"/v1/AUTH_a/apps", "/v1/AUTH_a/in"}
+        self.calls: list[tuple[str, str]] = []
+        self.errors: dict[tuple[str, str], list] = {}  # (method, path) -> statuses/exceptions
+
+    def __call__(self, env, start_response):
+        req = Request(env)
+        method, path = req.method, req.path
+        self.calls.append((method, path))
+        planned = self.errors.get((method, path))
+        if planned:
+            outcome = planned.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+            req.body  # noqa: B018 - a real server reads what it is sent
+            return Response(status=outcome)(env, start_response)
+        parts = path.split("/", 4)
+        if len(parts) == 3:
+            return Response(status=204)(env, start_response)
+        container = "/".join(parts[:4])
+        if len(parts) == 4:
+            return self.container(req, container)(env, start_response)
+        if container not in self.containers:
+            return Response(status=404)(env, start_response)
+        if method == "PUT":
+            self.objects[path] = req.body
+            return Response(status=201)(env, start_response)
+        if method == "DELETE":
+            found = self.objects.pop(path, None)
+            return Response(status=204 if found is not None else 404)(env, start_response)
+        if path not in self.objects:
+            return Response(status=404)(env, start_response)
+        body = self.objects[path]
+        resp = Response(status=200, body=body)
+        return resp(env, start_response)
+
+    def container(self, req, container):
+        if req.method == "PUT":
+            self.containers.add(container)
+            return Response(status=201)
+        if container not in self.containers:
+            return Response(status=404)
+        if req.method == "HEAD":
+            return Response(status=204, headers={"X-Backend-Storage-Policy-Index": "0"})
+        query = {k: v[0] for k, v in parse_qs(req.query_string).items()}
+        names = sorted(p[len(container) + 1:] for p in self.objects
+                       if p.startswith(container + "/"))
+        names = [n for n in names if n.startswith(query.get("prefix", ""))
+                 and n > query.get("marker", "")][:int(query.get("limit", 10000))]
+        body = json.dumps([{"name": n, "bytes": len(self.objects[f"{container}/{n}"])}
+                           for n in names]).encode()
+        return Response(status=200, body=body, content_type="application/json")
+
+    def puts(self, prefix="/v1/AUTH_a/out"):
+        return [p for m, p in self.calls if m == "PUT" and p.startswith(prefix + "/")]
+
+
+@pytest.fixture(scope="module")
+def swift_dir(tmp_path_factory):
+    """An object ring of three fake object servers (ports 1, 2, 3), and a hash
+    suffix for it (restored afterwards: the process may hold another cluster's)."""
+    saved = utils.SWIFT_CONF_FILE, utils.HASH_PATH_PREFIX, utils.HASH_PATH_SUFFIX
+    utils.HASH_PATH_SUFFIX = b"endcap"
+    directory = tmp_path_factory.mktemp("ring")
+    builder = RingBuilder(4, 3, 1)
+    for i in range(3):
+        builder.add_dev({"id": i, "region": 1, "zone": i + 1, "ip": "127.0.0.1",
+                         "port": i + 1, "device": f"sd{i + 1}", "weight": 100.0})
+    builder.rebalance()
+    builder.get_ring().save(os.path.join(directory, "object.ring.gz"))
+    POLICIES[0].object_ring = None
+    POLICIES[0].load_ring(str(directory))
+    yield str(directory)
+    POLICIES[0].object_ring = None
+    utils.SWIFT_CONF_FILE, utils.HASH_PATH_PREFIX, utils.HASH_PATH_SUFFIX = saved
+
+
+def config(swift_dir, **changes):
+    values = dict(secret="s", swift_dir=swift_dir, maximum=Limits.from_conf({}),
+                  default_scheduler="load-aware", max_tasks=100, max_manifest_bytes=4096,
+                  max_executable_bytes=1 << 20, concurrency=4, max_group=8, backup_tasks=False,
+                  backup_factor=2.0, backup_min_s=1.0, conn_timeout=0.1, max_busy_wait_s=5.0,
+                  heartbeat_s=0.0)
+    values.update(changes)
+    return JobFilterConfig(**values)
+
+
+@pytest.fixture
+def cluster(swift_dir):
+    app = FakeSwift()
+    app.objects["/v1/AUTH_a/apps/g.wasm"] = WASM
+    for i in range(8):
+        app.objects[f"/v1/AUTH_a/in/part-{i}"] = f"input {i}\n".encode()
+    mw = JobMiddleware(app, config(swift_dir))
+    mw.dispatcher = FakeDispatcher({1: {}, 2: {}, 3: {}})
+    return mw
+
+
+def manifest(**changes):
+    doc = {"name": "j", "map": {"exec": "swift://~/apps/g.wasm", "inputs": ["swift://~/in/*"]},
+           "output": "swift://~/out/*.o"}
+    doc.update(changes)
+    return json.dumps(doc).encode()
+
+
+def post(mw, body):
+    req = Request.blank("/v1/AUTH_a", method="POST", body=body,
+                        headers={wire.EXECUTE_HEADER: "1"})
+    with eventlet.Timeout(10):
+        resp = req.get_response(mw)
+    return resp, json.loads(resp.body)
+
+
+def test_job_writes_every_output_then_its_report_then_success(cluster):
+    resp, report = post(cluster, manifest())
+    assert resp.status_int == 200 and report["status"] == "succeeded", report
+    assert resp.headers[wire.JOB_STATUS_HEADER] == "succeeded"
+    swift = cluster.app
+    outputs = sorted(p for p in swift.objects if p.endswith(".o"))
+    assert outputs == [f"/v1/AUTH_a/out/part-{i}.o" for i in range(8)]
+    for path in outputs:
+        task = path.rsplit("/", 1)[1][:-2]
+        assert swift.objects[path].startswith(b"out-m0000")
+        assert task in {t["input"].rsplit("/", 1)[1] for t in report["tasks"]}
+    puts = swift.puts()
+    assert puts[-2:] == ["/v1/AUTH_a/out/_report.json", "/v1/AUTH_a/out/_SUCCESS"]
+    assert all(t["local"] and t["attempts"] == 1 for t in report["tasks"])
+
+
+def test_listing_is_paginated_past_its_limit(cluster, monkeypatch):
+    monkeypatch.setattr(job, "LISTING_LIMIT", 3)
+    resp, report = post(cluster, manifest())
+    assert report["status"] == "succeeded" and len(report["tasks"]) == 8
+    listings = [p for m, p in cluster.app.calls if m == "GET" and p == "/v1/AUTH_a/in"]
+    assert len(listings) == 3
+
+
+@pytest.mark.parametrize("body, status, field, words", [
+    (manifest(), 400, "map.inputs", "8 tasks; this cluster runs at most 5"),
+    (b"{" + b" " * 5000 + b"}", 413, None, "manifest larger than 4096 bytes"),
+])
+def test_refused_jobs_write_nothing(swift_dir, cluster, body, status, field, words):
+    cluster.config = config(swift_dir, max_tasks=5)
+    resp, error = post(cluster, body)
+    assert resp.status_int == status and words in error["error"]
+    assert error.get("field") == field
+    assert [c for c in cluster.app.calls if c[0] in ("PUT", "DELETE", "POST")] == []
+    assert cluster.dispatcher.groups == []
+
+
+@pytest.mark.parametrize("answers, puts, ok", [
+    ([401], 1, False), ([403], 1, False), ([413], 1, False),  # refused: not tried again
+    ([503, 503, 503], 3, False),  # the cluster could not store it
+    ([503], 2, True),  # a passing failure
+])
+def test_output_writes_refused_or_failing(cluster, answers, puts, ok):
+    target = "/v1/AUTH_a/out/part-3.o"
+    cluster.app.errors[("PUT", target)] = list(answers)
+    resp, report = post(cluster, manifest())
+    (task,) = [t for t in report["tasks"] if t["output"].endswith("/part-3.o")]
+    assert cluster.app.puts().count(target) == puts
+    if ok:
+        assert report["status"] == "succeeded" and task["error"] is None
+        return
+    assert task["error"] == (f"writing output swift://AUTH_a/out/part-3.o failed: "
+                             f"{Response(status=answers[-1]).status}")
+    assert report["status"] == "failed"
+    assert "/v1/AUTH_a/out/_SUCCESS" not in cluster.app.objects
+    others = [t for t in report["tasks"] if t is not task]
+    assert all(t["error"] is None for t in others), "one task's write failed the others"
+
+
+def test_exception_inside_the_output_writer_is_reported_on_its_task(cluster):
+    cluster.app.errors[("PUT", "/v1/AUTH_a/out/part-5.o")] = [RuntimeError("disk on fire")]
+    resp, report = post(cluster, manifest())
+    (task,) = [t for t in report["tasks"] if t["output"].endswith("/part-5.o")]
+    assert "RuntimeError: disk on fire" in task["error"]
+    assert task["node"] is not None, "the task ran; only its write failed"
+    assert report["status"] == "failed"
+    assert "/v1/AUTH_a/out/_SUCCESS" not in cluster.app.objects
+
+
+def test_failing_to_write_the_job_files_fails_the_job(cluster):
+    cluster.app.errors[("PUT", "/v1/AUTH_a/out/_report.json")] = [503]
+    resp, report = post(cluster, manifest())
+    assert report["status"] == "failed"
+    assert report["error"] == ("writing swift://AUTH_a/out/_report.json failed: "
+                               "503 Service Unavailable")
+    assert "/v1/AUTH_a/out/_SUCCESS" not in cluster.app.objects
+    assert all(t["error"] is None for t in report["tasks"])
+
+
+def test_outputs_gathered_in_input_order(cluster):
+    resp, report = post(cluster, manifest(output="swift://~/out/all"))
+    assert report["status"] == "succeeded" and report["outputs"] == ["swift://AUTH_a/out/all"]
+    tasks = sorted(report["tasks"], key=lambda t: t["input"])
+    expected = b"".join(f"out-{t['task']}-{t['node'].rsplit('/', 1)[1]}".encode()
+                        for t in tasks)
+    assert cluster.app.objects["/v1/AUTH_a/out/all"] == expected
+    assert cluster.app.puts() == ["/v1/AUTH_a/out/all", "/v1/AUTH_a/out/_report.json",
+                                  "/v1/AUTH_a/out/_SUCCESS"]
+
+
+def test_a_slow_job_answers_at_once_and_sends_its_report_later(swift_dir, cluster):
+    cluster.config = config(swift_dir, heartbeat_s=0.05)
+    cluster.dispatcher.behaviour = {p: {"delay": 0.1} for p in (1, 2, 3)}
+    resp, report = post(cluster, manifest())
+    assert resp.status_int == 200 and wire.JOB_STATUS_HEADER not in resp.headers
+    assert resp.body.startswith(b"  ")
+    assert report["status"] == "succeeded" and len(report["tasks"]) == 8
