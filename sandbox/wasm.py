@@ -170,10 +170,13 @@ class WasmRuntime:
         # One WASI linker for every task: linking is done once per module, not per task.
         self._linker = Linker(self.engine)
         self._linker.define_wasi()
+        self._running = threading.Event()
         threading.Thread(target=self._tick, name="zerocompute-epoch", daemon=True).start()
 
     def _tick(self) -> None:
+        # Ticks only while a guest runs: an idle executor costs no wake-ups.
         while True:
+            self._running.wait()
             time.sleep(TICK_S)
             self.engine.increment_epoch()
 
@@ -242,6 +245,7 @@ class WasmRuntime:
         exit_code: int | None = None
         error: str | None = None
         instance = None
+        self._running.set()
         with soft_rlimit(resource.RLIMIT_FSIZE, limits.output_bytes + 1):
             try:
                 instance = prepared.instantiate(store)
@@ -256,6 +260,8 @@ class WasmRuntime:
                 error = _explain_trap(trap, limits)
             except Exception as err:  # noqa: BLE001 - instantiation errors are the guest's
                 error = _explain_failure(err, limits)
+            finally:
+                self._running.clear()
         ms = (time.perf_counter() - started) * 1000
         stdout_bytes = os.path.getsize(stdout_path)
         failed = error is not None or exit_code != 0

@@ -1,24 +1,31 @@
 """Scheduler benchmark: random vs load-aware placement on an uneven dev cluster.
 
 Run from the repository: ``make bench-scheduler`` (or
-``.venv/bin/python -m tests.perf.bench_scheduler``).
+``.venv/bin/python -m tests.perf.bench_scheduler [--scenario busy-slots|cpu-skew]``).
 
-One dev cluster (four object servers, ``--slots`` task slots each).  One
-object server is made busy by another tenant: a background thread keeps all
-of its slots occupied with long tasks for the whole run (sent to that server
-directly, as the proxy would).  Then the same map-only job (``--tasks``
-inputs, each task sleeping ``--task-ms`` inside the guest, so tasks occupy
-slots without competing for this machine's two cores) runs with each policy,
-alternating, ``--rounds`` times.  Makespan is the job's duration; task latency
-is each task's wall time from first dispatch to its output written.  Backup
-tasks are off for the placement comparison, and on for the last line (the
-whole system against random placement with the same safety net).
+Two scenarios, each on a dev cluster of its own (four object servers):
+
+- ``busy-slots``: one object server is made busy by another tenant: a
+  background thread keeps all of its ``--slots`` task slots occupied with long
+  tasks for the whole run (sent to that server directly, as the proxy
+  would).  The job's tasks (``--tasks`` inputs) sleep ``--task-ms`` inside the
+  guest, so they occupy slots without competing for this machine's two cores.
+- ``cpu-skew``: one object server's executors are limited to a fifth of a
+  core together (the cgroup v1 ``cpu`` controller; needs root) while its slots
+  stay free: a noisy neighbour or an older host.  The job's ``--cpu-tasks`` tasks
+  are CPU-bound (``spin``, about 45 ms of one core each).
+
+In each, the same map-only job runs with each policy, with backup tasks off
+and on, alternating, ``--rounds`` times; medians.  Makespan is the job's
+duration; task latency is each task's wall time from first dispatch to its
+output written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -32,6 +39,8 @@ from zerocompute.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
 
 SLEEPY = "tests/guests/sleepy.c"
+SPIN = "tests/guests/spin.c"
+CGROUP_CPU = "/sys/fs/cgroup/cpu"
 
 
 class Background:
@@ -62,12 +71,68 @@ class Background:
         self.stop.set()
 
 
-def run(conn, policy: str, tasks: int, ms: int, backups: bool, n: int) -> dict:
+class CpuLimit:
+    """One server's executors held to ``share`` of a core together (the server itself,
+    which also stores other tasks' outputs, keeps its CPU).  Executors started
+    later (after a cancelled guest's is killed) are moved in as they appear."""
+
+    def __init__(self, cluster: DevCluster, server, share: float):
+        self.pgid = cluster.state["pids"][server.name]
+        self.share = share
+        self.path = os.path.join(CGROUP_CPU, f"zerocompute-bench-{os.getpid()}")
+        self.stop = threading.Event()
+        self.watcher = threading.Thread(target=self.watch, daemon=True)
+
+    def members(self) -> list[int]:
+        """The server's executors: its process group, less the server."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if entry.isdigit() and int(entry) != self.pgid and \
+                            int(f.read().rsplit(")", 1)[1].split()[2]) == self.pgid:
+                        pids.append(int(entry))
+            except (OSError, ValueError):
+                continue
+        return pids
+
+    def watch(self) -> None:
+        while not self.stop.wait(0.1):
+            self._move(self.path)
+
+    def _move(self, cgroup: str) -> None:
+        for pid in self.members():
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+            except OSError:
+                pass  # gone meanwhile
+
+    def __enter__(self):
+        os.makedirs(self.path, exist_ok=True)
+        with open(os.path.join(CGROUP_CPU, "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+        with open(os.path.join(self.path, "cpu.cfs_quota_us"), "w") as f:
+            f.write(str(int(period * self.share)))
+        self._move(self.path)
+        self.watcher.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.watcher.join()
+        self._move(CGROUP_CPU)
+        os.rmdir(self.path)
+
+
+def run(conn, policy: str, tasks: int, ms: int, backups: bool, n: int,
+        exe: str = "sleepy.wasm", inputs: str = "in", gather: bool = False) -> dict:
+    output = f"swift://~/out/{exe}-{policy}-{int(backups)}-{n}/" + ("all" if gather else "*")
     report = submit_job(conn, {
         "name": f"{policy}-{n}", "scheduler": policy, "backup_tasks": backups,
-        "map": {"exec": "swift://~/apps/sleepy.wasm", "args": [str(ms)],
-                "inputs": ["swift://~/in/*"]},
-        "output": f"swift://~/out/{policy}-{int(backups)}-{n}/*"})
+        "map": {"exec": f"swift://~/apps/{exe}", "args": [str(ms)],
+                "inputs": [f"swift://~/{inputs}/*"]},
+        "output": output})
     if report["status"] != "succeeded":
         raise SystemExit(f"job failed: {json.dumps(report)[:3000]}")
     return report
@@ -88,18 +153,33 @@ def summarize(reports: list[dict], busy_label: str) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=120)
-    parser.add_argument("--task-ms", type=int, default=200)
-    parser.add_argument("--slots", type=int, default=4)
-    parser.add_argument("--background-ms", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args(argv)
+def alternate(rounds: int, job) -> dict[str, list[dict]]:
+    """Each policy with backups off and on, alternating, ``rounds`` times."""
+    results: dict[str, list[dict]] = {}
+    for n in range(rounds):
+        for backups in (False, True):
+            for policy in ("random", "load-aware"):
+                name = f"{policy}{'+backups' if backups else ''}"
+                results.setdefault(name, []).append(job(policy, backups, n))
+    return results
 
-    wasm_path = build_c_guest(SLEEPY)
-    with open(wasm_path, "rb") as f:
-        wasm = f.read()
+
+def print_summary(title: str, results: dict[str, list[dict]], slow_label: str,
+                  where: str) -> dict:
+    summary = {name: summarize(reports, slow_label) for name, reports in results.items()}
+    print(title)
+    for name, s in summary.items():
+        print(f"  {name:<20} makespan {s['makespan_ms']:7.0f} ms  task p50 {s['p50_ms']:6.0f} ms"
+              f"  p99 {s['p99_ms']:6.0f} ms  tasks on the {where} node "
+              f"{s['on_busy_node']:5.1f}  503 retries {s['busy_retries']:5.1f}")
+    ratio = summary["random"]["makespan_ms"] / summary["load-aware"]["makespan_ms"]
+    ratio_b = summary["random+backups"]["makespan_ms"] / \
+        summary["load-aware+backups"]["makespan_ms"]
+    summary["ratio"], summary["ratio_with_backups"] = ratio, ratio_b
+    return summary
+
+
+def busy_slots(args, wasm: bytes) -> dict:
     cluster = DevCluster(tempfile.mkdtemp(prefix="zerocompute-bench-sched-"),
                          task_slots=args.slots).start()
     try:
@@ -113,34 +193,72 @@ def main(argv: list[str] | None = None) -> int:
         busy = cluster.server("object1")
         busy_label = f"127.0.0.1:{busy.port}/sd1"
         run(conn, "load-aware", args.tasks, 10, False, -1)  # warm: executables cached
-
-        results: dict[str, list[dict]] = {}
         with Background(cluster, busy, wasm, args.slots, args.background_ms):
-            for n in range(args.rounds):
-                for backups in (False, True):
-                    for policy in ("random", "load-aware"):
-                        results.setdefault(f"{policy}{'+backups' if backups else ''}",
-                                           []).append(run(conn, policy, args.tasks,
-                                                          args.task_ms, backups, n))
+            results = alternate(args.rounds, lambda policy, backups, n: run(
+                conn, policy, args.tasks, args.task_ms, backups, n))
     finally:
         cluster.stop()
-
-    summary = {name: summarize(reports, busy_label) for name, reports in results.items()}
     ideal_ms = args.tasks * args.task_ms / (3 * args.slots)
-    print(f"{args.tasks} tasks of {args.task_ms} ms; 4 object servers x {args.slots} slots; "
-          f"object1's slots all busy with another tenant's {args.background_ms} ms tasks; "
-          f"{args.rounds} rounds, medians")
-    print(f"(the other three servers alone would take {ideal_ms:.0f} ms)")
-    for name, s in summary.items():
-        print(f"  {name:<20} makespan {s['makespan_ms']:7.0f} ms  task p50 {s['p50_ms']:6.0f} ms"
-              f"  p99 {s['p99_ms']:6.0f} ms  tasks on the busy node {s['on_busy_node']:4.1f}"
-              f"  503 retries {s['busy_retries']:5.1f}")
-    ratio = summary["random"]["makespan_ms"] / summary["load-aware"]["makespan_ms"]
-    ratio_b = summary["random+backups"]["makespan_ms"] / \
-        summary["load-aware+backups"]["makespan_ms"]
-    print(f"makespan ratio random / load-aware: {ratio:.2f} (target >= 1.5); "
-          f"with backup tasks on both: {ratio_b:.2f}")
-    print(json.dumps(summary, indent=1))
+    summary = print_summary(
+        f"busy-slots: {args.tasks} tasks of {args.task_ms} ms; 4 object servers x {args.slots} "
+        f"slots; object1's slots all busy with another tenant's {args.background_ms} ms tasks; "
+        f"{args.rounds} rounds, medians\n(the other three servers alone would take "
+        f"{ideal_ms:.0f} ms)", results, busy_label, "busy")
+    print(f"makespan ratio random / load-aware: {summary['ratio']:.2f} (target >= 1.5); "
+          f"with backup tasks on both: {summary['ratio_with_backups']:.2f}")
+    return summary
+
+
+def cpu_skew(args) -> dict:
+    with open(build_c_guest(SPIN), "rb") as f:
+        spin = f.read()
+    cluster = DevCluster(tempfile.mkdtemp(prefix="zerocompute-bench-skew-")).start()
+    try:
+        conn = cluster.connection()
+        conn.put_container("apps")
+        conn.put_object("apps", "spin.wasm", spin)
+        conn.put_container("cpu-in")
+        for i in range(args.cpu_tasks):
+            conn.put_object("cpu-in", f"part-{i:04d}", f"input {i}\n".encode())
+        conn.put_container("out")
+        slow = cluster.server("object1")
+        slow_label = f"127.0.0.1:{slow.port}/sd1"
+        run(conn, "random", args.cpu_tasks, 1, False, -1, "spin.wasm", "cpu-in")  # warm
+        with CpuLimit(cluster, slow, args.cpu_share):
+            results = alternate(args.rounds, lambda policy, backups, n: run(
+                conn, policy, args.cpu_tasks, args.spin, backups, n, "spin.wasm", "cpu-in",
+                gather=True))
+    finally:
+        cluster.stop()
+    summary = print_summary(
+        f"cpu-skew: {args.cpu_tasks} CPU-bound tasks (spin {args.spin}); 4 object servers x 2 "
+        f"slots; object1's executors held to {args.cpu_share:g} of a core; "
+        f"{args.rounds} rounds, medians", results, slow_label, "slow")
+    print(f"makespan ratio random / load-aware: {summary['ratio']:.2f} (target >= 1.5); "
+          f"with backup tasks on both: {summary['ratio_with_backups']:.2f} (target >= 1.25)")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=["busy-slots", "cpu-skew"], action="append")
+    parser.add_argument("--tasks", type=int, default=120)
+    parser.add_argument("--task-ms", type=int, default=200)
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--background-ms", type=int, default=10_000)
+    parser.add_argument("--cpu-tasks", type=int, default=200)
+    parser.add_argument("--spin", type=int, default=30, help="million rounds per task")
+    parser.add_argument("--cpu-share", type=float, default=0.2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    scenarios = args.scenario or ["busy-slots", "cpu-skew"]
+    summaries = {}
+    if "busy-slots" in scenarios:
+        with open(build_c_guest(SLEEPY), "rb") as f:
+            summaries["busy-slots"] = busy_slots(args, f.read())
+    if "cpu-skew" in scenarios:
+        summaries["cpu-skew"] = cpu_skew(args)
+    print(json.dumps(summaries, indent=1))
     return 0
 
 
