@@ -56,6 +56,7 @@ from zerocompute.scheduler import (
     choose_node,
     group_size,
     parse_load_header,
+    queue_room,
     straggler_threshold_s,
 )
 
@@ -279,6 +280,7 @@ class JobRun:
         self.durations: list[float] = []  # claimed tasks, from running to result
         self.backups = 0
         self.streams: set[Stream] = set()
+        self.in_flight: dict[str, int] = defaultdict(int)  # this job's tasks per node
         self.unfinished = len(tasks)
         self.pending: OrderedDict[int, TaskState] = OrderedDict()
         self.by_node: dict[str, OrderedDict[int, TaskState]] = defaultdict(OrderedDict)
@@ -331,7 +333,10 @@ class JobRun:
             return None
         state, ready = picked
         node = self._choose(state, ready)
-        return node, self._fill_group(state, node_key(node), now)
+        group = self._fill_group(state, node_key(node), now)
+        if group is None:
+            return None  # the best node has enough of this job queued: wait for it
+        return node, group
 
     def _choose(self, state: TaskState, ready: list[dict]) -> dict:
         by_key = {node_key(n): n for n in ready}
@@ -342,11 +347,14 @@ class JobRun:
                           now=time.time(), task_ms=self.speeds.estimates(list(by_key)))
         return by_key[key]
 
-    def _fill_group(self, first: TaskState, key: str, now: float) -> list[TaskState]:
+    def _fill_group(self, first: TaskState, key: str, now: float) -> list[TaskState] | None:
         d = self.dispatcher
         estimate = self.speeds.task_ms(key) or d.loads.get(key, NodeLoad()).task_ms
         size = group_size(len(self.pending), self.settings.concurrency, estimate,
                           self.speeds.completed(key), self.settings.max_group)
+        slots = d.loads.get(key, NodeLoad()).slots
+        if not queue_room(slots, self.in_flight[key], size):
+            return None
         group = [first]
         for state in self.by_node[key].values():
             if len(group) >= size:
@@ -366,9 +374,14 @@ class JobRun:
         if not backup:  # a backup's task keeps the time it has been running elsewhere
             group[0].running_since = now
         self.streams.add(stream)
-        self.dispatcher.in_flight[stream.key] += len(group)
+        self._count(stream.key, len(group))
         eventlet.spawn_n(self._run_stream, stream)
         return stream
+
+    def _count(self, key: str, tasks: int) -> None:
+        """Tasks in flight on a node: this job's, and the proxy's over all its jobs."""
+        self.in_flight[key] += tasks
+        self.dispatcher.in_flight[key] += tasks
 
     # -- the waiting tasks ---------------------------------------------------------
     def _enqueue(self, state: TaskState) -> None:
@@ -445,7 +458,7 @@ class JobRun:
             raise wire.BadFrame(f"result for {result.task!r} out of order")
         now = time.monotonic()
         stream.answered += 1
-        self.dispatcher.in_flight[stream.key] -= 1
+        self._count(stream.key, -1)
         self.dispatcher.note_load(stream.key, result.load)
         following = stream.head()
         if following is not None:
@@ -498,7 +511,7 @@ class JobRun:
     def _fail_unanswered(self, stream: Stream, error: str) -> None:
         while (state := stream.head()) is not None:
             stream.answered += 1
-            self.dispatcher.in_flight[stream.key] -= 1
+            self._count(stream.key, -1)
             state.live.pop(stream.key, None)
             if not state.done:
                 state.done = True
@@ -511,7 +524,7 @@ class JobRun:
         """The request ended: its unanswered tasks go back to wait for a node."""
         while (state := stream.head()) is not None:
             stream.answered += 1
-            self.dispatcher.in_flight[stream.key] -= 1
+            self._count(stream.key, -1)
             state.live.pop(stream.key, None)
             if state.done:
                 continue

@@ -162,8 +162,10 @@ def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None,
                        task_ms: float | None = None) -> float:
     """When a task sent now would finish on this node, in milliseconds from now.
 
-    ``task_ms`` is what the job knows of its own tasks on this node; without
-    it, the node's recent service time stands in.
+    ``task_ms`` is what the job knows of its own tasks on this node: the node
+    is taken to be at least that slow, and at least as slow as its own recent
+    service time and the work it is running now say (a node busy with another
+    tenant's long tasks, or starved of CPU, must look so by either signal).
     """
     reported = load.running + load.queued
     if now is not None and load.reported_at:
@@ -171,8 +173,16 @@ def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None,
     ahead = max(reported, in_flight)
     # Work ahead delays us only once every slot is taken; then it drains across the slots.
     waiting = max(0.0, ahead - load.slots + 1)
-    per_task = load.task_ms if task_ms is None else max(task_ms, load.elapsed_ms)
+    per_task = load.task_ms if task_ms is None else max(task_ms, load.task_ms)
     return (waiting / load.slots + 1.0) * per_task
+
+
+def queue_room(slots: int, in_flight: int, group: int) -> bool:
+    """Whether a node may take ``group`` more of a job's tasks: a group per slot
+    and one more waiting keeps the slots busy until the next group comes; the
+    rest wait in the proxy, to be placed later with a fresher view (late binding),
+    rather than deepen a queue that makes a node busy with other work look good."""
+    return in_flight + group <= (slots + 1) * group
 
 
 def choose_node(candidates: Sequence[str], loads: Mapping[str, NodeLoad],

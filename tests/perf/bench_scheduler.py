@@ -30,10 +30,12 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 
 from tests.direct import object_on, task_request
 from tests.perf.bench_sandbox import percentile
+from zerocompute import wire
 from zerocompute.client import submit_job
 from zerocompute.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
@@ -60,11 +62,31 @@ class Background:
             try:
                 urllib.request.urlopen(req, timeout=300).read()
             except OSError:
-                pass
+                time.sleep(0.1)  # refused (busy): ask again soon, without hammering
+
+    def running(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.server.port}{wire.LOAD_PATH}",
+                                    timeout=5) as resp:
+            return json.loads(resp.read())["running"]
+
+    def wait_busy(self, settle_s: float = 2.0) -> None:
+        """Until every slot runs a background task, and has for ``settle_s``: a tenant's
+        long work in progress, as a job arriving at a busy node finds it."""
+        deadline = time.monotonic() + 60
+        since = None
+        while since is None or time.monotonic() - since < settle_s:
+            if self.running() >= len(self.targets):
+                since = since or time.monotonic()
+            else:
+                since = None
+            if time.monotonic() > deadline:
+                raise RuntimeError("the background tenant could not occupy its slots")
+            time.sleep(0.05)
 
     def __enter__(self):
         for thread in self.threads:
             thread.start()
+        self.wait_busy()
         return self
 
     def __exit__(self, *exc):
@@ -193,9 +215,11 @@ def busy_slots(args, wasm: bytes) -> dict:
         busy = cluster.server("object1")
         busy_label = f"127.0.0.1:{busy.port}/sd1"
         run(conn, "load-aware", args.tasks, 10, False, -1)  # warm: executables cached
-        with Background(cluster, busy, wasm, args.slots, args.background_ms):
-            results = alternate(args.rounds, lambda policy, backups, n: run(
-                conn, policy, args.tasks, args.task_ms, backups, n))
+        with Background(cluster, busy, wasm, args.slots, args.background_ms) as background:
+            def job(policy, backups, n):
+                background.wait_busy(settle_s=0.5)
+                return run(conn, policy, args.tasks, args.task_ms, backups, n)
+            results = alternate(args.rounds, job)
     finally:
         cluster.stop()
     ideal_ms = args.tasks * args.task_ms / (3 * args.slots)
