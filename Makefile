@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench-sandbox bench-scheduler simulate clean
+.PHONY: demo test lint bench-sandbox bench-scheduler bench-scale simulate clean
 
 $(BIN)/zerocompute: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,12 @@ bench-sandbox: $(BIN)/zerocompute
 bench-scheduler: $(BIN)/zerocompute
 	$(BIN)/python -m tests.perf.bench_scheduler
 
+bench-scale: $(BIN)/zerocompute
+	$(BIN)/python -m tests.perf.bench_scale
+
 simulate: $(BIN)/zerocompute
 	$(BIN)/python -m pip install --quiet matplotlib
-	$(BIN)/python -m zerocompute.simulate --plot doc/scheduler-sim.png
+	$(BIN)/python -m zerocompute.dev.simulate --plot doc/scheduler-sim.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -263,7 +263,8 @@ class JobMiddleware:
         """A request through the rest of the pipeline, authorized as the caller.
 
         The body is ``body``, or ``length`` bytes read from ``stream`` as they
-        are sent on (a node's answer, never held whole in the proxy).
+        are sent on (a task's buffered output, or a gathered output read piece
+        by piece).
         """
         if body is not None:
             length = len(body)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 
-from zerocompute.devcluster import DEFAULT_DIR, DevCluster
+from zerocompute.dev.devcluster import DEFAULT_DIR, DevCluster
 
 
 def _devcluster(args: argparse.Namespace) -> int:
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="word count on a fresh dev cluster")
     demo.add_argument("--dir", help="cluster directory (default: a new temporary one)")
     demo.add_argument("--keep", action="store_true", help="leave the cluster running")
-    demo.set_defaults(func=lambda a: __import__("zerocompute.demo").demo.run_demo(a.dir, a.keep))
+    demo.set_defaults(func=lambda a: importlib.import_module("zerocompute.dev.demo").run_demo(
+        a.dir, a.keep))
 
     submit = sub.add_parser("submit", help="run a job (manifest file) as $ST_USER")
     submit.add_argument("manifest")

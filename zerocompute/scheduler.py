@@ -10,7 +10,7 @@ taken; the task then takes what this job's tasks take on that node
 (:class:`JobSpeeds`), or the node's recent service time until the job has
 seen it finish one.  Ties are broken at random so equal nodes share the work.
 :func:`group_size` says how many co-located tasks travel in one request.
-``doc/scheduler.md`` explains the choices; ``zerocompute.simulate`` runs this
+``doc/scheduler.md`` explains the choices; ``zerocompute.dev.simulate`` runs this
 same code at scale.
 """
 

@@ -30,7 +30,7 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 METHOD = "EXECUTE"
@@ -143,9 +143,7 @@ def _mac(secret: str, method: str, path: str, body: bytes) -> str:
 def sign_group(secret: str, group: TaskGroup, now: float | None = None,
                path: str = TASKS_PATH) -> tuple[bytes, dict[str, str]]:
     """The group stamped with the time, encoded, and the headers that sign it."""
-    stamped = TaskGroup(**{f.name: getattr(group, f.name) for f in fields(group)
-                           if f.name != "ts"}, ts=time.time() if now is None else now)
-    body = stamped.encode()
+    body = replace(group, ts=time.time() if now is None else now).encode()
     return body, {SIGNATURE_HEADER: _mac(secret, METHOD, path, body),
                   GROUP_LENGTH_HEADER: str(len(body))}
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from zerocompute.devcluster import DevCluster
+from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest, source_path
 
 

@@ -3,7 +3,7 @@ import random
 import urllib.error
 import urllib.request
 
-from zerocompute.demo import count_words
+from zerocompute.dev.demo import count_words
 
 WORDS = ("storage compute swift object ring replica proxy account container partition "
          "wasm sandbox guest map reduce shuffle record key value node disk etag policy").split()

@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-from zerocompute.demo import corpus, count_words
+from zerocompute.dev.demo import corpus, count_words
 
 
 def test_demo_prints_counts_equal_to_plain_python():

@@ -3,7 +3,7 @@
 import pytest
 
 from zerocompute.client import submit_job
-from zerocompute.demo import corpus
+from zerocompute.dev.demo import corpus
 from zerocompute.guests import source_path
 
 

@@ -13,7 +13,7 @@ import pytest
 from tests.direct import object_on, task_request
 from zerocompute import wire
 from zerocompute.client import submit_job
-from zerocompute.devcluster import DevCluster
+from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
 
 SLEEPY = os.path.join(os.path.dirname(__file__), "..", "guests", "sleepy.c")

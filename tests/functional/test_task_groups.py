@@ -11,7 +11,7 @@ from swiftclient.client import ClientException
 
 from tests.functional.helpers import listing
 from zerocompute.client import submit_job
-from zerocompute.devcluster import DevCluster
+from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
 
 GUESTS = os.path.join(os.path.dirname(__file__), "..", "guests")

@@ -29,7 +29,7 @@ import tempfile
 import time
 
 from zerocompute.client import submit_job
-from zerocompute.devcluster import DevCluster
+from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest, source_path
 
 TRIVIAL_C = "int main(void) { return 0; }\n"

@@ -29,7 +29,7 @@ from typing import Any
 
 from tests.perf.bench_sandbox import percentile
 from zerocompute.client import submit_job
-from zerocompute.devcluster import DevCluster
+from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
 
 COPY = os.path.join(os.path.dirname(__file__), "..", "guests", "copy.c")

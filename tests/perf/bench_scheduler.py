@@ -37,7 +37,7 @@ from tests.direct import object_on, task_request
 from tests.perf.bench_sandbox import percentile
 from zerocompute import wire
 from zerocompute.client import submit_job
-from zerocompute.devcluster import DevCluster
+from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
 
 SLEEPY = "tests/guests/sleepy.c"

@@ -5,7 +5,7 @@ import runpy
 
 import pytest
 
-from zerocompute.demo import count_words
+from zerocompute.dev.demo import count_words
 from zerocompute.guests import source_path
 from zerocompute.sandbox import zerocompute_guest as sdk
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from zerocompute.simulate import SCENARIOS, Cluster, Scenario, build, lower_bound, simulate
+from zerocompute.dev.simulate import SCENARIOS, Cluster, Scenario, build, lower_bound, simulate
 
 
 def small(name, **changes):

@@ -17,7 +17,7 @@ count per node, and the job's own task times per node
 group holds at most half a second of work (``group_size``), and the
 simulated tasks take a second each.
 
-``python -m zerocompute.simulate`` prints the makespan of ``random``,
+``python -m zerocompute.dev.simulate`` prints the makespan of ``random``,
 ``load-aware`` and a lower bound for each scenario, and can draw the plot of
 ``doc/scheduler.md`` (``--plot``, needs matplotlib).
 """

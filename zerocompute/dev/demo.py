@@ -16,7 +16,7 @@ import tempfile
 from importlib import resources
 
 from zerocompute.client import submit_job
-from zerocompute.devcluster import DevCluster
+from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest, source_path
 
 WORD = re.compile(rb"[A-Za-z0-9]+")
@@ -36,7 +36,7 @@ def parse_counts(data: bytes) -> collections.Counter:
 
 
 def corpus() -> dict[str, bytes]:
-    folder = resources.files("zerocompute").joinpath("demo_corpus")
+    folder = resources.files(__package__).joinpath("demo_corpus")
     return {item.name: item.read_bytes() for item in sorted(folder.iterdir(), key=str)
             if item.name.endswith(".txt")}
 

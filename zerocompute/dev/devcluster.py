@@ -328,7 +328,7 @@ use = egg:swift#account_quotas
     def start_server(self, server: Server) -> None:
         log = open(self.log_path(server), "ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "zerocompute.devcluster", "serve",
+            [sys.executable, "-m", "zerocompute.dev.devcluster", "serve",
              self._conf_path(server), server.section],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         log.close()
@@ -423,7 +423,7 @@ use = egg:swift#account_quotas
 
 
 def serve(conf_path: str, section: str) -> int:
-    """Run one Swift server of the dev cluster (``python -m zerocompute.devcluster serve``)."""
+    """Run one Swift server of the dev cluster (``python -m zerocompute.dev.devcluster serve``)."""
     from swift.common import constraints, storage_policy, utils
     from swift.common.wsgi import run_wsgi
     utils.set_swift_dir(os.path.dirname(os.path.abspath(conf_path)))
@@ -439,4 +439,4 @@ def serve(conf_path: str, section: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "serve":
         sys.exit(serve(sys.argv[2], sys.argv[3]))
-    sys.exit("usage: python -m zerocompute.devcluster serve CONF SECTION")
+    sys.exit("usage: python -m zerocompute.dev.devcluster serve CONF SECTION")
