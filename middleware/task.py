@@ -47,7 +47,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from eventlet.semaphore import Semaphore
@@ -254,30 +254,23 @@ class TaskMiddleware:
         stdout_fd, stdout_path = tempfile.mkstemp(dir=self.scratch_dir, prefix="out-")
         os.unlink(stdout_path)  # the executor writes through /proc/self/fd; nothing to clean
         try:
-            reply = self.run_in_executor(group.guest_task(spec), [input_fd, stdout_fd],
-                                         float(group.limits["time_s"]), client)
+            ran = self.run_in_executor(replace(group, tasks=(spec,)), [input_fd, stdout_fd],
+                                       float(group.limits["time_s"]), client)
         except BaseException:
             os.close(stdout_fd)
             raise
-        if reply.get("invalid"):
-            os.close(stdout_fd)
-            result.invalid = reply["invalid"]
-            return result, None
-        result.exit = reply["exit"]
-        result.error = reply["error"]
-        result.stderr = wire.decode_tail(reply["stderr"])
-        result.ms = float(reply["ms"])
-        if result.completed:
-            self.service_ms = update_service_ms(self.service_ms, result.ms, self.completed)
+        ran.bytes_in = result.bytes_in
+        if ran.completed:
+            self.service_ms = update_service_ms(self.service_ms, ran.ms, self.completed)
             self.completed += 1
-        if result.exit != 0 or result.error:
+        if ran.invalid or ran.exit != 0 or ran.error:
             os.close(stdout_fd)
-            return result, None
-        result.stdout_bytes = int(reply["stdout_bytes"])
-        return result, stdout_fd
+            ran.stdout_bytes = 0
+            return ran, None
+        return ran, stdout_fd
 
-    def run_in_executor(self, task: dict, fds: list[int], time_s: float,
-                        client: Any = None) -> dict:
+    def run_in_executor(self, task: wire.TaskGroup, fds: list[int], time_s: float,
+                        client: Any = None) -> wire.TaskResult:
         """Wait for a slot, then run; the counters feed the load header."""
         self.waiting += 1
         try:
@@ -287,8 +280,7 @@ class TaskMiddleware:
         if client is not None and hung_up(client):
             # Cancelled while it waited (the proxy ran it elsewhere): do not run it.
             self._slots.release()
-            return {"exit": None, "error": CANCELLED, "stdout_bytes": 0, "stderr": "",
-                    "ms": 0.0}
+            return wire.TaskResult(task.tasks[0].task, error=CANCELLED)
         began = time.monotonic()
         self.started.append(began)
         try:

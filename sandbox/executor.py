@@ -2,15 +2,17 @@
 
 The object-server filter keeps a pool of executor processes (``slots`` of
 them, started on demand).  Each is ``python -m zerocompute.sandbox.executor``
-connected by a ``SOCK_SEQPACKET`` socket pair.  A task is one message (JSON)
-carrying two file descriptors: the open input object and the output file.
+connected by a ``SOCK_SEQPACKET`` socket pair.  A task is one message carrying
+two file descriptors: the open input object and the output file.
 The executor needs no access to the object server's files: it reads the
 input through ``/proc/self/fd`` of the descriptor it received.
 
-The executor answers ``{"phase": "running"}`` once the module is ready, and
-the result when the guest is done.  If it crashes (whatever a runtime bug or
-a guest did), exceeds its CPU limit (the kernel's ``RLIMIT_CPU`` kills it
-with SIGXCPU) or misses the wall-clock deadline by more than a grace period,
+A task is a :class:`zerocompute.wire.TaskGroup` of one task; the executor
+answers ``{"phase": "running"}`` once the module is ready, and a
+:class:`zerocompute.wire.TaskResult` when the guest is done.  If it crashes
+(whatever a runtime bug or a guest did), exceeds its CPU limit (the kernel's
+``RLIMIT_CPU`` kills it with SIGXCPU) or misses the wall-clock deadline by
+more than a grace period,
 the object server sees only a dead or killed child: it reports that task's
 failure and starts a fresh executor.  The eventlet hub never waits on a
 guest: the parent's reads go through the hub (``trampoline``).
@@ -18,7 +20,6 @@ guest: the parent's reads go through the hub (``trampoline``).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -39,7 +40,7 @@ from zerocompute.sandbox.wasm import (
     WasmRuntime,
     soft_rlimit,
 )
-from zerocompute.wire import PREPARE_TIMEOUT_S, encode_tail
+from zerocompute.wire import PREPARE_TIMEOUT_S, TaskGroup, TaskResult
 
 MAX_MESSAGE = 1 << 20
 GRACE_S = 5.0
@@ -60,40 +61,46 @@ def serve(sock: socket.socket, cache_dir: str) -> None:
         if not message:
             return
         try:
-            reply = run_task(runtime, executables, cache_dir, json.loads(message), fds,
-                             lambda: sock.send(b'{"phase": "running"}'))
+            reply = run_task(runtime, executables, cache_dir, TaskGroup.decode(message), fds,
+                             lambda: sock.send(RUNNING))
         finally:
             for fd in fds:
                 os.close(fd)
-        sock.send(json.dumps(reply).encode("utf-8"))
+        sock.send(reply.frame_head())
+
+
+RUNNING = b'{"phase": "running"}'
 
 
 def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
-             task: dict[str, Any], fds: list[int], started) -> dict[str, Any]:
-    """Prepare the module, say so through ``started``, run the guest, describe the result."""
-    etag = task["exec_etag"]
+             task: TaskGroup, fds: list[int], started) -> TaskResult:
+    """Prepare the module, say so through ``started``, run the guest (the group's
+    one task), describe the result."""
+    (spec,) = task.tasks
+    etag = task.exec_etag
     try:
-        if task.get("runtime") == "python":
+        if task.runtime == "python":
             module = runtime.prepare(python.interpreter_path(), key="python")
             directory = python.script_dir(cache_dir, etag, executables.path(etag))
             python.ensure_bytecode(directory, lambda argv, writable: runtime.run(
                 module, os.devnull, os.devnull, argv, [], GuestLimits(time_s=60),
                 (writable, python.GUEST_DIR), writable=True))
             preopen = (directory, python.GUEST_DIR)
-            argv = python.argv(task["args"])
+            argv = python.argv(list(task.args))
         else:
             module = runtime.prepare(executables.path(etag), key=etag)
             preopen = None
-            argv = [task.get("exec_name", "guest"), *task["args"]]
+            argv = [task.exec_name, *task.args]
     except InvalidExecutable as err:
-        return {"invalid": str(err)}
+        return TaskResult(spec.task, invalid=str(err))
     started()
-    limits = GuestLimits.from_task(task["limits"])
-    with _cpu_limit(float(task["limits"]["cpu_s"])):
+    limits = GuestLimits.from_task(task.limits)
+    with _cpu_limit(float(task.limits["cpu_s"])):
         result = runtime.run(module, f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}",
-                             argv, [tuple(pair) for pair in task["env"]], limits, preopen)
-    return {"exit": result.exit, "error": result.error, "stdout_bytes": result.stdout_bytes,
-            "stderr": encode_tail(result.stderr_tail), "ms": result.ms}
+                             argv, [*task.env, *spec.env], limits, preopen)
+    return TaskResult(spec.task, exit=result.exit, error=result.error,
+                      stdout_bytes=result.stdout_bytes,
+                      stderr=result.stderr_tail.decode("utf-8", "replace"), ms=result.ms)
 
 
 def _cpu_limit(seconds: float):
@@ -139,14 +146,14 @@ class Executor:
         parent.setblocking(False)
         self.sock = parent
 
-    def call(self, task: dict[str, Any], fds: list[int], time_s: float) -> dict[str, Any]:
-        socket.send_fds(self.sock, [json.dumps(task).encode("utf-8")], fds)
+    def call(self, task: TaskGroup, fds: list[int], time_s: float) -> TaskResult:
+        socket.send_fds(self.sock, [task.encode()], fds)
         reply = self._receive(PREPARE_TIMEOUT_S, "preparing the module took too long")
-        if reply.get("phase") == "running":
+        if reply == RUNNING:
             reply = self._receive(time_s + GRACE_S, f"time limit {time_s:g} s exceeded")
-        return reply
+        return TaskResult.parse(reply)
 
-    def _receive(self, timeout: float, what: str) -> dict[str, Any]:
+    def _receive(self, timeout: float, what: str) -> bytes:
         from eventlet.hubs import trampoline
 
         try:
@@ -160,7 +167,7 @@ class Executor:
             data = b""
         if not data:
             raise ExecutorGone(self._death())
-        return json.loads(data)
+        return data
 
     def _death(self) -> str:
         try:
@@ -233,8 +240,8 @@ class ExecutorPool:
                 raise
         return self.idle.get()
 
-    def run(self, task: dict[str, Any], fds: list[int], time_s: float,
-            client: Any = None) -> dict[str, Any]:
+    def run(self, task: TaskGroup, fds: list[int], time_s: float,
+            client: Any = None) -> TaskResult:
         """Run a task in an idle executor; a lost executor is reported and replaced.
 
         ``client`` is the requester's socket: if it closes while the guest runs
@@ -250,9 +257,8 @@ class ExecutorPool:
             executor.kill()
             self.started -= 1
             self.restarts += 1
-            error = CANCELLED if cancelled else str(gone)
-            return {"exit": None, "error": error, "stdout_bytes": 0, "stderr": "",
-                    "ms": (time.perf_counter() - began) * 1000}
+            return TaskResult(task.tasks[0].task, error=CANCELLED if cancelled else str(gone),
+                              ms=(time.perf_counter() - began) * 1000)
         except BaseException:
             executor.kill()
             self.started -= 1

@@ -24,7 +24,6 @@ builds or parses the JSON.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -108,13 +107,6 @@ class TaskGroup:
     limits: dict[str, float | int]
     tasks: tuple[TaskSpec, ...]
     ts: float = 0.0
-
-    def guest_task(self, spec: TaskSpec) -> dict[str, Any]:
-        """What an executor process gets for one task of the group."""
-        return {"job": self.job, "task": spec.task, "exec_etag": self.exec_etag,
-                "exec_name": self.exec_name, "runtime": self.runtime,
-                "args": list(self.args), "env": [*map(list, self.env), *map(list, spec.env)],
-                "limits": dict(self.limits)}
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
@@ -210,17 +202,3 @@ def read_frames(stream: Any) -> Iterator[tuple[TaskResult, Any]]:
         if not line.endswith(b"\n"):
             raise BadFrame("truncated result frame")
         yield TaskResult.parse(line), stream
-
-
-def encode_tail(data: bytes) -> str:
-    """A stderr tail, safe to carry in JSON from the executor."""
-    return base64.b64encode(data).decode("ascii")
-
-
-def decode_tail(value: str | None) -> str:
-    if not value:
-        return ""
-    try:
-        return base64.b64decode(value).decode("utf-8", "replace")
-    except ValueError:
-        return ""

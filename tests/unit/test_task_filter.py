@@ -34,12 +34,13 @@ class StubPool:
 
     def run(self, task, fds, time_s, client=None):
         self.calls.append(task)
+        (spec,) = task.tasks
         if self.reply is not None:
-            return dict(self.reply)
+            return wire.TaskResult(spec.task, **self.reply)
         data = os.pread(fds[0], 1 << 20, 0)
         with open(f"/proc/self/fd/{fds[1]}", "wb") as out:
             out.write(data.upper())
-        return {"exit": 0, "error": None, "stdout_bytes": len(data), "stderr": "", "ms": 3.0}
+        return wire.TaskResult(spec.task, exit=0, stdout_bytes=len(data), ms=3.0)
 
 
 class App:
@@ -105,8 +106,8 @@ def test_runs_each_task_of_a_group_in_order_and_streams_its_output(server):
         ("t0", 0, b"DATA OF A\n"), ("t1", 0, b"DATA OF B\n"), ("t2", 0, b"DATA OF C\n")]
     assert all(r.bytes_in == 10 and r.load.startswith("running=") for r, _ in got)
     task = server.pool.calls[1]
-    assert task["task"] == "t1" and task["args"] == ["x"]
-    assert task["env"] == [["A", "1"], ["ZEROCOMPUTE_TASK", "t1"]]
+    assert task.tasks[0].task == "t1" and task.args == ("x",) and task.env == (("A", "1"),)
+    assert task.tasks[0].env == (("ZEROCOMPUTE_TASK", "t1"),)
     assert server.app.calls == [], "a task never reaches the object server app"
     assert (server.groups, server.pending, server.waiting, server.running) == (0, 0, 0, 0)
 
@@ -192,8 +193,7 @@ def test_load_probe_and_other_requests(server):
 
 def test_only_completed_guests_feed_the_service_time(server):
     put_object(server, "a", b"x\n")
-    server.pool.reply = {"exit": None, "error": CANCELLED, "stdout_bytes": 0, "stderr": "",
-                         "ms": 0.0}
+    server.pool.reply = {"error": CANCELLED}
     ((result, _),) = run_group(server, group("a"))
     assert result.error == CANCELLED and server.service_ms == 50.0 and server.completed == 0
     server.pool.reply = None
@@ -203,8 +203,7 @@ def test_only_completed_guests_feed_the_service_time(server):
 
 def test_failed_guest_reports_its_exit_and_sends_no_output(server):
     put_object(server, "a", b"x\n")
-    server.pool.reply = {"exit": 2, "error": None, "stdout_bytes": 5,
-                         "stderr": wire.encode_tail(b"boom\n"), "ms": 1.0}
+    server.pool.reply = {"exit": 2, "stdout_bytes": 5, "stderr": "boom\n", "ms": 1.0}
     ((result, out),) = run_group(server, group("a"))
     assert result.exit == 2 and result.stderr == "boom\n" and out == b""
     assert result.stdout_bytes == 0
