@@ -352,8 +352,10 @@ class JobRun:
         estimate = self.speeds.task_ms(key) or d.loads.get(key, NodeLoad()).task_ms
         size = group_size(len(self.pending), self.settings.concurrency, estimate,
                           self.speeds.completed(key), self.settings.max_group)
+        # Holding tasks back for a better node is load-aware placement: random
+        # (ZeroCloud's baseline) uses no load signal, slots included.
         slots = d.loads.get(key, NodeLoad()).slots
-        if not queue_room(slots, self.in_flight[key], size):
+        if self.settings.policy != RANDOM and not queue_room(slots, self.in_flight[key], size):
             return None
         group = [first]
         for state in self.by_node[key].values():

@@ -7,7 +7,7 @@ from typing import Any
 
 from swiftclient.client import ClientException, Connection
 
-EXECUTE_HEADER = "X-Zerocompute-Execute"
+from zerocompute.wire import EXECUTE_HEADER
 
 
 class JobRejected(Exception):
