@@ -201,17 +201,23 @@ def print_summary(title: str, results: dict[str, list[dict]], slow_label: str,
     return summary
 
 
+def staged(cluster: DevCluster, exe: str, wasm: bytes, inputs: str, count: int):
+    """test:tester's connection, with the guest and ``count`` small inputs uploaded."""
+    conn = cluster.connection()
+    conn.put_container("apps")
+    conn.put_object("apps", exe, wasm)
+    conn.put_container(inputs)
+    for i in range(count):
+        conn.put_object(inputs, f"part-{i:04d}", f"input {i}\n".encode())
+    conn.put_container("out")
+    return conn
+
+
 def busy_slots(args, wasm: bytes) -> dict:
     cluster = DevCluster(tempfile.mkdtemp(prefix="zerocompute-bench-sched-"),
                          task_slots=args.slots).start()
     try:
-        conn = cluster.connection()
-        conn.put_container("apps")
-        conn.put_object("apps", "sleepy.wasm", wasm)
-        conn.put_container("in")
-        for i in range(args.tasks):
-            conn.put_object("in", f"part-{i:04d}", f"input {i}\n".encode())
-        conn.put_container("out")
+        conn = staged(cluster, "sleepy.wasm", wasm, "in", args.tasks)
         busy = cluster.server("object1")
         busy_label = f"127.0.0.1:{busy.port}/sd1"
         run(conn, "load-aware", args.tasks, 10, False, -1)  # warm: executables cached
@@ -238,13 +244,7 @@ def cpu_skew(args) -> dict:
         spin = f.read()
     cluster = DevCluster(tempfile.mkdtemp(prefix="zerocompute-bench-skew-")).start()
     try:
-        conn = cluster.connection()
-        conn.put_container("apps")
-        conn.put_object("apps", "spin.wasm", spin)
-        conn.put_container("cpu-in")
-        for i in range(args.cpu_tasks):
-            conn.put_object("cpu-in", f"part-{i:04d}", f"input {i}\n".encode())
-        conn.put_container("out")
+        conn = staged(cluster, "spin.wasm", spin, "cpu-in", args.cpu_tasks)
         slow = cluster.server("object1")
         slow_label = f"127.0.0.1:{slow.port}/sd1"
         run(conn, "random", args.cpu_tasks, 1, False, -1, "spin.wasm", "cpu-in")  # warm
