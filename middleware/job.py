@@ -462,7 +462,8 @@ class MapJob:
             job=manifest.name, exec_etag=self.etag,
             exec_name=manifest.map.exec.obj.rsplit("/", 1)[-1],
             runtime=runtime_of(manifest.map.exec), args=manifest.map.args,
-            env=(*manifest.map.env, ("ZEROCOMPUTE_JOB", manifest.name)),
+            env=(*manifest.map.env, ("ZEROCOMPUTE_JOB", manifest.name),
+                 ("ZEROCOMPUTE_RECORDS", manifest.records)),
             limits=manifest.limits.to_dict(), tasks=())
         settings = RunSettings(
             policy=manifest.scheduler, concurrency=self.config.concurrency,

@@ -16,6 +16,7 @@ about a quarter of a trivial task's time.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 
@@ -48,13 +49,25 @@ def available() -> bool:
         return False
 
 
+def _sdk_path() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), SDK_NAME)
+
+
+def _sdk_version() -> str:
+    with open(_sdk_path(), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+SDK_VERSION = _sdk_version()
+
+
 def script_dir(cache_dir: str, etag: str, script_path: str) -> str:
-    """A directory holding the script and the SDK, made once per script."""
-    directory = os.path.join(cache_dir, "scripts", etag)
+    """A directory holding the script and the SDK, made once per script and SDK
+    version (an upgraded SDK never meets a directory made for the old one)."""
+    directory = os.path.join(cache_dir, "scripts", f"{etag}-{SDK_VERSION}")
     if not os.path.exists(os.path.join(directory, SCRIPT_NAME)):
         os.makedirs(directory, exist_ok=True)
-        sdk = os.path.join(os.path.dirname(os.path.abspath(__file__)), SDK_NAME)
-        shutil.copyfile(sdk, os.path.join(directory, SDK_NAME))
+        shutil.copyfile(_sdk_path(), os.path.join(directory, SDK_NAME))
         with open(script_path, "rb") as f:
             write_atomically(os.path.join(directory, SCRIPT_NAME), f.read())
     return directory

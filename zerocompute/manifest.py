@@ -28,7 +28,9 @@ _MAX_ENV = 256
 _MAX_STRING = 4096
 _MAX_INPUT_PATTERNS = 1024
 _TOP_LEVEL = {"name", "map", "combine", "reduce", "output", "outputs", "limits", "scheduler",
-              "backup_tasks"}
+              "backup_tasks", "records"}
+# How key/value records travel between guests (the guest SDK's forms).
+RECORD_FORMS = ("text", "framed")
 _STAGE_KEYS = {"exec", "args", "env"}
 _MAP_KEYS = _STAGE_KEYS | {"inputs", "split_size"}
 
@@ -148,6 +150,7 @@ class Manifest:
     limits: Limits
     scheduler: str
     backup_tasks: bool = True
+    records: str = "text"
 
     @property
     def gathers(self) -> bool:
@@ -283,6 +286,8 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
 
     backup_tasks = doc.get("backup_tasks", True)
     _require(isinstance(backup_tasks, bool), "must be true or false", "backup_tasks")
+    records = doc.get("records", "text")
+    _require(records in RECORD_FORMS, f"must be one of {', '.join(RECORD_FORMS)}", "records")
     map_stage = _parse_map(doc.get("map"), own_account)
     return Manifest(
         name=name,
@@ -291,4 +296,5 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
         limits=_parse_limits(doc.get("limits"), maximum),
         scheduler=scheduler,
         backup_tasks=backup_tasks,
+        records=records,
     )

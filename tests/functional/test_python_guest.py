@@ -1,10 +1,13 @@
 """Python guests: CPython for WASI running a script written with the guest SDK."""
 
+import io
+
 import pytest
 
 from zerocompute.client import submit_job
 from zerocompute.dev.demo import corpus
 from zerocompute.guests import source_path
+from zerocompute.sandbox import zerocompute_guest as sdk
 
 
 @pytest.fixture
@@ -71,7 +74,7 @@ print("stdin", sys.stdin.read().strip())
     assert "listing ['__pycache__', 'main.py', 'zerocompute_guest.py']" in lines
     assert "read-only /app" in lines
     assert "env ['MINE', 'ZEROCOMPUTE_INPUT', 'ZEROCOMPUTE_INPUT_SIZE', 'ZEROCOMPUTE_JOB', " \
-           "'ZEROCOMPUTE_TASK']" in lines
+           "'ZEROCOMPUTE_RECORDS', 'ZEROCOMPUTE_TASK']" in lines
     assert "stdin the input" in lines
 
 
@@ -87,3 +90,21 @@ def test_python_guest_error_reaches_the_report(swift, unique):
     (task,) = report["tasks"]
     assert report["status"] == "failed" and task["exit"] == 1
     assert "KeyError: 'missing-key'" in task["stderr"]
+
+
+def test_framed_records_carry_keys_the_text_form_cannot(swift, staged):
+    """A Python guest's keys with tabs and newlines survive a job in the framed form."""
+    swift.put_object(f"apps-{staged}", "pairs.py", (
+        b"def map(record):\n"
+        b"    yield record + '\\t\\n', {'len': len(record)}\n"))
+    swift.put_object(f"in-{staged}", "lines.dat", b"alpha\nbe ta\n\n")
+    manifest = {"map": {"exec": f"swift://~/apps-{staged}/pairs.py", "args": ["map"],
+                        "inputs": [f"swift://~/in-{staged}/lines.dat"]},
+                "output": f"swift://~/framed-{staged}/lines.rec"}
+    text = submit_job(swift, manifest)
+    assert text["status"] == "failed" and "tab or a newline" in text["tasks"][0]["stderr"]
+    report = submit_job(swift, dict(manifest, records="framed"))
+    assert report["status"] == "succeeded", report
+    out = swift.get_object(f"framed-{staged}", "lines.rec")[1]
+    assert list(sdk.FramedRecords.read(io.BytesIO(out))) == [
+        ("alpha\t\n", {"len": 5}), ("be ta\t\n", {"len": 5}), ("\t\n", {"len": 0})]

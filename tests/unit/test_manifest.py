@@ -138,3 +138,11 @@ def test_a_string_input_is_a_list_of_one():
 def test_backup_tasks_may_be_turned_off():
     assert parse(good()).backup_tasks is True
     assert parse(good(backup_tasks=False)).backup_tasks is False
+
+
+def test_record_form_is_text_unless_framed_is_asked_for():
+    assert parse(good()).records == "text"
+    assert parse(good(records="framed")).records == "framed"
+    with pytest.raises(ManifestError) as err:
+        parse(good(records="csv"))
+    assert err.value.field == "records" and "text, framed" in err.value.error

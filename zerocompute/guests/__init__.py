@@ -15,6 +15,7 @@ import sys
 from importlib import resources
 
 CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "zerocompute", "guests")
+HEADER = "zerocompute.h"
 
 
 def source_path(name: str) -> str:
@@ -23,9 +24,15 @@ def source_path(name: str) -> str:
 
 
 def build_c_guest(source: str, cache_dir: str = CACHE_DIR, target: str = "wasm32-wasi") -> str:
-    """Compile a C file to a wasm32-wasi command (or ``target="native"``); return its path."""
-    with open(source, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    """Compile a C file to a wasm32-wasi command (or ``target="native"``); return its path.
+
+    ``zerocompute.h`` (records in the job's form) is on the include path.
+    """
+    digest = hashlib.sha256()
+    for path in (source, source_path(HEADER)):
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    digest = digest.hexdigest()[:16]
     os.makedirs(cache_dir, exist_ok=True)
     base = os.path.splitext(os.path.basename(source))[0]
     suffix = ".wasm" if target.startswith("wasm") else f".{target}"
@@ -39,7 +46,7 @@ def _zig_cc(source: str, output: str, target: str) -> str:
                            "pip install 'zerocompute[guests]'")
     tmp = f"{output}.{os.getpid()}.tmp"
     command = [sys.executable, "-m", "ziglang", "cc", "-target", target, "-O2", "-s",
-               source, "-o", tmp]
+               "-I", os.path.dirname(source_path(HEADER)), source, "-o", tmp]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as err:

@@ -1,0 +1,60 @@
+"""zerocompute.h, the C guests' record helper, in real wasmtime: what it writes the
+Python SDK reads, in both record forms, and back."""
+
+import io
+import os
+
+import pytest
+
+from zerocompute.guests import build_c_guest
+from zerocompute.sandbox import zerocompute_guest as sdk
+from zerocompute.sandbox.wasm import GuestLimits, WasmRuntime
+
+RECORDS = os.path.join(os.path.dirname(__file__), "..", "guests", "records.c")
+LINES = [b"plain", b"with space", b"\xc3\xa9t\xc3\xa9", b""]
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory):
+    runtime = WasmRuntime(str(tmp_path_factory.mktemp("cache")))
+    module = runtime.prepare(build_c_guest(RECORDS))
+    directory = tmp_path_factory.mktemp("io")
+
+    def run(args, stdin: bytes, form: str):
+        (directory / "in").write_bytes(stdin)
+        result = runtime.run(module, str(directory / "in"), str(directory / "out"),
+                             ["records", *args], [("ZEROCOMPUTE_RECORDS", form)], GuestLimits())
+        assert result.error is None
+        return result.exit, (directory / "out").read_bytes()
+    return run
+
+
+def test_framed_keys_hold_any_byte_and_python_reads_them(guest):
+    code, out = guest(["emit"], b"".join(line + b"\n" for line in LINES), "framed")
+    assert code == 0
+    pairs = list(sdk.FramedRecords.read(io.BytesIO(out)))
+    assert pairs == [(line.decode() + "\0\t\n", 1) for line in LINES]
+
+
+def test_framed_records_written_by_python_come_back_unchanged(guest):
+    data = io.BytesIO()
+    for key, value in [("a\tb", "x\ny"), ("nul\0", [1, 2]), ("", None)]:
+        sdk.FramedRecords.write(data, key, value)
+    code, out = guest(["echo"], data.getvalue(), "framed")
+    assert code == 0 and out == data.getvalue()
+
+
+def test_text_form_refuses_keys_it_cannot_carry_and_echoes_the_rest(guest):
+    code, _ = guest(["emit"], b"line\n", "text")
+    assert code == 65
+    text = b'word\t12\nother\t"s"\n'
+    code, out = guest(["echo"], text, "text")
+    assert code == 0 and out == text
+    assert list(sdk.TextRecords.read(io.BytesIO(out))) == [("word", 12), ("other", "s")]
+
+
+def test_malformed_input_is_an_error(guest):
+    code, _ = guest(["echo"], b"\0\0\0\x05ab", "framed")
+    assert code == 66
+    code, _ = guest(["echo"], b"no tab\n", "text")
+    assert code == 66
