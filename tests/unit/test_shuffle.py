@@ -1,0 +1,111 @@
+"""Partitioning, sorting with spills, merging: the shuffle's pure parts."""
+
+import collections
+import io
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zerocompute.shuffle import (
+    FRAMED,
+    TEXT,
+    BadRecords,
+    Partitioner,
+    group_by_key,
+    merge_sorted,
+    partition_of,
+    read_records,
+    write_records,
+)
+
+ANY_BYTES = st.binary(max_size=24)
+TEXT_KEYS = st.binary(max_size=16).filter(lambda b: b"\t" not in b and b"\n" not in b)
+TEXT_VALUES = st.binary(max_size=16).filter(lambda b: b"\n" not in b)
+FRAMED_RECORDS = st.lists(st.tuples(ANY_BYTES, ANY_BYTES), max_size=120)
+TEXT_RECORDS = st.lists(st.tuples(TEXT_KEYS, TEXT_VALUES), max_size=120)
+
+
+def partition_files(directory, records, partitions, form, memory, combine=None):
+    p = Partitioner(str(directory), partitions, form, memory_bytes=memory)
+    p.add_all(records)
+    spills = p.spills
+    files = p.finish(combine)
+    out = []
+    for path, size in files:
+        assert os.path.getsize(path) == size
+        with open(path, "rb") as f:
+            out.append(list(read_records(f, form)))
+    return out, spills
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([FRAMED, TEXT]).flatmap(
+    lambda form: st.tuples(st.just(form), FRAMED_RECORDS if form == FRAMED else TEXT_RECORDS)),
+       st.integers(1, 5), st.sampled_from([0, 200, 2000, 1 << 20]))
+def test_partitions_are_complete_sorted_and_by_crc32(tmp_path_factory, form_records,
+                                                     partitions, memory):
+    form, records = form_records
+    parts, _ = partition_files(tmp_path_factory.mktemp("p"), records, partitions, form, memory)
+    assert len(parts) == partitions
+    for number, part in enumerate(parts):
+        keys = [k for k, _ in part]
+        assert keys == sorted(keys), "each partition is sorted by key"
+        assert all(partition_of(k, partitions) == number for k in keys)
+    assert collections.Counter(r for part in parts for r in part) == \
+        collections.Counter(records), "nothing lost, nothing twice"
+
+
+def test_a_small_memory_budget_spills_and_still_sorts(tmp_path):
+    records = [(f"k{i % 97:03d}".encode(), str(i).encode()) for i in range(5000)]
+    parts, spills = partition_files(tmp_path, records, 3, TEXT, memory=4096)
+    assert spills > 10, "the budget forced spills to disk"
+    merged = list(merge_sorted(parts))
+    assert [k for k, _ in merged] == sorted(k for k, _ in records)
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("run-")], "runs removed"
+
+
+def test_combiner_output_is_stored_sorted(tmp_path):
+    words = [w.encode() for w in "the cat the hat a cat the end".split()] * 50
+
+    def summed(records):
+        # Backwards on purpose: the partitioner sorts a combiner's output again.
+        totals = [(k, str(sum(int(v) for v in vs)).encode()) for k, vs in group_by_key(records)]
+        return reversed(totals)
+    parts, _ = partition_files(tmp_path, [(w, b"1") for w in words], 2, TEXT, 512, summed)
+    combined = dict(r for part in parts for r in part)
+    assert combined == {w: str(n).encode() for w, n in collections.Counter(words).items()}
+    for part in parts:
+        assert [k for k, _ in part] == sorted(k for k, _ in part)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(FRAMED_RECORDS, max_size=5))
+def test_merge_of_sorted_runs_is_sorted_and_complete(runs):
+    runs = [sorted(run, key=lambda r: r[0]) for run in runs]
+    merged = list(merge_sorted(runs))
+    assert [k for k, _ in merged] == sorted(k for run in runs for k, _ in run)
+    assert collections.Counter(merged) == collections.Counter(r for run in runs for r in run)
+    grouped = list(group_by_key(merged))
+    assert [k for k, _ in grouped] == sorted({k for k, _ in merged})
+    assert sum(len(vs) for _, vs in grouped) == len(merged)
+
+
+@settings(max_examples=100, deadline=None)
+@given(FRAMED_RECORDS)
+def test_framed_records_round_trip(records):
+    out = io.BytesIO()
+    write_records(out, records, FRAMED)
+    assert list(read_records(io.BytesIO(out.getvalue()), FRAMED)) == records
+
+
+def test_malformed_records_are_refused():
+    with pytest.raises(BadRecords, match="line 2"):
+        list(read_records(io.BytesIO(b"a\t1\nno tab\n"), TEXT))
+    with pytest.raises(BadRecords, match="truncated"):
+        list(read_records(io.BytesIO(b"\0\0\0\x09abc"), FRAMED))
+    with pytest.raises(BadRecords, match="cannot carry"):
+        write_records(io.BytesIO(), [(b"a\tb", b"1")], TEXT)
+    assert list(read_records(io.BytesIO(b"k\tv"), TEXT)) == [(b"k", b"v")], \
+        "a last line without its newline is still a record"
