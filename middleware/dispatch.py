@@ -98,6 +98,8 @@ class TaskState:
     done: bool = False
     node: dict | None = None  # where the claiming result came from
     error: str | None = None  # why no node could run it
+    reduce_partition: int = -1  # a reduce task's partition, and the map outputs it merges
+    sources: tuple[tuple[str, str], ...] = ()
 
     @property
     def attempts(self) -> int:
@@ -115,7 +117,7 @@ class TaskState:
 
     def spec(self, node: dict) -> wire.TaskSpec:
         return wire.TaskSpec(self.task_id, node["device"], self.partition, self.path,
-                             self.policy_index, self.env)
+                             self.policy_index, self.env, self.reduce_partition, self.sources)
 
 
 @dataclass(eq=False)

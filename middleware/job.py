@@ -65,13 +65,16 @@ import itertools
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
 import eventlet
 from eventlet import GreenPool
 from eventlet.event import Event
+from swift.common.bufferedhttp import http_connect_raw
+from swift.common.exceptions import ConnectionTimeout
 from swift.common.registry import register_swift_info
 from swift.common.storage_policy import POLICIES
 from swift.common.swob import Request, Response, str_to_wsgi
@@ -90,6 +93,7 @@ from zerocompute.manifest import (
     Limits,
     Manifest,
     ManifestError,
+    Stage,
     SwiftPath,
     parse_manifest,
     runtime_of,
@@ -103,7 +107,14 @@ from zerocompute.middleware.dispatch import (
     node_label,
 )
 from zerocompute.planning import InputObject, MapTask, listing_prefix, match_listing, plan_map_only
-from zerocompute.report import REPORT_NAME, SUCCEEDED, SUCCESS_NAME, JobReport, TaskReport
+from zerocompute.report import (
+    REPORT_NAME,
+    SUCCEEDED,
+    SUCCESS_NAME,
+    Attempt,
+    JobReport,
+    TaskReport,
+)
 from zerocompute.sandbox.python import available as python_runtime_available
 from zerocompute.sandbox.wasm import InvalidExecutable, check_wasm
 from zerocompute.scheduler import POLICIES as SCHEDULER_POLICIES
@@ -114,6 +125,8 @@ LISTING_LIMIT = 10000
 # written, and spooled to a temporary file beyond it.
 SPOOL_MEMORY = 1 << 20
 GATHER_MEMORY = 16 << 20
+# A map's sort buffer on its node before it spills to disk.
+SHUFFLE_MEMORY = 64 << 20
 WRITE_TRIES = 3
 _COPY_CHUNK = 65536
 
@@ -239,6 +252,10 @@ class JobMiddleware:
         if len(tasks) > self.config.max_tasks:
             raise ManifestError(f"{len(tasks)} tasks; this cluster runs at most "
                                 f"{self.config.max_tasks} per job", "map.inputs")
+        if manifest.reduce is not None:
+            reducer = self.fetch_executable(req, manifest.reduce.exec, "reduce.exec")
+            self.prepare_output(req, manifest.output)
+            return self.respond(MapReduceJob(self, req, manifest, executable, tasks, reducer))
         self.prepare_output(req, manifest.output)
         return self.respond(MapJob(self, req, manifest, executable, tasks))
 
@@ -452,41 +469,51 @@ class MapJob:
 
     # -- running ----------------------------------------------------------------
     def run_tasks(self, states: list[TaskState]) -> None:
+        self.run_phase(states, self.template(self.manifest.map, self.etag), self.code,
+                       self.take_result, self.reports)
+
+    def template(self, stage: Stage, etag: str, kind: str = "map",
+                 shuffle: dict | None = None) -> wire.TaskGroup:
+        """What every task of a phase shares."""
         manifest = self.manifest
+        return wire.TaskGroup(
+            job=manifest.name, exec_etag=etag, exec_name=stage.exec.obj.rsplit("/", 1)[-1],
+            runtime=runtime_of(stage.exec), args=stage.args,
+            env=(*stage.env, ("ZEROCOMPUTE_JOB", manifest.name),
+                 ("ZEROCOMPUTE_RECORDS", manifest.records)),
+            limits=manifest.limits.to_dict(), tasks=(), kind=kind, shuffle=shuffle)
+
+    def run_phase(self, states: list[TaskState], template: wire.TaskGroup, code: bytes,
+                  on_result, reports: list[TaskReport]) -> None:
+        """Run tasks to their end (each claimed or failed), then wait for their writes."""
         if not states:
             return
         dispatcher = self.middleware.dispatcher
         dispatcher.probe(list({node_key(n): n for s in states
                                for n in s.candidates[0]}.values()))
-        template = wire.TaskGroup(
-            job=manifest.name, exec_etag=self.etag,
-            exec_name=manifest.map.exec.obj.rsplit("/", 1)[-1],
-            runtime=runtime_of(manifest.map.exec), args=manifest.map.args,
-            env=(*manifest.map.env, ("ZEROCOMPUTE_JOB", manifest.name),
-                 ("ZEROCOMPUTE_RECORDS", manifest.records)),
-            limits=manifest.limits.to_dict(), tasks=())
+        manifest = self.manifest
         settings = RunSettings(
             policy=manifest.scheduler, concurrency=self.config.concurrency,
             max_group=self.config.max_group,
             backups=self.config.backup_tasks and manifest.backup_tasks,
             backup_factor=self.config.backup_factor, backup_min_s=self.config.backup_min_s)
-        run = JobRun(dispatcher, states, template, self.code, settings, self.take_result)
-        run.run()
+        JobRun(dispatcher, states, template, code, settings, on_result).run()
         self.writes.waitall()
         for state in states:
-            report = self.reports[state.index]
+            report = reports[state.index]
             report.attempts, report.retries, report.backup = \
-                state.attempts, state.failed, state.backed_up
+                len(report.retries) + state.attempts, report.retries + state.failed, \
+                report.backup or state.backed_up
             if state.error is not None:
                 report.error = state.error
                 report.exit = None
             if state.first_sent is not None and not report.wall_ms:
                 report.wall_ms = round((time.monotonic() - state.first_sent) * 1000, 3)
 
-    def take_result(self, state: TaskState, node: dict, result: wire.TaskResult,
-                    stream: Any) -> None:
-        """A task's claiming result: record it and hand its output on."""
-        report = self.reports[state.index]
+    @staticmethod
+    def record(report: TaskReport, state: TaskState, node: dict,
+               result: wire.TaskResult) -> None:
+        """What a task's claiming result says, into its report."""
         report.node = node_label(node)
         report.local = node_key(node) in {node_key(n) for n in state.candidates[0]}
         report.exit = result.exit
@@ -496,6 +523,12 @@ class MapJob:
         report.bytes_in = result.bytes_in or report.bytes_in
         if report.exit is not None and report.exit != 0 and report.error is None:
             report.error = f"guest exited with status {report.exit}"
+
+    def take_result(self, state: TaskState, node: dict, result: wire.TaskResult,
+                    stream: Any) -> None:
+        """A map-only task's claiming result: record it and hand its output on."""
+        report = self.reports[state.index]
+        self.record(report, state, node, result)
         output = read_output(stream, result.stdout_bytes)
         if not report.ok:
             output.close()
@@ -506,11 +539,11 @@ class MapJob:
             self.finish(state, report)
             return
         # Blocks while every writer is busy: the stream waits, memory stays bounded.
-        self.writes.spawn_n(self.write_output, state, report, output, result.stdout_bytes)
+        self.writes.spawn_n(self.write_output, state, report, output, result.stdout_bytes,
+                            self.tasks[state.index].output)
 
     def write_output(self, state: TaskState, report: TaskReport, output: Any,
-                     length: int) -> None:
-        target = self.tasks[state.index].output
+                     length: int, target: SwiftPath) -> None:
         try:
             status = ""
             for _ in range(WRITE_TRIES):
@@ -550,6 +583,170 @@ class MapJob:
         if not resp.is_success:
             return f"writing output {target} failed: {resp.status}"
         return None
+
+
+class MapReduceJob(MapJob):
+    """A job with a reduce: map, shuffle, reduce (``doc/shuffle.md``).
+
+    Each map runs beside its input as in a map-only job, but its output stays
+    on its node, split into the job's partitions and sorted by key
+    (:mod:`zerocompute.shuffle`, in the executors).  Then one reduce task per
+    partition, placed by the same scheduler on any object server, fetches its
+    partition from every map's node, merges them and runs the reducer; its
+    output becomes ``part-NNNNN`` under the output prefix.  A map output that
+    cannot be fetched (its node died) has its map run again on another
+    replica, and the reduces that needed it run again.  A job that fails
+    leaves no part objects: those written are deleted.  Map outputs are
+    deleted from the nodes when the job ends.
+    """
+
+    def __init__(self, middleware: JobMiddleware, req: Request, manifest: Manifest,
+                 executable: tuple[str, bytes], tasks: list[MapTask],
+                 reducer: tuple[str, bytes]):
+        super().__init__(middleware, req, manifest, executable, tasks)
+        self.reduce_etag, self.reduce_code = reducer
+        self.shuffle_id = uuid.uuid4().hex
+        self.partitions = manifest.reduce.partitions
+        self.map_outputs: dict[int, tuple[dict, list[int]]] = {}  # map -> (node, sizes)
+        self.lost: dict[int, list[str]] = {}  # reduce partition -> maps it could not fetch
+        self.reduce_reports = [
+            TaskReport(kind="reduce", task=f"r{n:05d}", input=f"partition {n}",
+                       output=str(manifest.part(n))) for n in range(self.partitions)]
+
+    def run(self) -> JobReport:
+        started = time.perf_counter()
+        error = None
+        try:
+            self.map_reduce()
+        except Exception as err:  # noqa: BLE001 - the report says what happened
+            self.middleware.logger.exception("zerocompute: job %s failed", self.manifest.name)
+            error = f"internal error: {type(err).__name__}: {err}"
+        finally:
+            self.clean_up_shuffle()
+        report = JobReport(self.manifest.name, self.manifest.scheduler,
+                           self.reports + self.reduce_reports,
+                           ms=(time.perf_counter() - started) * 1000, error=error)
+        if report.status != SUCCEEDED:
+            self.delete_parts()
+        self.middleware.write_job_files(self.req, self.manifest.output, report)
+        return report
+
+    def map_reduce(self) -> None:
+        map_states = self.task_states()
+        map_template = self.template(self.manifest.map, self.etag, shuffle=self.shuffle)
+        self.run_phase(map_states, map_template, self.code, self.take_map_result, self.reports)
+        if not all(r.ok for r in self.reports):
+            return
+        by_index = {state.index: state for state in map_states}
+        reduce_template = self.template(self.manifest.reduce, self.reduce_etag, "reduce",
+                                        self.shuffle)
+        todo = list(range(self.partitions))
+        for _ in range(3):  # reduces, and maps whose output was lost, run again at most twice
+            states = [self.reduce_state(n) for n in todo]
+            self.run_phase(states, reduce_template, self.reduce_code, self.take_reduce_result,
+                           self.reduce_reports)
+            lost = {task for n in todo for task in self.lost.get(n, ())}
+            if not lost:
+                return
+            # Run those maps again, on another replica than the one that lost them.
+            again = []
+            for state in (s for s in map_states if s.task_id in lost):
+                node, _ = self.map_outputs.pop(state.index)
+                self.reports[state.index].retries.append(
+                    Attempt(node_label(node), "map output lost: a reduce could not fetch it"))
+                fresh = replace(state, tried={node_key(node)}, busy_until={}, failed=[],
+                                live={}, first_sent=None, running_since=None,
+                                backed_up=False, done=False, node=None, error=None)
+                by_index[state.index] = fresh
+                again.append(fresh)
+            self.run_phase(again, map_template, self.code, self.take_map_result, self.reports)
+            if not all(r.ok for r in self.reports):
+                return
+            todo = [n for n in todo if n in self.lost]
+            for n in todo:
+                report = self.reduce_reports[n]
+                report.retries.append(Attempt(report.node or "", report.error or ""))
+                report.error = None
+
+    @property
+    def shuffle(self) -> dict:
+        return {"id": self.shuffle_id, "partitions": self.partitions,
+                "records": self.manifest.records, "memory_bytes": SHUFFLE_MEMORY}
+
+    def reduce_state(self, number: int) -> TaskState:
+        """Partition ``number``'s reduce: any object server may run it."""
+        self.lost.pop(number, None)
+        sources = tuple((node_key(node), self.tasks[index].task_id)
+                        for index, (node, sizes) in sorted(self.map_outputs.items())
+                        if sizes[number])
+        nodes = list({node_key(n): n for n in self.object_servers()}.values())
+        self.middleware.dispatcher.rng.shuffle(nodes)
+        return TaskState(index=number, task_id=f"r{number:05d}", partition=0, path="",
+                         policy_index=0, env=(("ZEROCOMPUTE_TASK", f"r{number:05d}"),
+                                              ("ZEROCOMPUTE_PARTITION", str(number))),
+                         candidates=[nodes, []], reduce_partition=number, sources=sources)
+
+    def object_servers(self) -> list[dict]:
+        """Every device of the object ring the inputs live in."""
+        policy_index = next(iter(self._policies.values()), 0)
+        ring = POLICIES.get_object_ring(policy_index, self.config.swift_dir)
+        return [dev for dev in ring.devs if dev]
+
+    def take_map_result(self, state: TaskState, node: dict, result: wire.TaskResult,
+                        stream: Any) -> None:
+        report = self.reports[state.index]
+        self.record(report, state, node, result)
+        read_output(stream, result.stdout_bytes).close()  # nothing, for a shuffling map
+        if report.ok:
+            sizes = result.partitions or [0] * self.partitions
+            self.map_outputs[state.index] = (node, sizes)
+            report.bytes_out = sum(sizes)
+        self.finish(state, report)
+
+    def take_reduce_result(self, state: TaskState, node: dict, result: wire.TaskResult,
+                           stream: Any) -> None:
+        report = self.reduce_reports[state.index]
+        self.record(report, state, node, result)
+        report.local = False  # a reduce reads from every map's node, wherever it runs
+        report.bytes_in = sum(self.map_outputs[i][1][state.index] for i in self.map_outputs)
+        if result.lost:
+            self.lost[state.index] = list(result.lost)
+        output = read_output(stream, result.stdout_bytes)
+        if not report.ok:
+            output.close()
+            return
+        self.writes.spawn_n(self.write_output, state, report, output, result.stdout_bytes,
+                            self.manifest.part(state.index))
+
+    def delete_parts(self) -> None:
+        """A failed job leaves no part objects of its own."""
+        for report in self.reduce_reports:
+            if report.ok:
+                target = self.manifest.part(int(report.task[1:]))
+                self.middleware.subrequest(self.req, "DELETE", target.path)
+
+    def clean_up_shuffle(self) -> None:
+        """Ask every node that kept map outputs to delete them (best effort: the
+        object servers reap what is left after ``shuffle_max_age_s``)."""
+        nodes = {node_key(node): node for node, _ in self.map_outputs.values()}
+        path = wire.shuffle_path(self.shuffle_id)
+        pile = eventlet.GreenPile(16)
+        for node in nodes.values():
+            pile.spawn(self._delete_shuffle, node, path)
+        list(pile)
+
+    def _delete_shuffle(self, node: dict, path: str) -> None:
+        try:
+            with ConnectionTimeout(self.config.conn_timeout):
+                conn = http_connect_raw(node["ip"], node["port"], "DELETE", path,
+                                        headers=wire.sign_request(self.config.secret,
+                                                                  "DELETE", path))
+            with eventlet.Timeout(10):
+                conn.getresponse().read()
+            conn.close()
+        except (Exception, eventlet.Timeout):  # noqa: BLE001 - the reaper gets it later
+            self.middleware.logger.warning("zerocompute: could not delete map outputs of "
+                                           "%s on %s", self.shuffle_id, node_key(node))
 
 
 def read_output(stream: Any, length: int) -> Any:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -61,6 +62,7 @@ from swift.common.storage_policy import POLICIES
 from swift.common.swob import (
     HTTPBadRequest,
     HTTPForbidden,
+    HTTPNotFound,
     HTTPPreconditionFailed,
     HTTPRequestEntityTooLarge,
     HTTPServiceUnavailable,
@@ -70,12 +72,14 @@ from swift.common.swob import (
 from swift.common.utils import (
     config_positive_int_value,
     get_logger,
+    non_negative_float,
     non_negative_int,
     split_path,
 )
 from swift.obj.diskfile import DiskFileRouter
 
 from zerocompute import wire
+from zerocompute.sandbox import shuffle_io
 from zerocompute.sandbox.executor import CANCELLED, ExecutorPool, hung_up
 from zerocompute.sandbox.wasm import ExecutableStore, InvalidExecutable
 from zerocompute.scheduler import DEFAULT_SERVICE_MS, format_load_header, update_service_ms
@@ -91,6 +95,7 @@ class TaskFilterConfig:
     slots: int
     queue: int
     cache_dir: str
+    shuffle_max_age_s: float = 86400.0
 
     @classmethod
     def from_conf(cls, conf: dict[str, str]) -> TaskFilterConfig:
@@ -100,7 +105,9 @@ class TaskFilterConfig:
         slots = config_positive_int_value(conf.get("slots", os.cpu_count() or 1))
         return cls(secret=secret, slots=slots,
                    queue=non_negative_int(conf.get("queue", 2 * slots)),
-                   cache_dir=conf.get("cache_dir", "/var/cache/swift/zerocompute"))
+                   cache_dir=conf.get("cache_dir", "/var/cache/swift/zerocompute"),
+                   shuffle_max_age_s=non_negative_float(
+                       conf.get("shuffle_max_age_s", 86400)))
 
 
 def _client_socket(req: Request) -> Any:
@@ -131,7 +138,12 @@ class TaskMiddleware:
         self.scratch_dir = os.path.join(config.cache_dir, "scratch")
         os.makedirs(self.scratch_dir, exist_ok=True)
         self.executables = ExecutableStore(config.cache_dir)
-        self.pool = pool or ExecutorPool(config.slots, config.cache_dir)
+        conf = conf or {}
+        self.shuffle_root = shuffle_io.shuffle_root(
+            config.cache_dir, f"{conf.get('bind_ip', '0.0.0.0')}:{conf.get('bind_port', 6200)}")
+        self.pool = pool or ExecutorPool(config.slots, config.cache_dir, config.secret,
+                                         self.shuffle_root)
+        self.reaped_at = 0.0
         self._slots = Semaphore(config.slots)
         self.diskfile_router = DiskFileRouter(conf or {}, self.logger)
         self.groups = 0  # task groups being served
@@ -144,6 +156,8 @@ class TaskMiddleware:
     def __call__(self, env: dict, start_response):
         if env.get("PATH_INFO") == wire.LOAD_PATH and env.get("REQUEST_METHOD") == "GET":
             return self.load_response()(env, start_response)
+        if env.get("PATH_INFO", "").startswith(wire.SHUFFLE_PATH + "/"):
+            return self.shuffle_response(Request(env))(env, start_response)
         if env.get("REQUEST_METHOD") != wire.METHOD:
             return self.app(env, start_response)
         req = Request(env)
@@ -177,6 +191,41 @@ class TaskMiddleware:
                            "slots": self.slots, "service_ms": round(self.service_ms, 3)})
         return Response(status=200, content_type="application/json", body=body.encode(),
                         headers={wire.LOAD_HEADER: self.load_header()})
+
+    # -- map outputs kept for reducers ----------------------------------------------------
+    def shuffle_response(self, req: Request) -> Response:
+        """``GET`` one map's partition, ``DELETE`` a job's map outputs (signed only)."""
+        try:
+            wire.verify_request(self.config.secret, req.method, req.path_info, req.headers)
+        except wire.BadSignature as err:
+            self.logger.warning("zerocompute: refused unsigned shuffle request: %s", err)
+            return HTTPForbidden(body=b"signature refused\n")
+        parts = req.path_info[len(wire.SHUFFLE_PATH) + 1:].split("/")
+        try:
+            if req.method == "DELETE" and len(parts) == 1:
+                shutil.rmtree(os.path.join(self.shuffle_root, shuffle_io.safe_name(parts[0])),
+                              ignore_errors=True)
+                return Response(status=204)
+            if req.method == "GET" and len(parts) == 3:
+                path = shuffle_io.partition_file(self.shuffle_root, parts[0], parts[1],
+                                                 int(parts[2]))
+                f = open(path, "rb")  # noqa: SIM115 - closed by the response's app_iter
+                return Response(status=200, app_iter=_FileIter(f),
+                                content_length=os.fstat(f.fileno()).st_size,
+                                content_type="application/octet-stream")
+        except FileNotFoundError:
+            return HTTPNotFound(body=b"no such map output here\n")
+        except ValueError:
+            pass
+        return HTTPBadRequest(body=b"bad shuffle request\n")
+
+    def reap_shuffle(self) -> None:
+        """Now and then, remove map outputs of jobs that never cleaned up (proxy died)."""
+        now = time.time()
+        if now - self.reaped_at > min(600.0, self.config.shuffle_max_age_s):
+            self.reaped_at = now
+            for name in shuffle_io.reap(self.shuffle_root, self.config.shuffle_max_age_s, now):
+                self.logger.info("zerocompute: reaped map outputs of %s", name)
 
     # -- a group --------------------------------------------------------------------
     def handle_group(self, req: Request) -> Response:
@@ -212,6 +261,7 @@ class TaskMiddleware:
                                           body=b"zerocompute: all task slots busy\n")
         if len(group.tasks) > 4096:
             return HTTPRequestEntityTooLarge(body=b"too many tasks in one group\n")
+        self.reap_shuffle()
         return Response(status=200, content_type="application/octet-stream",
                         app_iter=GroupRun(self, group, _client_socket(req)))
 
@@ -220,6 +270,10 @@ class TaskMiddleware:
         """Run one task of a group: its result and, when it produced output, the
         descriptor of its (already unlinked) stdout file."""
         result = wire.TaskResult(task=spec.task)
+        if group.kind == "reduce":
+            # Its input is fetched from the maps' nodes by the executor.
+            with open(os.devnull, "rb") as nothing:
+                return self.run_guest(group, spec, nothing.fileno(), result, client)
         try:
             _device, _part, account, container, obj = split_path(
                 spec.disk_path, 5, 5, True)
@@ -288,6 +342,20 @@ class TaskMiddleware:
         finally:
             self.started.remove(began)
             self._slots.release()
+
+
+class _FileIter:
+    """A file as a WSGI body, closed even if never read."""
+
+    def __init__(self, f: Any):
+        self.f = f
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.f.read(_READ_CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        self.f.close()
 
 
 class GroupRun:

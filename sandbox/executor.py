@@ -20,6 +20,7 @@ guest: the parent's reads go through the hub (``trampoline``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
@@ -27,12 +28,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
 import eventlet
 
-from zerocompute.sandbox import python
+from zerocompute.sandbox import python, shuffle_io
+from zerocompute.sandbox.shuffle_io import SECRET_ENV
 from zerocompute.sandbox.wasm import (
     ExecutableStore,
     GuestLimits,
@@ -93,14 +96,27 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
             argv = [task.exec_name, *task.args]
     except InvalidExecutable as err:
         return TaskResult(spec.task, invalid=str(err))
-    started()
-    limits = GuestLimits.from_task(task.limits)
-    with _cpu_limit(float(task.limits["cpu_s"])):
-        result = runtime.run(module, f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}",
-                             argv, [*task.env, *spec.env], limits, preopen)
-    return TaskResult(spec.task, exit=result.exit, error=result.error,
-                      stdout_bytes=result.stdout_bytes,
-                      stderr=result.stderr_tail.decode("utf-8", "replace"), ms=result.ms)
+    stdin = f"/proc/self/fd/{fds[0]}"
+    with contextlib.ExitStack() as cleanup:
+        if task.kind == "reduce":
+            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
+                dir=os.path.join(cache_dir, "scratch"), prefix="reduce-"))
+            stdin, lost = shuffle_io.reduce_input(task, spec, scratch)
+            if lost:
+                return TaskResult(spec.task, lost=lost,
+                                  error=f"map output lost: {', '.join(lost)}")
+        started()
+        limits = GuestLimits.from_task(task.limits)
+        with _cpu_limit(float(task.limits["cpu_s"])):
+            ran = runtime.run(module, stdin, f"/proc/self/fd/{fds[1]}", argv,
+                              [*task.env, *spec.env], limits, preopen)
+    result = TaskResult(spec.task, exit=ran.exit, error=ran.error,
+                        stdout_bytes=ran.stdout_bytes,
+                        stderr=ran.stderr_tail.decode("utf-8", "replace"), ms=ran.ms)
+    if task.shuffle and task.kind == "map" and result.exit == 0 and not result.error:
+        shuffle_io.partition_output(task, spec, f"/proc/self/fd/{fds[1]}",
+                                    os.environ[shuffle_io.ROOT_ENV], result)
+    return result
 
 
 def _cpu_limit(seconds: float):
@@ -126,13 +142,16 @@ class ExecutorGone(Exception):
 class Executor:
     """One executor process, seen from the object server (eventlet-friendly)."""
 
-    def __init__(self, cache_dir: str):
+    def __init__(self, cache_dir: str, secret: str = "", shuffle_root: str = ""):
         from eventlet.green import subprocess as green_subprocess
         from eventlet.patcher import original
 
         raw_socket = original("socket")
         parent, child = raw_socket.socketpair(raw_socket.AF_UNIX, raw_socket.SOCK_SEQPACKET)
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8"}
+        # The secret signs fetches of map outputs for reduce tasks; guests never see
+        # the executor's environment (theirs is built from the task alone).
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", SECRET_ENV: secret,
+               shuffle_io.ROOT_ENV: shuffle_root or os.path.join(cache_dir, "shuffle")}
         if os.environ.get("PYTHONPATH"):
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         try:
@@ -221,11 +240,13 @@ def _watch_hang_up(client: Any, executor: Executor, cancelled: list[bool]) -> No
 class ExecutorPool:
     """At most ``size`` executor processes; a task waits for an idle one."""
 
-    def __init__(self, size: int, cache_dir: str):
+    def __init__(self, size: int, cache_dir: str, secret: str = "", shuffle_root: str = ""):
         from eventlet.queue import LightQueue
 
         self.size = size
         self.cache_dir = cache_dir
+        self.secret = secret
+        self.shuffle_root = shuffle_root
         self.idle: Any = LightQueue()
         self.started = 0
         self.restarts = 0
@@ -234,7 +255,7 @@ class ExecutorPool:
         if self.idle.qsize() == 0 and self.started < self.size:
             self.started += 1
             try:
-                return Executor(self.cache_dir)
+                return Executor(self.cache_dir, self.secret, self.shuffle_root)
             except BaseException:
                 self.started -= 1
                 raise

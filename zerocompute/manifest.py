@@ -33,6 +33,8 @@ _TOP_LEVEL = {"name", "map", "combine", "reduce", "output", "outputs", "limits",
 RECORD_FORMS = ("text", "framed")
 _STAGE_KEYS = {"exec", "args", "env"}
 _MAP_KEYS = _STAGE_KEYS | {"inputs", "split_size"}
+_REDUCE_KEYS = _STAGE_KEYS | {"partitions"}
+MAX_PARTITIONS = 1024
 
 
 class ManifestError(ValueError):
@@ -143,6 +145,11 @@ class MapStage(Stage):
 
 
 @dataclass(frozen=True)
+class ReduceStage(Stage):
+    partitions: int = 1
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     map: MapStage
@@ -151,6 +158,11 @@ class Manifest:
     scheduler: str
     backup_tasks: bool = True
     records: str = "text"
+    reduce: ReduceStage | None = None
+
+    def part(self, number: int) -> SwiftPath:
+        """The object of a MapReduce job's reduce partition ``number``: ``part-00000`` ..."""
+        return replace(self.output, obj=self.output.obj.replace(WILDCARD, f"part-{number:05d}"))
 
     @property
     def gathers(self) -> bool:
@@ -229,6 +241,22 @@ def _parse_map(value: Any, own_account: str) -> MapStage:
     )
 
 
+def _parse_reduce(value: Any, own_account: str) -> ReduceStage:
+    _require(isinstance(value, dict), "must be an object", "reduce")
+    unknown = sorted(set(value) - _REDUCE_KEYS)
+    _require(not unknown, f"unknown key(s) {', '.join(unknown)}", "reduce")
+    _require("exec" in value, "is required", "reduce.exec")
+    partitions = value.get("partitions", 1)
+    _require(isinstance(partitions, int) and not isinstance(partitions, bool)
+             and 1 <= partitions <= MAX_PARTITIONS,
+             f"must be an integer from 1 to {MAX_PARTITIONS}", "reduce.partitions")
+    return ReduceStage(
+        exec=_parse_exec(value["exec"], "reduce.exec", own_account),
+        args=_parse_string_list(value.get("args", []), "reduce.args", _MAX_ARGS),
+        env=_parse_env(value.get("env", {}), "reduce.env"),
+        partitions=partitions)
+
+
 def _parse_output(value: Any, own_account: str) -> SwiftPath:
     """A pattern with ``*`` (one output per input) or one plain object (every
     task's output gathered into it, in input order)."""
@@ -271,10 +299,8 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     _require(isinstance(doc, dict), "manifest must be a JSON object", None)
     unknown = sorted(set(doc) - _TOP_LEVEL)
     _require(not unknown, f"unknown key(s) {', '.join(unknown)}", None)
-    for stage in ("combine", "reduce"):
-        if stage in doc:
-            raise ManifestError(f"'{stage}' is not supported by this cluster yet: "
-                                "it runs map-only jobs", stage)
+    if "combine" in doc:
+        raise ManifestError("'combine' is not supported by this cluster yet", "combine")
     if "outputs" in doc:
         raise ManifestError("named outputs are not supported by this cluster yet", "outputs")
 
@@ -289,10 +315,18 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     records = doc.get("records", "text")
     _require(records in RECORD_FORMS, f"must be one of {', '.join(RECORD_FORMS)}", "records")
     map_stage = _parse_map(doc.get("map"), own_account)
+    output = _parse_output(doc.get("output"), own_account)
+    reduce_stage = None
+    if "reduce" in doc:
+        reduce_stage = _parse_reduce(doc["reduce"], own_account)
+        _require(output.obj.endswith(WILDCARD) and output.obj.count(WILDCARD) == 1,
+                 "with reduce, output is a prefix for part-00000 ...: end it with '/' "
+                 "(swift://~/results/wordcount/)", "output")
     return Manifest(
         name=name,
         map=map_stage,
-        output=_parse_output(doc.get("output"), own_account),
+        reduce=reduce_stage,
+        output=output,
         limits=_parse_limits(doc.get("limits"), maximum),
         scheduler=scheduler,
         backup_tasks=backup_tasks,

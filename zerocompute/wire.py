@@ -36,6 +36,10 @@ METHOD = "EXECUTE"
 TASKS_PATH = "/zerocompute/tasks"
 # The object-server filter answers load probes here (GET, no auth).
 LOAD_PATH = "/zerocompute/load"
+# Map outputs kept for the reducers: GET .../<id>/<map task>/<partition>, DELETE .../<id>
+# (signed, object servers only).
+SHUFFLE_PATH = "/zerocompute/shuffle"
+TIMESTAMP_HEADER = "X-Zerocompute-Timestamp"
 
 # Client-facing headers of the job API.
 EXECUTE_HEADER = "X-Zerocompute-Execute"
@@ -88,6 +92,10 @@ class TaskSpec:
     path: str  # /account/container/object, unquoted
     policy: int = 0
     env: tuple[tuple[str, str], ...] = ()  # this task's own variables (input, task id)
+    # A reduce task: its partition, and the map outputs it merges: (node "ip:port",
+    # map task id) each (device, partition and path are then empty).
+    reduce_partition: int = -1
+    sources: tuple[tuple[str, str], ...] = ()
 
     @property
     def disk_path(self) -> str:
@@ -107,6 +115,10 @@ class TaskGroup:
     limits: dict[str, float | int]
     tasks: tuple[TaskSpec, ...]
     ts: float = 0.0
+    kind: str = "map"  # map or reduce
+    # A map of a MapReduce job: {"id": the job run's shuffle id, "partitions": R,
+    # "records": the record form}; its output is partitioned where it ran.
+    shuffle: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
@@ -118,13 +130,18 @@ class TaskGroup:
             raise ValueError("not a task group")
         tasks = tuple(TaskSpec(t["task"], t["device"], int(t["partition"]), t["path"],
                                int(t.get("policy", 0)),
-                               tuple((str(k), str(v)) for k, v in t.get("env", ())))
+                               tuple((str(k), str(v)) for k, v in t.get("env", ())),
+                               int(t.get("reduce_partition", -1)),
+                               tuple((str(n), str(m)) for n, m in t.get("sources", ())))
                       for t in doc["tasks"])
+        shuffle = doc.get("shuffle")
         return cls(job=str(doc["job"]), exec_etag=str(doc["exec_etag"]),
                    exec_name=str(doc["exec_name"]), runtime=str(doc["runtime"]),
                    args=tuple(map(str, doc["args"])),
                    env=tuple((str(k), str(v)) for k, v in doc["env"]),
-                   limits=dict(doc["limits"]), tasks=tasks, ts=float(doc["ts"]))
+                   limits=dict(doc["limits"]), tasks=tasks, ts=float(doc["ts"]),
+                   kind=str(doc.get("kind", "map")),
+                   shuffle=dict(shuffle) if isinstance(shuffle, dict) else None)
 
 
 def _mac(secret: str, method: str, path: str, body: bytes) -> str:
@@ -158,6 +175,40 @@ def verify_group(secret: str, method: str, path: str, headers: Any, body: bytes,
     return group
 
 
+def sign_request(secret: str, method: str, path: str, now: float | None = None,
+                 ) -> dict[str, str]:
+    """Headers that sign a body-less request between object servers and proxies."""
+    stamp = f"{time.time() if now is None else now:.6f}"
+    return {TIMESTAMP_HEADER: stamp,
+            SIGNATURE_HEADER: _mac(secret, method, path, stamp.encode("ascii"))}
+
+
+def verify_request(secret: str, method: str, path: str, headers: Any,
+                   now: float | None = None) -> None:
+    """:class:`BadSignature` unless :func:`sign_request` signed this, lately."""
+    stamp, signature = headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER)
+    if not stamp or not signature:
+        raise BadSignature("missing signature")
+    if not hmac.compare_digest(_mac(secret, method, path, stamp.encode("ascii")), signature):
+        raise BadSignature("signature does not match")
+    try:
+        age = abs((time.time() if now is None else now) - float(stamp))
+    except ValueError:
+        raise BadSignature("bad timestamp") from None
+    if age > MAX_AGE_S:
+        raise BadSignature("stale request")
+
+
+def shuffle_path(shuffle_id: str, task: str = "", partition: int | None = None) -> str:
+    """Where a map's partition (or a whole job's shuffle) is served."""
+    path = f"{SHUFFLE_PATH}/{shuffle_id}"
+    if task:
+        path += f"/{task}"
+        if partition is not None:
+            path += f"/{partition:05d}"
+    return path
+
+
 @dataclass
 class TaskResult:
     """How one task of a group ended on the object server (one frame's header)."""
@@ -172,6 +223,8 @@ class TaskResult:
     retry: str | None = None  # the task could not run here: try another replica
     invalid: str | None = None  # the executable cannot run anywhere
     load: str = ""  # the server's X-Zerocompute-Load when the task ended
+    partitions: list[int] | None = None  # a shuffling map: bytes of each partition kept here
+    lost: list[str] | None = None  # a reduce: map tasks whose output could not be fetched
 
     @property
     def completed(self) -> bool:

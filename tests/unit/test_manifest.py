@@ -80,7 +80,13 @@ def test_not_an_object():
     (good(scheduler="fastest"), "scheduler"),
     (good(name=""), "name"),
     (good(backup_tasks="no"), "backup_tasks"),
-    (good(reduce={"exec": "swift://~/a/x.wasm"}), "reduce"),
+    (good(combine={"exec": "swift://~/a/x.wasm"}), "combine"),
+    (good(reduce={"exec": "swift://~/a/x.wasm"}, output="swift://~/out/all.txt"), "output"),
+    (good(reduce={"exec": "swift://~/a/x.wasm"}), "output"),  # "*.counts" is no prefix
+    (good(reduce={"exec": "swift://~/a/x.wasm", "partitions": 0}, output="swift://~/o/"),
+     "reduce.partitions"),
+    (good(reduce={"exec": "swift://~/a/x.exe"}, output="swift://~/o/"), "reduce.exec"),
+    (good(reduce={"args": []}, output="swift://~/o/"), "reduce.exec"),
 ])
 def test_errors_name_the_field(doc, field):
     err = error_of(doc)
@@ -146,3 +152,12 @@ def test_record_form_is_text_unless_framed_is_asked_for():
     with pytest.raises(ManifestError) as err:
         parse(good(records="csv"))
     assert err.value.field == "records" and "text, framed" in err.value.error
+
+
+def test_reduce_stage_and_its_part_objects():
+    m = parse(good(reduce={"exec": "swift://~/a/r.wasm", "args": ["reduce"], "partitions": 3},
+                   output="swift://~/results/wc/"))
+    assert m.reduce.exec == SwiftPath("AUTH_test", "a", "r.wasm")
+    assert m.reduce.args == ("reduce",) and m.reduce.partitions == 3
+    assert [m.part(n).obj for n in range(3)] == ["wc/part-00000", "wc/part-00001",
+                                                  "wc/part-00002"]

@@ -1,0 +1,106 @@
+"""MapReduce on the dev cluster: map beside the data, shuffle, reduce into part objects."""
+
+import collections
+import json
+
+import pytest
+from swiftclient.client import ClientException
+
+from tests.functional.helpers import listing, make_text
+from zerocompute.client import submit_job
+from zerocompute.dev.demo import count_words
+from zerocompute.guests import source_path
+from zerocompute.shuffle import partition_of
+
+
+@pytest.fixture
+def corpus(swift, wordcount_wasm, unique):
+    swift.put_container(f"apps-{unique}")
+    swift.put_object(f"apps-{unique}", "wc.wasm", wordcount_wasm)
+    with open(source_path("wordcount.py"), "rb") as f:
+        swift.put_object(f"apps-{unique}", "wc.py", f.read())
+    swift.put_container(f"in-{unique}")
+    texts = {f"doc-{i:02d}.txt": make_text(100 + i, 150 + 20 * i) for i in range(12)}
+    for name, data in texts.items():
+        swift.put_object(f"in-{unique}", name, data)
+    return texts
+
+
+def read_parts(swift, container, prefix, partitions):
+    parts = {}
+    for n in range(partitions):
+        parts[n] = swift.get_object(container, f"{prefix}part-{n:05d}")[1]
+    return parts
+
+
+@pytest.mark.parametrize("exe, map_args, reduce_args", [
+    ("wc.wasm", ["map"], ["reduce"]),
+    ("wc.py", ["map"], ["reduce"]),
+])
+def test_word_count_map_shuffle_reduce(swift, corpus, unique, exe, map_args, reduce_args):
+    report = submit_job(swift, {
+        "name": "wc-mr",
+        "map": {"exec": f"swift://~/apps-{unique}/{exe}", "args": map_args,
+                "inputs": [f"swift://~/in-{unique}/*.txt"]},
+        "reduce": {"exec": f"swift://~/apps-{unique}/{exe}", "args": reduce_args,
+                   "partitions": 3},
+        "output": f"swift://~/out-{unique}/wc/"})
+    assert report["status"] == "succeeded", json.dumps(report, indent=1)[:4000]
+    maps = [t for t in report["tasks"] if t["kind"] == "map"]
+    reduces = [t for t in report["tasks"] if t["kind"] == "reduce"]
+    assert len(maps) == 12 and all(t["local"] for t in maps)
+    assert [t["task"] for t in reduces] == ["r00000", "r00001", "r00002"]
+
+    expected = collections.Counter()
+    for data in corpus.values():
+        expected.update(count_words(data))
+    parts = read_parts(swift, f"out-{unique}", "wc/", 3)
+    seen = collections.Counter()
+    for number, data in parts.items():
+        lines = data.decode().splitlines()
+        words = [line.split("\t")[0] for line in lines]
+        assert words == sorted(words), "a reducer's output is sorted by key"
+        for line in lines:
+            word, count = line.split("\t")
+            assert partition_of(word.encode(), 3) == number, "CRC32 partitioning"
+            seen[word] += int(count)
+    assert seen == expected
+    assert sorted(listing(swift, f"out-{unique}")) == [
+        "wc/_SUCCESS", "wc/_report.json", "wc/part-00000", "wc/part-00001", "wc/part-00002"]
+    assert sum(t["bytes_in"] for t in reduces) == sum(t["bytes_out"] for t in maps)
+
+
+def test_failing_reducer_leaves_no_parts_and_no_success(swift, corpus, unique):
+    report = submit_job(swift, {
+        "map": {"exec": f"swift://~/apps-{unique}/wc.wasm", "args": ["map"],
+                "inputs": [f"swift://~/in-{unique}/*.txt"]},
+        "reduce": {"exec": f"swift://~/apps-{unique}/wc.wasm", "args": ["no-such-mode"],
+                   "partitions": 3},
+        "output": f"swift://~/out-{unique}/wc/"})
+    assert report["status"] == "failed"
+    reduces = [t for t in report["tasks"] if t["kind"] == "reduce"]
+    assert reduces and all(t["error"] == "guest exited with status 64" for t in reduces)
+    names = listing(swift, f"out-{unique}")
+    assert [n for n in names if "part-" in n] == [] and "wc/_SUCCESS" not in names
+    assert json.loads(swift.get_object(f"out-{unique}", "wc/_report.json")[1])["status"] \
+        == "failed"
+
+
+def test_map_output_that_is_not_records_fails_the_map(swift, corpus, unique):
+    # A plain program (no map function): it copies its input, which has no tab.
+    swift.put_object(f"apps-{unique}", "cat.py",
+                     b"import sys\nsys.stdout.write(sys.stdin.read())\n")
+    swift.put_object(f"in-{unique}", "notes.txt", b"no tab on this line\n")
+    report = submit_job(swift, {
+        "map": {"exec": f"swift://~/apps-{unique}/cat.py",
+                "inputs": [f"swift://~/in-{unique}/notes.txt"]},
+        "reduce": {"exec": f"swift://~/apps-{unique}/wc.wasm", "args": ["reduce"]},
+        "output": f"swift://~/out-{unique}/"})
+    assert report["status"] == "failed"
+    (task,) = report["tasks"][:1]
+    assert task["kind"] == "map" and task["error"].startswith(
+        "map output is not text records: line 1 is not key<TAB>value")
+    assert not [t for t in report["tasks"] if t["kind"] == "reduce" and t["node"]], \
+        "no reduce ran"
+    with pytest.raises(ClientException):
+        swift.head_object(f"out-{unique}", "part-00000")
