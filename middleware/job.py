@@ -837,7 +837,7 @@ def filter_factory(global_conf: dict, **local_conf: str):
         max_tasks=config.max_tasks,
         max_group=config.max_group,
         heartbeat_s=config.heartbeat_s,
-        stages=["map"],
+        stages=["map", "reduce"],
     )
 
     def job_filter(app):

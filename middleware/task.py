@@ -36,8 +36,14 @@ Configuration, in ``object-server.conf``::
     # Tasks run at once, and groups allowed to wait for a slot.
     # slots = <number of CPUs>
     # queue = <2 x slots>
-    # Where executables and compiled modules are cached.
+    # Where executables and compiled modules are cached, and map outputs kept.
     # cache_dir = /var/cache/swift/zerocompute
+    # Map outputs of jobs whose proxy died are removed after this many seconds.
+    # shuffle_max_age_s = 86400
+
+``GET /zerocompute/shuffle/<id>/<map>/<partition>`` and ``DELETE
+/zerocompute/shuffle/<id>`` (signed, from reducers and proxies only) serve
+and remove the map outputs of MapReduce jobs (``doc/shuffle.md``).
 """
 
 from __future__ import annotations

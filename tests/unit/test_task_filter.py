@@ -207,3 +207,46 @@ def test_failed_guest_reports_its_exit_and_sends_no_output(server):
     ((result, out),) = run_group(server, group("a"))
     assert result.exit == 2 and result.stderr == "boom\n" and out == b""
     assert result.stdout_bytes == 0
+
+
+def shuffle_request(server, method, path, secret=SECRET, now=None):
+    headers = wire.sign_request(secret, method, path, now=now)
+    return Request.blank(path, method=method, headers=headers).get_response(server)
+
+
+def keep_map_output(server, shuffle_id="feed", task="m00001", data=b"a\t1\n"):
+    directory = os.path.join(server.shuffle_root, shuffle_id, task)
+    os.makedirs(directory)
+    with open(os.path.join(directory, "part-00002"), "wb") as f:
+        f.write(data)
+    return directory
+
+
+def test_map_outputs_are_served_to_signed_requests_only(server):
+    keep_map_output(server)
+    path = wire.shuffle_path("feed", "m00001", 2)
+    resp = shuffle_request(server, "GET", path)
+    assert resp.status_int == 200 and resp.body == b"a\t1\n"
+    assert shuffle_request(server, "GET", wire.shuffle_path("feed", "m00001", 3)).status_int \
+        == 404
+    for forged in (shuffle_request(server, "GET", path, secret="other"),
+                   shuffle_request(server, "GET", path, now=1.0),
+                   Request.blank(path).get_response(server)):
+        assert forged.status_int == 403
+    climbing = "/zerocompute/shuffle/../m00001/00002"
+    assert shuffle_request(server, "GET", climbing).status_int == 400
+    assert server.app.calls == []
+
+
+def test_a_jobs_map_outputs_are_deleted_and_old_ones_reaped(server):
+    kept = keep_map_output(server, "job1")
+    old = keep_map_output(server, "job2")
+    assert shuffle_request(server, "DELETE", wire.shuffle_path("job1")).status_int == 204
+    assert not os.path.exists(kept) and os.path.exists(old)
+    job2 = os.path.dirname(old)
+    os.utime(job2, (1, 1))  # last touched long ago: its proxy never cleaned up
+    keep_map_output(server, "job3")
+    server.reaped_at = 0.0
+    server.reap_shuffle()
+    assert not os.path.exists(job2)
+    assert os.path.exists(os.path.join(server.shuffle_root, "job3"))
