@@ -208,18 +208,22 @@ class Dispatcher:
             self.loads[key] = load
 
     # -- sending ----------------------------------------------------------------
-    def open_group(self, node: dict, group: wire.TaskGroup, executable: bytes,
+    def open_group(self, node: dict, group: wire.TaskGroup, executables: dict[str, bytes],
                    stream: Stream | None = None) -> Any:
         """Send ``group`` to ``node``; the response (its frames unread).
 
-        Only the group goes first: a node that already caches the executable
-        starts at once, one that does not asks for the bytes with a 412.
+        Only the group goes first: a node that already caches the executables
+        (by ETag) starts at once, one that does not asks for each it lacks
+        with a 412 naming it.
         """
         resp = self._send(node, group, b"", stream)
-        if resp.status == 412 and resp.getheader(wire.NEED_EXECUTABLE_HEADER):
+        for _ in executables:
+            needed = resp.getheader(wire.NEED_EXECUTABLE_HEADER)
+            if resp.status != 412 or needed not in executables:
+                break
             resp.read()
             resp.close()
-            resp = self._send(node, group, executable, stream)
+            resp = self._send(node, group, executables[needed], stream)
         return resp
 
     def _send(self, node: dict, group: wire.TaskGroup, executable: bytes,
@@ -270,12 +274,12 @@ class JobRun:
     """The dispatch of one job's tasks, until each is claimed or has failed."""
 
     def __init__(self, dispatcher: Dispatcher, tasks: list[TaskState],
-                 template: wire.TaskGroup, executable: bytes, settings: RunSettings,
+                 template: wire.TaskGroup, executables: dict[str, bytes], settings: RunSettings,
                  on_result: ResultHandler):
         self.dispatcher = dispatcher
         self.tasks = tasks
         self.template = template
-        self.executable = executable
+        self.executables = executables
         self.settings = settings
         self.on_result = on_result
         self.speeds = JobSpeeds()
@@ -413,7 +417,7 @@ class JobRun:
         error, retry_after = "", None
         try:
             resp = self.dispatcher.open_group(stream.node, self._group_for(stream),
-                                              self.executable, stream)
+                                              self.executables, stream)
         except (Exception, Timeout) as err:  # noqa: BLE001 - any node failure means retry
             self._stream_over(stream, _describe(err))
             return

@@ -254,8 +254,11 @@ class JobMiddleware:
                                 f"{self.config.max_tasks} per job", "map.inputs")
         if manifest.reduce is not None:
             reducer = self.fetch_executable(req, manifest.reduce.exec, "reduce.exec")
+            combiner = self.fetch_executable(req, manifest.combine.exec, "combine.exec") \
+                if manifest.combine is not None else None
             self.prepare_output(req, manifest.output)
-            return self.respond(MapReduceJob(self, req, manifest, executable, tasks, reducer))
+            return self.respond(MapReduceJob(self, req, manifest, executable, tasks, reducer,
+                                             combiner))
         self.prepare_output(req, manifest.output)
         return self.respond(MapJob(self, req, manifest, executable, tasks))
 
@@ -469,8 +472,8 @@ class MapJob:
 
     # -- running ----------------------------------------------------------------
     def run_tasks(self, states: list[TaskState]) -> None:
-        self.run_phase(states, self.template(self.manifest.map, self.etag), self.code,
-                       self.take_result, self.reports)
+        self.run_phase(states, self.template(self.manifest.map, self.etag),
+                       {self.etag: self.code}, self.take_result, self.reports)
 
     def template(self, stage: Stage, etag: str, kind: str = "map",
                  shuffle: dict | None = None) -> wire.TaskGroup:
@@ -483,8 +486,8 @@ class MapJob:
                  ("ZEROCOMPUTE_RECORDS", manifest.records)),
             limits=manifest.limits.to_dict(), tasks=(), kind=kind, shuffle=shuffle)
 
-    def run_phase(self, states: list[TaskState], template: wire.TaskGroup, code: bytes,
-                  on_result, reports: list[TaskReport]) -> None:
+    def run_phase(self, states: list[TaskState], template: wire.TaskGroup,
+                  executables: dict[str, bytes], on_result, reports: list[TaskReport]) -> None:
         """Run tasks to their end (each claimed or failed), then wait for their writes."""
         if not states:
             return
@@ -497,7 +500,7 @@ class MapJob:
             max_group=self.config.max_group,
             backups=self.config.backup_tasks and manifest.backup_tasks,
             backup_factor=self.config.backup_factor, backup_min_s=self.config.backup_min_s)
-        JobRun(dispatcher, states, template, code, settings, on_result).run()
+        JobRun(dispatcher, states, template, executables, settings, on_result).run()
         self.writes.waitall()
         for state in states:
             report = reports[state.index]
@@ -602,9 +605,12 @@ class MapReduceJob(MapJob):
 
     def __init__(self, middleware: JobMiddleware, req: Request, manifest: Manifest,
                  executable: tuple[str, bytes], tasks: list[MapTask],
-                 reducer: tuple[str, bytes]):
+                 reducer: tuple[str, bytes], combiner: tuple[str, bytes] | None = None):
         super().__init__(middleware, req, manifest, executable, tasks)
         self.reduce_etag, self.reduce_code = reducer
+        self.combiner = combiner
+        # Every executable a map group may need: its own, and the combiner's.
+        self.map_executables = {self.etag: self.code, **dict([combiner] if combiner else [])}
         self.shuffle_id = uuid.uuid4().hex
         self.partitions = manifest.reduce.partitions
         self.map_outputs: dict[int, tuple[dict, list[int]]] = {}  # map -> (node, sizes)
@@ -634,7 +640,8 @@ class MapReduceJob(MapJob):
     def map_reduce(self) -> None:
         map_states = self.task_states()
         map_template = self.template(self.manifest.map, self.etag, shuffle=self.shuffle)
-        self.run_phase(map_states, map_template, self.code, self.take_map_result, self.reports)
+        self.run_phase(map_states, map_template, self.map_executables, self.take_map_result,
+                       self.reports)
         if not all(r.ok for r in self.reports):
             return
         by_index = {state.index: state for state in map_states}
@@ -643,8 +650,8 @@ class MapReduceJob(MapJob):
         todo = list(range(self.partitions))
         for _ in range(3):  # reduces, and maps whose output was lost, run again at most twice
             states = [self.reduce_state(n) for n in todo]
-            self.run_phase(states, reduce_template, self.reduce_code, self.take_reduce_result,
-                           self.reduce_reports)
+            self.run_phase(states, reduce_template, {self.reduce_etag: self.reduce_code},
+                           self.take_reduce_result, self.reduce_reports)
             lost = {task for n in todo for task in self.lost.get(n, ())}
             if not lost:
                 return
@@ -659,7 +666,8 @@ class MapReduceJob(MapJob):
                                 backed_up=False, done=False, node=None, error=None)
                 by_index[state.index] = fresh
                 again.append(fresh)
-            self.run_phase(again, map_template, self.code, self.take_map_result, self.reports)
+            self.run_phase(again, map_template, self.map_executables, self.take_map_result,
+                           self.reports)
             if not all(r.ok for r in self.reports):
                 return
             todo = [n for n in todo if n in self.lost]
@@ -670,8 +678,16 @@ class MapReduceJob(MapJob):
 
     @property
     def shuffle(self) -> dict:
-        return {"id": self.shuffle_id, "partitions": self.partitions,
-                "records": self.manifest.records, "memory_bytes": SHUFFLE_MEMORY}
+        settings = {"id": self.shuffle_id, "partitions": self.partitions,
+                    "records": self.manifest.records, "memory_bytes": SHUFFLE_MEMORY}
+        combine = self.manifest.combine
+        if combine is not None and self.combiner is not None:
+            settings["combine"] = {
+                "exec_etag": self.combiner[0], "exec_name": combine.exec.obj.rsplit("/", 1)[-1],
+                "runtime": runtime_of(combine.exec), "args": list(combine.args),
+                "env": [*map(list, combine.env), ["ZEROCOMPUTE_JOB", self.manifest.name],
+                        ["ZEROCOMPUTE_RECORDS", self.manifest.records]]}
+        return settings
 
     def reduce_state(self, number: int) -> TaskState:
         """Partition ``number``'s reduce: any object server may run it."""

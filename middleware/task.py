@@ -48,6 +48,7 @@ and remove the map outputs of MapReduce jobs (``doc/shuffle.md``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -253,15 +254,12 @@ class TaskMiddleware:
         except wire.BadSignature as err:
             self.logger.warning("zerocompute: refused unsigned task group: %s", err)
             return HTTPForbidden(body=b"task signature refused\n")
-        executable = body[group_length:]
         try:
-            if not self.executables.has(group.exec_etag):
-                if not executable:
-                    return HTTPPreconditionFailed(
-                        headers={wire.NEED_EXECUTABLE_HEADER: group.exec_etag})
-                self.executables.add(group.exec_etag, executable, group.runtime)
+            missing = self.missing_executables(group, body[group_length:])
         except InvalidExecutable as err:
             return HTTPBadRequest(body=str(err).encode())
+        if missing:
+            return HTTPPreconditionFailed(headers={wire.NEED_EXECUTABLE_HEADER: missing[0]})
         if self.groups >= self.slots + self.config.queue:
             return HTTPServiceUnavailable(headers={"Retry-After": "1"},
                                           body=b"zerocompute: all task slots busy\n")
@@ -270,6 +268,21 @@ class TaskMiddleware:
         self.reap_shuffle()
         return Response(status=200, content_type="application/octet-stream",
                         app_iter=GroupRun(self, group, _client_socket(req)))
+
+    def missing_executables(self, group: wire.TaskGroup, executable: bytes) -> list[str]:
+        """ETags of the group's executables this server still lacks, once the one in
+        the body (if any) is checked against its signed ETag and kept."""
+        needed = {group.exec_etag: group.runtime}
+        combine = (group.shuffle or {}).get("combine")
+        if combine:
+            needed[combine["exec_etag"]] = combine["runtime"]
+        missing = [etag for etag in needed if not self.executables.has(etag)]
+        if executable and missing:
+            digest = hashlib.md5(executable, usedforsecurity=False).hexdigest()
+            target = digest if digest in missing else missing[0]
+            self.executables.add(target, executable, needed[target])  # checks the digest
+            missing.remove(target)
+        return missing
 
     def run_task(self, group: wire.TaskGroup, spec: wire.TaskSpec, client: Any,
                  ) -> tuple[wire.TaskResult, int | None]:

@@ -30,10 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import eventlet
 
+from zerocompute import shuffle
 from zerocompute.sandbox import python, shuffle_io
 from zerocompute.sandbox.shuffle_io import SECRET_ENV
 from zerocompute.sandbox.wasm import (
@@ -75,28 +77,32 @@ def serve(sock: socket.socket, cache_dir: str) -> None:
 RUNNING = b'{"phase": "running"}'
 
 
+def prepare(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str, etag: str,
+            kind: str, exec_name: str, args: Sequence[str],
+            ) -> tuple[Any, list[str], tuple[str, str] | None]:
+    """A guest's module, argv and preopened directory (:class:`InvalidExecutable`)."""
+    if kind == "python":
+        module = runtime.prepare(python.interpreter_path(), key="python")
+        directory = python.script_dir(cache_dir, etag, executables.path(etag))
+        python.ensure_bytecode(directory, lambda argv, writable: runtime.run(
+            module, os.devnull, os.devnull, argv, [], GuestLimits(time_s=60),
+            (writable, python.GUEST_DIR), writable=True))
+        return module, python.argv(list(args)), (directory, python.GUEST_DIR)
+    return runtime.prepare(executables.path(etag), key=etag), [exec_name, *args], None
+
+
 def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
              task: TaskGroup, fds: list[int], started) -> TaskResult:
     """Prepare the module, say so through ``started``, run the guest (the group's
     one task), describe the result."""
     (spec,) = task.tasks
-    etag = task.exec_etag
     try:
-        if task.runtime == "python":
-            module = runtime.prepare(python.interpreter_path(), key="python")
-            directory = python.script_dir(cache_dir, etag, executables.path(etag))
-            python.ensure_bytecode(directory, lambda argv, writable: runtime.run(
-                module, os.devnull, os.devnull, argv, [], GuestLimits(time_s=60),
-                (writable, python.GUEST_DIR), writable=True))
-            preopen = (directory, python.GUEST_DIR)
-            argv = python.argv(list(task.args))
-        else:
-            module = runtime.prepare(executables.path(etag), key=etag)
-            preopen = None
-            argv = [task.exec_name, *task.args]
+        module, argv, preopen = prepare(runtime, executables, cache_dir, task.exec_etag,
+                                        task.runtime, task.exec_name, task.args)
     except InvalidExecutable as err:
         return TaskResult(spec.task, invalid=str(err))
     stdin = f"/proc/self/fd/{fds[0]}"
+    limits = GuestLimits.from_task(task.limits)
     with contextlib.ExitStack() as cleanup:
         if task.kind == "reduce":
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
@@ -106,7 +112,6 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
                 return TaskResult(spec.task, lost=lost,
                                   error=f"map output lost: {', '.join(lost)}")
         started()
-        limits = GuestLimits.from_task(task.limits)
         with _cpu_limit(float(task.limits["cpu_s"])):
             ran = runtime.run(module, stdin, f"/proc/self/fd/{fds[1]}", argv,
                               [*task.env, *spec.env], limits, preopen)
@@ -114,9 +119,47 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
                         stdout_bytes=ran.stdout_bytes,
                         stderr=ran.stderr_tail.decode("utf-8", "replace"), ms=ran.ms)
     if task.shuffle and task.kind == "map" and result.exit == 0 and not result.error:
+        combine = None
+        if task.shuffle.get("combine"):
+            combine = Combiner(runtime, executables, cache_dir, task, spec, limits)
         shuffle_io.partition_output(task, spec, f"/proc/self/fd/{fds[1]}",
-                                    os.environ[shuffle_io.ROOT_ENV], result)
+                                    os.environ[shuffle_io.ROOT_ENV], result, combine)
     return result
+
+
+class Combiner:
+    """The job's combiner, run over each sorted partition of a map's output."""
+
+    def __init__(self, runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
+                 task: TaskGroup, spec: Any, limits: GuestLimits):
+        settings = task.shuffle["combine"]
+        self.runtime, self.limits = runtime, limits
+        self.form = task.shuffle.get("records", shuffle.TEXT)
+        self.module, self.argv, self.preopen = prepare(
+            runtime, executables, cache_dir, settings["exec_etag"], settings["runtime"],
+            settings["exec_name"], settings["args"])
+        self.env = [*map(tuple, settings["env"]), *spec.env]
+        self.scratch = os.path.join(cache_dir, "scratch")
+        self.ms = 0.0
+
+    def __call__(self, records: Iterator[shuffle.Record]) -> Iterator[shuffle.Record]:
+        with tempfile.TemporaryDirectory(dir=self.scratch, prefix="combine-") as directory:
+            stdin, stdout = os.path.join(directory, "in"), os.path.join(directory, "out")
+            with open(stdin, "wb") as f:
+                shuffle.write_records(f, records, self.form)
+            ran = self.runtime.run(self.module, stdin, stdout, self.argv, self.env,
+                                   self.limits, self.preopen)
+            self.ms += ran.ms
+            if not ran.ok:
+                tail = ran.stderr_tail.decode("utf-8", "replace").strip()[-200:]
+                raise shuffle_io.CombinerFailed(
+                    f"the combiner failed: {ran.error or f'exit status {ran.exit}'} {tail}")
+            with open(stdout, "rb") as f:
+                try:
+                    yield from shuffle.read_records(f, self.form)
+                except shuffle.BadRecords as err:
+                    raise shuffle_io.CombinerFailed(
+                        f"the combiner's output is not {self.form} records: {err}") from None
 
 
 def _cpu_limit(seconds: float):

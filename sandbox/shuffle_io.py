@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
 
 from zerocompute import shuffle, wire
 
@@ -49,10 +50,17 @@ def partition_file(root: str, shuffle_id: str, task: str, partition: int) -> str
     return os.path.join(map_dir(root, shuffle_id, task), f"part-{partition:05d}")
 
 
+class CombinerFailed(shuffle.BadRecords):
+    """The combiner's guest failed, or wrote something that is not records."""
+
+
 def partition_output(group: wire.TaskGroup, spec: wire.TaskSpec, stdout_path: str,
-                     root: str, result: wire.TaskResult) -> None:
-    """Split a map's stdout into the job's partitions, kept on this node; the sizes go
-    in ``result`` (its stdout itself goes nowhere)."""
+                     root: str, result: wire.TaskResult,
+                     combine: Callable[[Iterator[shuffle.Record]], Iterable[shuffle.Record]]
+                     | None = None) -> None:
+    """Split a map's stdout into the job's partitions, kept on this node, each through
+    the combiner if the job has one; the sizes go in ``result`` (its stdout itself goes
+    nowhere)."""
     settings = group.shuffle or {}
     form = settings.get("records", shuffle.TEXT)
     directory = map_dir(root, settings["id"], spec.task)
@@ -62,9 +70,10 @@ def partition_output(group: wire.TaskGroup, spec: wire.TaskSpec, stdout_path: st
     try:
         with open(stdout_path, "rb") as out:
             partitioner.add_all(shuffle.read_records(out, form))
-        result.partitions = [size for _, size in partitioner.finish()]
+        result.partitions = [size for _, size in partitioner.finish(combine)]
     except shuffle.BadRecords as err:
-        result.error = f"map output is not {form} records: {err}"
+        result.error = str(err) if isinstance(err, CombinerFailed) else \
+            f"map output is not {form} records: {err}"
         shutil.rmtree(directory, ignore_errors=True)
     finally:
         partitioner.close()

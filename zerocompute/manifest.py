@@ -159,6 +159,7 @@ class Manifest:
     backup_tasks: bool = True
     records: str = "text"
     reduce: ReduceStage | None = None
+    combine: Stage | None = None
 
     def part(self, number: int) -> SwiftPath:
         """The object of a MapReduce job's reduce partition ``number``: ``part-00000`` ..."""
@@ -241,20 +242,23 @@ def _parse_map(value: Any, own_account: str) -> MapStage:
     )
 
 
+def _parse_stage(value: Any, own_account: str, where: str, keys: set[str]) -> Stage:
+    _require(isinstance(value, dict), "must be an object", where)
+    unknown = sorted(set(value) - keys)
+    _require(not unknown, f"unknown key(s) {', '.join(unknown)}", where)
+    _require("exec" in value, "is required", f"{where}.exec")
+    return Stage(exec=_parse_exec(value["exec"], f"{where}.exec", own_account),
+                 args=_parse_string_list(value.get("args", []), f"{where}.args", _MAX_ARGS),
+                 env=_parse_env(value.get("env", {}), f"{where}.env"))
+
+
 def _parse_reduce(value: Any, own_account: str) -> ReduceStage:
-    _require(isinstance(value, dict), "must be an object", "reduce")
-    unknown = sorted(set(value) - _REDUCE_KEYS)
-    _require(not unknown, f"unknown key(s) {', '.join(unknown)}", "reduce")
-    _require("exec" in value, "is required", "reduce.exec")
+    stage = _parse_stage(value, own_account, "reduce", _REDUCE_KEYS)
     partitions = value.get("partitions", 1)
     _require(isinstance(partitions, int) and not isinstance(partitions, bool)
              and 1 <= partitions <= MAX_PARTITIONS,
              f"must be an integer from 1 to {MAX_PARTITIONS}", "reduce.partitions")
-    return ReduceStage(
-        exec=_parse_exec(value["exec"], "reduce.exec", own_account),
-        args=_parse_string_list(value.get("args", []), "reduce.args", _MAX_ARGS),
-        env=_parse_env(value.get("env", {}), "reduce.env"),
-        partitions=partitions)
+    return ReduceStage(exec=stage.exec, args=stage.args, env=stage.env, partitions=partitions)
 
 
 def _parse_output(value: Any, own_account: str) -> SwiftPath:
@@ -299,8 +303,6 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     _require(isinstance(doc, dict), "manifest must be a JSON object", None)
     unknown = sorted(set(doc) - _TOP_LEVEL)
     _require(not unknown, f"unknown key(s) {', '.join(unknown)}", None)
-    if "combine" in doc:
-        raise ManifestError("'combine' is not supported by this cluster yet", "combine")
     if "outputs" in doc:
         raise ManifestError("named outputs are not supported by this cluster yet", "outputs")
 
@@ -316,7 +318,10 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     _require(records in RECORD_FORMS, f"must be one of {', '.join(RECORD_FORMS)}", "records")
     map_stage = _parse_map(doc.get("map"), own_account)
     output = _parse_output(doc.get("output"), own_account)
-    reduce_stage = None
+    reduce_stage = combine_stage = None
+    if "combine" in doc:
+        _require("reduce" in doc, "a combiner needs a reduce", "combine")
+        combine_stage = _parse_stage(doc["combine"], own_account, "combine", _STAGE_KEYS)
     if "reduce" in doc:
         reduce_stage = _parse_reduce(doc["reduce"], own_account)
         _require(output.obj.endswith(WILDCARD) and output.obj.count(WILDCARD) == 1,
@@ -326,6 +331,7 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
         name=name,
         map=map_stage,
         reduce=reduce_stage,
+        combine=combine_stage,
         output=output,
         limits=_parse_limits(doc.get("limits"), maximum),
         scheduler=scheduler,

@@ -104,3 +104,38 @@ def test_map_output_that_is_not_records_fails_the_map(swift, corpus, unique):
         "no reduce ran"
     with pytest.raises(ClientException):
         swift.head_object(f"out-{unique}", "part-00000")
+
+
+@pytest.mark.parametrize("exe", ["wc.wasm", "wc.py"])
+def test_combiner_shrinks_the_shuffle_and_changes_no_result(swift, corpus, unique, exe):
+    def job(out, combine):
+        manifest = {"map": {"exec": f"swift://~/apps-{unique}/{exe}", "args": ["map"],
+                            "inputs": [f"swift://~/in-{unique}/*.txt"]},
+                    "reduce": {"exec": f"swift://~/apps-{unique}/{exe}", "args": ["reduce"],
+                               "partitions": 3},
+                    "output": f"swift://~/{out}-{unique}/"}
+        if combine:
+            # The Python SDK's "combine" mode, the C guest's "reduce": both sum per word.
+            manifest["combine"] = {"exec": f"swift://~/apps-{unique}/{exe}",
+                                   "args": ["combine" if exe.endswith(".py") else "reduce"]}
+        report = submit_job(swift, manifest)
+        assert report["status"] == "succeeded", json.dumps(report, indent=1)[:3000]
+        shuffled = sum(t["bytes_out"] for t in report["tasks"] if t["kind"] == "map")
+        return read_parts(swift, f"{out}-{unique}", "", 3), shuffled
+
+    plain, plain_bytes = job("plain", combine=False)
+    combined, combined_bytes = job("combined", combine=True)
+    assert combined == plain
+    assert combined_bytes < plain_bytes / 2, (combined_bytes, plain_bytes)
+
+
+def test_failing_combiner_fails_its_map(swift, corpus, unique):
+    report = submit_job(swift, {
+        "map": {"exec": f"swift://~/apps-{unique}/wc.wasm", "args": ["map"],
+                "inputs": [f"swift://~/in-{unique}/doc-01.txt"]},
+        "combine": {"exec": f"swift://~/apps-{unique}/wc.wasm", "args": ["bogus"]},
+        "reduce": {"exec": f"swift://~/apps-{unique}/wc.wasm", "args": ["reduce"]},
+        "output": f"swift://~/out-{unique}/"})
+    assert report["status"] == "failed"
+    (task,) = [t for t in report["tasks"] if t["kind"] == "map"]
+    assert task["error"].startswith("the combiner failed: exit status 64"), task["error"]

@@ -119,7 +119,7 @@ def run(dispatcher, tasks, policy="load-aware", backups=False, on_result=None, *
         data = stream.read(result.stdout_bytes)
         results.append((state.task_id, node["port"], result.exit, data))
     before = dict(dispatcher.in_flight)
-    job = JobRun(dispatcher, tasks, TEMPLATE, b"", RunSettings(
+    job = JobRun(dispatcher, tasks, TEMPLATE, {}, RunSettings(
         policy=policy, backups=backups, tick_s=0.02, **settings), on_result or collect)
     with eventlet.Timeout(10):
         job.run()
@@ -239,7 +239,7 @@ def test_backup_races_the_straggler_and_only_the_winner_is_handed_on():
     d = FakeDispatcher({1: {"delay": 3.0}, 2: {"delay": 0.01}})
     tasks = states(1, [1, 2])
     d.in_flight[node_key(node(2))] = 5  # steer the first attempt to node 1
-    job = JobRun(d, tasks, TEMPLATE, b"", RunSettings(
+    job = JobRun(d, tasks, TEMPLATE, {}, RunSettings(
         policy="load-aware", backups=True, backup_min_s=0.1, tick_s=0.02),
         lambda state, node, result, stream: results.append(node["port"]))
     results = []

@@ -80,7 +80,9 @@ def test_not_an_object():
     (good(scheduler="fastest"), "scheduler"),
     (good(name=""), "name"),
     (good(backup_tasks="no"), "backup_tasks"),
-    (good(combine={"exec": "swift://~/a/x.wasm"}), "combine"),
+    (good(combine={"exec": "swift://~/a/x.wasm"}, output="swift://~/o/"), "combine"),
+    (good(combine={"exec": "swift://~/a/x.wasm", "partitions": 2},
+          reduce={"exec": "swift://~/a/x.wasm"}, output="swift://~/o/"), "combine"),
     (good(reduce={"exec": "swift://~/a/x.wasm"}, output="swift://~/out/all.txt"), "output"),
     (good(reduce={"exec": "swift://~/a/x.wasm"}), "output"),  # "*.counts" is no prefix
     (good(reduce={"exec": "swift://~/a/x.wasm", "partitions": 0}, output="swift://~/o/"),
