@@ -100,6 +100,7 @@ class TaskState:
     error: str | None = None  # why no node could run it
     reduce_partition: int = -1  # a reduce task's partition, and the map outputs it merges
     sources: tuple[tuple[str, str], ...] = ()
+    split: tuple[int, int] | None = None  # a split input's byte range
 
     @property
     def attempts(self) -> int:
@@ -117,7 +118,8 @@ class TaskState:
 
     def spec(self, node: dict) -> wire.TaskSpec:
         return wire.TaskSpec(self.task_id, node["device"], self.partition, self.path,
-                             self.policy_index, self.env, self.reduce_partition, self.sources)
+                             self.policy_index, self.env, self.reduce_partition, self.sources,
+                             self.split)
 
 
 @dataclass(eq=False)

@@ -106,7 +106,7 @@ from zerocompute.middleware.dispatch import (
     node_key,
     node_label,
 )
-from zerocompute.planning import InputObject, MapTask, listing_prefix, match_listing, plan_map_only
+from zerocompute.planning import InputObject, MapTask, listing_prefix, match_listing, plan_map_tasks
 from zerocompute.report import (
     REPORT_NAME,
     SUCCEEDED,
@@ -248,7 +248,7 @@ class JobMiddleware:
         executable = self.fetch_executable(req, manifest.map.exec, "map.exec")
         found = [self.expand_input(req, pattern, f"map.inputs[{i}]")
                  for i, pattern in enumerate(manifest.map.inputs)]
-        tasks = plan_map_only(manifest, found)
+        tasks = plan_map_tasks(manifest, found)
         if len(tasks) > self.config.max_tasks:
             raise ManifestError(f"{len(tasks)} tasks; this cluster runs at most "
                                 f"{self.config.max_tasks} per job", "map.inputs")
@@ -413,7 +413,10 @@ class MapJob:
         self.tasks = tasks
         self.reports = [TaskReport(kind="map", task=t.task_id, input=str(t.input.path),
                                    output=None if t.output is None else str(t.output),
-                                   bytes_in=t.input.size) for t in tasks]
+                                   bytes_in=t.input.size if t.split is None
+                                   else t.split[1] - t.split[0],
+                                   split=None if t.split is None else list(t.split))
+                         for t in tasks]
         self.writes = GreenPool(self.config.concurrency)
         self.gathered = Gathered() if manifest.gathers else None
         self._policies: dict[str, int] = {}
@@ -443,14 +446,17 @@ class MapJob:
                 self.reports[index].error = "cannot locate the input in the ring"
                 continue
             policy_index, partition, primaries, handoffs = placement
+            split_env = () if task.split is None else (
+                ("ZEROCOMPUTE_SPLIT_START", str(task.split[0])),
+                ("ZEROCOMPUTE_SPLIT_END", str(task.split[1])))
             states.append(TaskState(
                 index=index, task_id=task.task_id, partition=partition,
                 path=f"/{item.path.account}/{item.path.container}/{item.path.obj}",
                 policy_index=policy_index,
                 env=(("ZEROCOMPUTE_INPUT", str(item.path)),
                      ("ZEROCOMPUTE_INPUT_SIZE", str(item.size)),
-                     ("ZEROCOMPUTE_TASK", task.task_id)),
-                candidates=[primaries, handoffs]))
+                     ("ZEROCOMPUTE_TASK", task.task_id), *split_env),
+                candidates=[primaries, handoffs], split=task.split))
         return states
 
     def placement(self, path: SwiftPath) -> tuple[int, int, list, list] | None:

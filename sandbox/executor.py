@@ -103,7 +103,12 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
         return TaskResult(spec.task, invalid=str(err))
     stdin = f"/proc/self/fd/{fds[0]}"
     limits = GuestLimits.from_task(task.limits)
+    bytes_in = 0
     with contextlib.ExitStack() as cleanup:
+        if spec.split is not None:
+            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
+                dir=os.path.join(cache_dir, "scratch"), prefix="split-"))
+            stdin, bytes_in = split_input(fds[0], spec.split, scratch)
         if task.kind == "reduce":
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
                 dir=os.path.join(cache_dir, "scratch"), prefix="reduce-"))
@@ -116,7 +121,7 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
             ran = runtime.run(module, stdin, f"/proc/self/fd/{fds[1]}", argv,
                               [*task.env, *spec.env], limits, preopen)
     result = TaskResult(spec.task, exit=ran.exit, error=ran.error,
-                        stdout_bytes=ran.stdout_bytes,
+                        stdout_bytes=ran.stdout_bytes, bytes_in=bytes_in,
                         stderr=ran.stderr_tail.decode("utf-8", "replace"), ms=ran.ms)
     if task.shuffle and task.kind == "map" and result.exit == 0 and not result.error:
         combine = None
@@ -125,6 +130,22 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
         shuffle_io.partition_output(task, spec, f"/proc/self/fd/{fds[1]}",
                                     os.environ[shuffle_io.ROOT_ENV], result, combine)
     return result
+
+
+def split_input(fd: int, split: tuple[int, int], scratch: str) -> tuple[str, int]:
+    """The lines a split reads (:func:`zerocompute.shuffle.line_aligned`), copied by the
+    kernel into a file of their own: its path, and how many bytes that is."""
+    size = os.fstat(fd).st_size
+    first, last = shuffle.line_aligned(lambda at, n: os.pread(fd, n, at), size, *split)
+    path = os.path.join(scratch, "input")
+    with open(path, "wb") as out:
+        offset = first
+        while offset < last:
+            copied = os.copy_file_range(fd, out.fileno(), last - offset, offset)
+            if copied == 0:
+                raise OSError("input shorter than its size")
+            offset += copied
+    return path, last - first
 
 
 class Combiner:

@@ -142,6 +142,7 @@ class Stage:
 @dataclass(frozen=True)
 class MapStage(Stage):
     inputs: tuple[SwiftPath, ...] = field(default_factory=tuple)
+    split_size: int | None = None  # inputs larger than this are read by several tasks
 
 
 @dataclass(frozen=True)
@@ -218,9 +219,9 @@ def _parse_map(value: Any, own_account: str) -> MapStage:
     _require(not unknown, f"unknown key(s) {', '.join(unknown)}", "map")
     _require("exec" in value, "is required", "map.exec")
     _require("inputs" in value, "is required", "map.inputs")
-    if "split_size" in value:
-        raise ManifestError("splitting inputs is not supported by this cluster yet",
-                            "map.split_size")
+    split_size = value.get("split_size")
+    if split_size is not None:
+        split_size = _parse_number(split_size, "map.split_size", int)
     raw_inputs = value["inputs"]
     if isinstance(raw_inputs, str):
         raw_inputs = [raw_inputs]
@@ -239,6 +240,7 @@ def _parse_map(value: Any, own_account: str) -> MapStage:
         args=_parse_string_list(value.get("args", []), "map.args", _MAX_ARGS),
         env=_parse_env(value.get("env", {}), "map.env"),
         inputs=tuple(inputs),
+        split_size=split_size,
     )
 
 
@@ -322,6 +324,9 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     if "combine" in doc:
         _require("reduce" in doc, "a combiner needs a reduce", "combine")
         combine_stage = _parse_stage(doc["combine"], own_account, "combine", _STAGE_KEYS)
+    _require(map_stage.split_size is None or "reduce" in doc or not output.has_wildcard,
+             "a split input has several outputs: gather them into one object or reduce "
+             "them", "map.split_size")
     if "reduce" in doc:
         reduce_stage = _parse_reduce(doc["reduce"], own_account)
         _require(output.obj.endswith(WILDCARD) and output.obj.count(WILDCARD) == 1,

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from zerocompute.manifest import WILDCARD, Manifest, ManifestError, SwiftPath
+from zerocompute.shuffle import split_ranges
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class InputObject:
 class MapTask:
     task_id: str
     input: InputObject
-    output: SwiftPath | None  # None: gathered into the job's one output object
+    output: SwiftPath | None  # None: gathered into the job's one output, or shuffled
+    split: tuple[int, int] | None = None  # the byte range of a split input
 
 
 def listing_prefix(pattern: SwiftPath) -> str:
@@ -61,9 +63,23 @@ def output_for(output: SwiftPath, item: InputObject) -> SwiftPath:
     return replace(output, obj=output.obj.replace(WILDCARD, item.matched, 1))
 
 
-def plan_map_only(manifest: Manifest, inputs_per_pattern: list[list[InputObject]]) -> list[MapTask]:
-    """One map task per input object, in input order; refuse empty, colliding or
-    self-overwriting plans."""
+def _split_tasks(manifest: Manifest, inputs: list[InputObject]) -> list[MapTask]:
+    """One task per input, or per split of an input larger than ``map.split_size``."""
+    tasks: list[MapTask] = []
+    for item in inputs:
+        split_size = manifest.map.split_size
+        ranges = split_ranges(item.size, split_size) if split_size else [None]
+        for split in ranges:
+            if len(ranges) == 1:
+                split = None  # read whole: no split
+            tasks.append(MapTask(f"m{len(tasks):05d}", item, None, split))
+    return tasks
+
+
+def plan_map_tasks(manifest: Manifest,
+                   inputs_per_pattern: list[list[InputObject]]) -> list[MapTask]:
+    """One map task per input object (or per split of one), in input order; refuse
+    empty, colliding or self-overwriting plans."""
     for i, (pattern, found) in enumerate(zip(manifest.map.inputs, inputs_per_pattern,
                                              strict=True)):
         if not found:
@@ -73,11 +89,11 @@ def plan_map_only(manifest: Manifest, inputs_per_pattern: list[list[InputObject]
     for found in inputs_per_pattern:
         for item in found:
             unique.setdefault(item.path, item)
-    if manifest.gathers:
-        if manifest.output in unique:
+    if manifest.reduce is not None or manifest.gathers:
+        if manifest.gathers and manifest.output in unique:
             raise ManifestError(f"output {manifest.output} would overwrite an input of this "
                                 "job", "output")
-        return [MapTask(f"m{n:05d}", item, None) for n, item in enumerate(unique.values())]
+        return _split_tasks(manifest, list(unique.values()))
     tasks: list[MapTask] = []
     writers: dict[SwiftPath, SwiftPath] = {}
     for n, item in enumerate(unique.values()):

@@ -39,6 +39,7 @@ class TaskReport:
     stderr: str = ""
     backup: bool = False  # a backup copy ran (near the end of the job)
     retries: list[Attempt] = field(default_factory=list)
+    split: list[int] | None = None  # [start, end): the byte range of a split input
 
     @property
     def ok(self) -> bool:

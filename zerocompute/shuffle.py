@@ -41,6 +41,38 @@ def partition_of(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
 
 
+# -- splits of an input --------------------------------------------------------------------
+def split_ranges(size: int, split_size: int) -> list[tuple[int, int]]:
+    """The byte ranges ``[start, end)`` of an input of ``size`` bytes cut every
+    ``split_size`` (one range, the whole object, when it is not larger)."""
+    if size <= split_size:
+        return [(0, size)]
+    return [(start, min(start + split_size, size)) for start in range(0, size, split_size)]
+
+
+def line_aligned(read_at: Callable[[int, int], bytes], size: int, start: int, end: int,
+                 chunk: int = _CHUNK) -> tuple[int, int]:
+    """The part of an input that the split ``[start, end)`` reads: the lines that
+    *begin* inside it (Hadoop's rule for text inputs).  A split after the first
+    skips the line it starts in the middle of (its predecessor reads it whole), and
+    reads on past ``end`` to the end of its last line.  So every line is read by
+    exactly one split, whatever the split size.  ``read_at(offset, length)`` reads
+    the input."""
+    def after_newline_from(position: int) -> int:
+        while position < size:
+            data = read_at(position, min(chunk, size - position))
+            if not data:
+                return size
+            found = data.find(b"\n")
+            if found >= 0:
+                return position + found + 1
+            position += len(data)
+        return size
+    first = 0 if start == 0 else after_newline_from(start - 1)
+    last = size if end >= size else after_newline_from(end - 1)
+    return first, max(first, last)
+
+
 # -- reading and writing records ----------------------------------------------------------
 def read_records(stream: BinaryIO, form: str = TEXT) -> Iterator[Record]:
     """The records of ``stream`` in ``form``; :class:`BadRecords` when malformed."""

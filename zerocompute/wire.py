@@ -96,6 +96,8 @@ class TaskSpec:
     # map task id) each (device, partition and path are then empty).
     reduce_partition: int = -1
     sources: tuple[tuple[str, str], ...] = ()
+    # A split of a large input: the byte range [start, end) whose lines it reads.
+    split: tuple[int, int] | None = None
 
     @property
     def disk_path(self) -> str:
@@ -132,7 +134,9 @@ class TaskGroup:
                                int(t.get("policy", 0)),
                                tuple((str(k), str(v)) for k, v in t.get("env", ())),
                                int(t.get("reduce_partition", -1)),
-                               tuple((str(n), str(m)) for n, m in t.get("sources", ())))
+                               tuple((str(n), str(m)) for n, m in t.get("sources", ())),
+                               (int(t["split"][0]), int(t["split"][1]))
+                               if t.get("split") else None)
                       for t in doc["tasks"])
         shuffle = doc.get("shuffle")
         return cls(job=str(doc["job"]), exec_etag=str(doc["exec_etag"]),

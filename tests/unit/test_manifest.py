@@ -163,3 +163,13 @@ def test_reduce_stage_and_its_part_objects():
     assert m.reduce.args == ("reduce",) and m.reduce.partitions == 3
     assert [m.part(n).obj for n in range(3)] == ["wc/part-00000", "wc/part-00001",
                                                   "wc/part-00002"]
+
+
+def test_split_size_needs_one_output_for_many_splits():
+    with pytest.raises(ManifestError) as err:
+        parse(good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"],
+                        "split_size": 1024}))
+    assert err.value.field == "map.split_size"
+    m = parse(good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"],
+                        "split_size": 1024}, output="swift://~/o/all.txt"))
+    assert m.map.split_size == 1024

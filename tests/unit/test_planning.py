@@ -7,7 +7,7 @@ from zerocompute.planning import (
     match_listing,
     match_name,
     output_for,
-    plan_map_only,
+    plan_map_tasks,
 )
 
 
@@ -48,7 +48,7 @@ def test_plan_one_task_per_object_and_dedup():
     a = InputObject(path("a.txt"), 1, "a")
     b = InputObject(path("b.txt"), 1, "b")
     m = manifest([path("*.txt"), path("a*")], path("*.out", "o"))
-    tasks = plan_map_only(m, [[a, b], [InputObject(path("a.txt"), 1, ".txt")]])
+    tasks = plan_map_tasks(m, [[a, b], [InputObject(path("a.txt"), 1, ".txt")]])
     assert [(t.task_id, t.input.path.obj, t.output.obj) for t in tasks] == [
         ("m00000", "a.txt", "a.out"), ("m00001", "b.txt", "b.out")]
 
@@ -56,31 +56,42 @@ def test_plan_one_task_per_object_and_dedup():
 def test_plan_refuses_empty_pattern():
     m = manifest([path("*.txt"), path("*.csv")], path("*.out", "o"))
     with pytest.raises(ManifestError) as err:
-        plan_map_only(m, [[InputObject(path("a.txt"), 1, "a")], []])
+        plan_map_tasks(m, [[InputObject(path("a.txt"), 1, "a")], []])
     assert err.value.field == "map.inputs[1]" and "no object matches" in err.value.error
 
 
 def test_plan_refuses_overwriting_an_input():
     m = manifest([path("*")], path("*"))
     with pytest.raises(ManifestError) as err:
-        plan_map_only(m, [[InputObject(path("a"), 1, "a")]])
+        plan_map_tasks(m, [[InputObject(path("a"), 1, "a")]])
     assert "overwrite an input" in err.value.error and err.value.field == "output"
 
 
 def test_plan_refuses_two_tasks_writing_one_object():
     m = manifest([path("x/*"), path("y/*")], path("*", "o"))
     with pytest.raises(ManifestError) as err:
-        plan_map_only(m, [[InputObject(path("x/a"), 1, "a")], [InputObject(path("y/a"), 1, "a")]])
+        plan_map_tasks(m, [[InputObject(path("x/a"), 1, "a")], [InputObject(path("y/a"), 1, "a")]])
     assert "would both write" in err.value.error
 
 
 def test_gathering_plan_keeps_input_order_and_refuses_overwriting_an_input():
     m = manifest([path("b/*"), path("a/*")], path("all.txt", "o"))
-    tasks = plan_map_only(m, [[InputObject(path("b/2"), 1, "2"), InputObject(path("b/1"), 1, "1")],
+    tasks = plan_map_tasks(m, [[InputObject(path("b/2"), 1, "2"), InputObject(path("b/1"), 1, "1")],
                               [InputObject(path("a/1"), 1, "1")]])
     assert [t.input.path.obj for t in tasks] == ["b/2", "b/1", "a/1"]
     assert all(t.output is None for t in tasks)
     clobber = manifest([path("*")], path("x"))
     with pytest.raises(ManifestError) as err:
-        plan_map_only(clobber, [[InputObject(path("x"), 1, "x")]])
+        plan_map_tasks(clobber, [[InputObject(path("x"), 1, "x")]])
     assert "overwrite an input" in err.value.error
+
+
+def test_inputs_larger_than_the_split_size_become_several_tasks():
+    m = Manifest(name="j", map=MapStage(exec=path("x.wasm", "apps"), inputs=(path("*"),),
+                                        split_size=10),
+                 output=path("all", "o"), limits=Limits(), scheduler="random")
+    tasks = plan_map_tasks(m, [[InputObject(path("big"), 25, "big"),
+                                InputObject(path("small"), 10, "small")]])
+    assert [(t.task_id, t.input.path.obj, t.split) for t in tasks] == [
+        ("m00000", "big", (0, 10)), ("m00001", "big", (10, 20)), ("m00002", "big", (20, 25)),
+        ("m00003", "small", None)]

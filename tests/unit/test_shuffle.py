@@ -14,9 +14,11 @@ from zerocompute.shuffle import (
     BadRecords,
     Partitioner,
     group_by_key,
+    line_aligned,
     merge_sorted,
     partition_of,
     read_records,
+    split_ranges,
     write_records,
 )
 
@@ -109,3 +111,26 @@ def test_malformed_records_are_refused():
         write_records(io.BytesIO(), [(b"a\tb", b"1")], TEXT)
     assert list(read_records(io.BytesIO(b"k\tv"), TEXT)) == [(b"k", b"v")], \
         "a last line without its newline is still a record"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 40), max_size=40), st.booleans(), st.integers(1, 64),
+       st.integers(1, 7))
+def test_splits_read_every_line_exactly_once(line_lengths, final_newline, split_size, chunk):
+    data = b"".join(b"x" * n + b"\n" for n in line_lengths)
+    if not final_newline and data:
+        data = data[:-1]
+    pieces = []
+    for start, end in split_ranges(len(data), split_size):
+        first, last = line_aligned(lambda at, n: data[at:at + n], len(data), start, end,
+                                   chunk=chunk)
+        assert first in (0, len(data)) or data[first - 1:first] == b"\n", \
+            "a split starts at a line start"
+        pieces.append(data[first:last])
+    assert b"".join(pieces) == data, "together the splits are the input, nothing twice"
+
+
+def test_split_ranges():
+    assert split_ranges(0, 10) == [(0, 0)]
+    assert split_ranges(10, 10) == [(0, 10)]
+    assert split_ranges(25, 10) == [(0, 10), (10, 20), (20, 25)]
