@@ -93,6 +93,7 @@ from zerocompute.manifest import (
     Limits,
     Manifest,
     ManifestError,
+    NamedOutput,
     Stage,
     SwiftPath,
     parse_manifest,
@@ -252,12 +253,18 @@ class JobMiddleware:
         if len(tasks) > self.config.max_tasks:
             raise ManifestError(f"{len(tasks)} tasks; this cluster runs at most "
                                 f"{self.config.max_tasks} per job", "map.inputs")
-        if manifest.reduce is not None:
-            reducer = self.fetch_executable(req, manifest.reduce.exec, "reduce.exec")
+        if manifest.reduce_outputs:
+            reducers: dict[SwiftPath, tuple[str, bytes]] = {}
+            for out in manifest.reduce_outputs:
+                where = f"outputs.{out.name}.reduce.exec" if out.name else "reduce.exec"
+                if out.reduce.exec not in reducers:
+                    reducers[out.reduce.exec] = self.fetch_executable(req, out.reduce.exec,
+                                                                      where)
             combiner = self.fetch_executable(req, manifest.combine.exec, "combine.exec") \
                 if manifest.combine is not None else None
-            self.prepare_output(req, manifest.output)
-            return self.respond(MapReduceJob(self, req, manifest, executable, tasks, reducer,
+            for out in manifest.reduce_outputs:
+                self.prepare_output(req, out.prefix)
+            return self.respond(MapReduceJob(self, req, manifest, executable, tasks, reducers,
                                              combiner))
         self.prepare_output(req, manifest.output)
         return self.respond(MapJob(self, req, manifest, executable, tasks))
@@ -602,28 +609,39 @@ class MapReduceJob(MapJob):
     (:mod:`zerocompute.shuffle`, in the executors).  Then one reduce task per
     partition, placed by the same scheduler on any object server, fetches its
     partition from every map's node, merges them and runs the reducer; its
-    output becomes ``part-NNNNN`` under the output prefix.  A map output that
-    cannot be fetched (its node died) has its map run again on another
-    replica, and the reduces that needed it run again.  A job that fails
-    leaves no part objects: those written are deleted.  Map outputs are
-    deleted from the nodes when the job ends.
+    output becomes ``part-NNNNN`` under the output's prefix.  With named
+    outputs, each has its own partitions, reducer and prefix, and the map
+    writes ``name<TAB>key<TAB>value``.  A map output that cannot be fetched
+    (its node died) has its map run again on another replica, and the reduces
+    that needed it run again.  A job that fails leaves no part objects: those
+    written are deleted.  Map outputs are deleted from the nodes when the job
+    ends.
     """
 
     def __init__(self, middleware: JobMiddleware, req: Request, manifest: Manifest,
                  executable: tuple[str, bytes], tasks: list[MapTask],
-                 reducer: tuple[str, bytes], combiner: tuple[str, bytes] | None = None):
+                 reducers: dict[SwiftPath, tuple[str, bytes]],
+                 combiner: tuple[str, bytes] | None = None):
         super().__init__(middleware, req, manifest, executable, tasks)
-        self.reduce_etag, self.reduce_code = reducer
+        self.reducers = reducers
         self.combiner = combiner
         # Every executable a map group may need: its own, and the combiner's.
         self.map_executables = {self.etag: self.code, **dict([combiner] if combiner else [])}
         self.shuffle_id = uuid.uuid4().hex
-        self.partitions = manifest.reduce.partitions
+        self.outputs = manifest.reduce_outputs
+        # Partitions are numbered across outputs: output i has the next R_i of them.
+        self.slots = [(out, n) for out in self.outputs for n in range(out.reduce.partitions)]
+        self.partitions = len(self.slots)
         self.map_outputs: dict[int, tuple[dict, list[int]]] = {}  # map -> (node, sizes)
         self.lost: dict[int, list[str]] = {}  # reduce partition -> maps it could not fetch
         self.reduce_reports = [
-            TaskReport(kind="reduce", task=f"r{n:05d}", input=f"partition {n}",
-                       output=str(manifest.part(n))) for n in range(self.partitions)]
+            TaskReport(kind="reduce", task=self.reduce_task_id(out, n),
+                       input=f"partition {n}" + (f" of {out.name}" if out.name else ""),
+                       output=str(out.part(n))) for out, n in self.slots]
+
+    @staticmethod
+    def reduce_task_id(out: NamedOutput, number: int) -> str:
+        return f"{out.name}-r{number:05d}" if out.name else f"r{number:05d}"
 
     def run(self) -> JobReport:
         started = time.perf_counter()
@@ -640,7 +658,8 @@ class MapReduceJob(MapJob):
                            ms=(time.perf_counter() - started) * 1000, error=error)
         if report.status != SUCCEEDED:
             self.delete_parts()
-        self.middleware.write_job_files(self.req, self.manifest.output, report)
+        for out in self.outputs:
+            self.middleware.write_job_files(self.req, out.prefix, report)
         return report
 
     def map_reduce(self) -> None:
@@ -650,14 +669,9 @@ class MapReduceJob(MapJob):
                        self.reports)
         if not all(r.ok for r in self.reports):
             return
-        by_index = {state.index: state for state in map_states}
-        reduce_template = self.template(self.manifest.reduce, self.reduce_etag, "reduce",
-                                        self.shuffle)
         todo = list(range(self.partitions))
         for _ in range(3):  # reduces, and maps whose output was lost, run again at most twice
-            states = [self.reduce_state(n) for n in todo]
-            self.run_phase(states, reduce_template, {self.reduce_etag: self.reduce_code},
-                           self.take_reduce_result, self.reduce_reports)
+            self.run_reduces(todo)
             lost = {task for n in todo for task in self.lost.get(n, ())}
             if not lost:
                 return
@@ -667,11 +681,9 @@ class MapReduceJob(MapJob):
                 node, _ = self.map_outputs.pop(state.index)
                 self.reports[state.index].retries.append(
                     Attempt(node_label(node), "map output lost: a reduce could not fetch it"))
-                fresh = replace(state, tried={node_key(node)}, busy_until={}, failed=[],
-                                live={}, first_sent=None, running_since=None,
-                                backed_up=False, done=False, node=None, error=None)
-                by_index[state.index] = fresh
-                again.append(fresh)
+                again.append(replace(state, tried={node_key(node)}, busy_until={}, failed=[],
+                                     live={}, first_sent=None, running_since=None,
+                                     backed_up=False, done=False, node=None, error=None))
             self.run_phase(again, map_template, self.map_executables, self.take_map_result,
                            self.reports)
             if not all(r.ok for r in self.reports):
@@ -682,10 +694,26 @@ class MapReduceJob(MapJob):
                 report.retries.append(Attempt(report.node or "", report.error or ""))
                 report.error = None
 
+    def run_reduces(self, partitions: list[int]) -> None:
+        """The reduces of ``partitions``, each output's with its own reducer, at once."""
+        pile = eventlet.GreenPile(max(1, len(self.outputs)))
+        for out in self.outputs:
+            states = [self.reduce_state(n) for n in partitions if self.slots[n][0] is out]
+            if not states:
+                continue
+            etag, code = self.reducers[out.reduce.exec]
+            template = self.template(out.reduce, etag, "reduce", self.shuffle)
+            pile.spawn(self.run_phase, states, template, {etag: code},
+                       self.take_reduce_result, self.reduce_reports)
+        list(pile)
+
     @property
     def shuffle(self) -> dict:
         settings = {"id": self.shuffle_id, "partitions": self.partitions,
                     "records": self.manifest.records, "memory_bytes": SHUFFLE_MEMORY}
+        if self.manifest.named:
+            settings["outputs"] = [{"name": out.name, "partitions": out.reduce.partitions}
+                                   for out in self.outputs]
         combine = self.manifest.combine
         if combine is not None and self.combiner is not None:
             settings["combine"] = {
@@ -698,14 +726,17 @@ class MapReduceJob(MapJob):
     def reduce_state(self, number: int) -> TaskState:
         """Partition ``number``'s reduce: any object server may run it."""
         self.lost.pop(number, None)
+        out, local = self.slots[number]
+        task_id = self.reduce_task_id(out, local)
         sources = tuple((node_key(node), self.tasks[index].task_id)
                         for index, (node, sizes) in sorted(self.map_outputs.items())
                         if sizes[number])
         nodes = list({node_key(n): n for n in self.object_servers()}.values())
         self.middleware.dispatcher.rng.shuffle(nodes)
-        return TaskState(index=number, task_id=f"r{number:05d}", partition=0, path="",
-                         policy_index=0, env=(("ZEROCOMPUTE_TASK", f"r{number:05d}"),
-                                              ("ZEROCOMPUTE_PARTITION", str(number))),
+        return TaskState(index=number, task_id=task_id, partition=0, path="",
+                         policy_index=0, env=(("ZEROCOMPUTE_TASK", task_id),
+                                              ("ZEROCOMPUTE_PARTITION", str(local)),
+                                              ("ZEROCOMPUTE_OUTPUT", out.name)),
                          candidates=[nodes, []], reduce_partition=number, sources=sources)
 
     def object_servers(self) -> list[dict]:
@@ -737,15 +768,15 @@ class MapReduceJob(MapJob):
         if not report.ok:
             output.close()
             return
+        out, local = self.slots[state.index]
         self.writes.spawn_n(self.write_output, state, report, output, result.stdout_bytes,
-                            self.manifest.part(state.index))
+                            out.part(local))
 
     def delete_parts(self) -> None:
         """A failed job leaves no part objects of its own."""
-        for report in self.reduce_reports:
+        for report, (out, local) in zip(self.reduce_reports, self.slots, strict=True):
             if report.ok:
-                target = self.manifest.part(int(report.task[1:]))
-                self.middleware.subrequest(self.req, "DELETE", target.path)
+                self.middleware.subrequest(self.req, "DELETE", out.part(local).path)
 
     def clean_up_shuffle(self) -> None:
         """Ask every node that kept map outputs to delete them (best effort: the

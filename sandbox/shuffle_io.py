@@ -69,7 +69,11 @@ def partition_output(group: wire.TaskGroup, spec: wire.TaskSpec, stdout_path: st
                                       int(settings.get("memory_bytes", 64 << 20)))
     try:
         with open(stdout_path, "rb") as out:
-            partitioner.add_all(shuffle.read_records(out, form))
+            records = shuffle.read_records(out, form)
+            if settings.get("outputs"):
+                add_named(partitioner, records, settings["outputs"], form)
+            else:
+                partitioner.add_all(records)
         result.partitions = [size for _, size in partitioner.finish(combine)]
     except shuffle.BadRecords as err:
         result.error = str(err) if isinstance(err, CombinerFailed) else \
@@ -78,6 +82,23 @@ def partition_output(group: wire.TaskGroup, spec: wire.TaskSpec, stdout_path: st
     finally:
         partitioner.close()
     result.stdout_bytes = 0
+
+
+def add_named(partitioner: shuffle.Partitioner, records: Iterable[shuffle.Record],
+              outputs: list[dict], form: str) -> None:
+    """Records naming their output: each goes to one of that output's partitions."""
+    ranges, offset = {}, 0
+    for out in outputs:
+        ranges[out["name"].encode("utf-8")] = (offset, int(out["partitions"]))
+        offset += int(out["partitions"])
+    for name, value in records:
+        if name not in ranges:
+            known = ", ".join(sorted(n.decode() for n in ranges))
+            raise shuffle.BadRecords(f"a record names no output of this job: {name[:64]!r} "
+                                     f"(outputs: {known})")
+        first, count = ranges[name]
+        key, inner = shuffle.inner_record(value, form)
+        partitioner.add(key, inner, first + shuffle.partition_of(key, count))
 
 
 def reduce_input(group: wire.TaskGroup, spec: wire.TaskSpec, scratch: str,

@@ -12,7 +12,8 @@ A script defines ``map`` and, optionally, ``reduce``; nothing else::
         return sum(values)
 
 Records are the lines of the input (text, without the newline).  ``map``
-yields (or returns an iterable of) ``(key, value)`` pairs; ``reduce`` gets a
+yields (or returns an iterable of) ``(key, value)`` pairs, or ``(output,
+key, value)`` triples in a job with named outputs; ``reduce`` gets a
 key and the list of its values and returns one value.  Optional hooks, as
 mrjob's: ``combine(key, values)`` (the combiner; ``reduce`` stands in for
 it), ``map_init()`` / ``reduce_init()`` run once before the first record of
@@ -109,16 +110,27 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _text_key(key: Any) -> str:
+    key = key if isinstance(key, str) else str(key)
+    if "\t" in key or "\n" in key:
+        raise ValueError(f"a key may not contain a tab or a newline in the text record "
+                         f"form (use \"records\": \"framed\"): {key!r}")
+    return key
+
+
 class TextRecords:
     """``key<TAB>value`` lines."""
 
     @staticmethod
     def write(out: BinaryIO, key: Any, value: Any) -> None:
-        key = key if isinstance(key, str) else str(key)
-        if "\t" in key or "\n" in key:
-            raise ValueError(f"a key may not contain a tab or a newline in the text record "
-                             f"form (use \"records\": \"framed\"): {key!r}")
-        out.write(f"{key}\t{format_value(value)}\n".encode("utf-8", "surrogateescape"))
+        out.write(f"{_text_key(key)}\t{format_value(value)}\n".encode("utf-8",
+                                                                       "surrogateescape"))
+
+    @staticmethod
+    def write_named(out: BinaryIO, name: str, key: Any, value: Any) -> None:
+        """``name<TAB>key<TAB>value``: a record for the job's output ``name``."""
+        out.write(f"{_text_key(name)}\t{_text_key(key)}\t{format_value(value)}\n".encode(
+            "utf-8", "surrogateescape"))
 
     @staticmethod
     def read(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
@@ -136,10 +148,21 @@ class FramedRecords:
 
     @staticmethod
     def write(out: BinaryIO, key: Any, value: Any) -> None:
+        out.write(FramedRecords.encode(key, format_value(value).encode("utf-8",
+                                                                       "surrogateescape")))
+
+    @staticmethod
+    def write_named(out: BinaryIO, name: str, key: Any, value: Any) -> None:
+        """A record for the job's output ``name``: its value is the framed record."""
+        inner = FramedRecords.encode(key, format_value(value).encode("utf-8",
+                                                                     "surrogateescape"))
+        out.write(FramedRecords.encode(name, inner))
+
+    @staticmethod
+    def encode(key: Any, data: bytes) -> bytes:
         if not isinstance(key, bytes):
             key = (key if isinstance(key, str) else str(key)).encode("utf-8", "surrogateescape")
-        data = format_value(value).encode("utf-8", "surrogateescape")
-        out.write(len(key).to_bytes(4, "big") + key + len(data).to_bytes(4, "big") + data)
+        return len(key).to_bytes(4, "big") + key + len(data).to_bytes(4, "big") + data
 
     @staticmethod
     def read(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
@@ -214,8 +237,11 @@ def drive(namespace: dict[str, Any], argv: list[str], stdin: BinaryIO, stdout: B
     else:
         combine = namespace.get("combine") if mode == "combine" else None
         out = reduced(namespace, combine if callable(combine) else reduce_fn, form.read(stdin))
-    for key, value in out:
-        form.write(stdout, key, value)
+    for record in out:
+        if len(record) == 3:
+            form.write_named(stdout, *record)  # (output name, key, value)
+        else:
+            form.write(stdout, *record)
     stdout.flush()
     return 0
 

@@ -151,6 +151,19 @@ class ReduceStage(Stage):
 
 
 @dataclass(frozen=True)
+class NamedOutput:
+    """Where one output of a MapReduce job goes, and its reducer.  A job with one
+    ``output`` has one, named ``""``: its map writes plain records."""
+
+    name: str
+    prefix: SwiftPath  # its object name ends in "*": part-00000 ... replace it
+    reduce: ReduceStage
+
+    def part(self, number: int) -> SwiftPath:
+        return replace(self.prefix, obj=self.prefix.obj.replace(WILDCARD, f"part-{number:05d}"))
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     map: MapStage
@@ -161,10 +174,18 @@ class Manifest:
     records: str = "text"
     reduce: ReduceStage | None = None
     combine: Stage | None = None
+    named: tuple[NamedOutput, ...] = ()  # "outputs": the map writes name<TAB>key<TAB>value
+
+    @property
+    def reduce_outputs(self) -> tuple[NamedOutput, ...]:
+        """The outputs a MapReduce job reduces into (one, unnamed, without "outputs")."""
+        if self.named:
+            return self.named
+        return (NamedOutput("", self.output, self.reduce),) if self.reduce else ()
 
     def part(self, number: int) -> SwiftPath:
-        """The object of a MapReduce job's reduce partition ``number``: ``part-00000`` ..."""
-        return replace(self.output, obj=self.output.obj.replace(WILDCARD, f"part-{number:05d}"))
+        """The object of a one-output MapReduce job's partition ``number``: ``part-00000``."""
+        return self.reduce_outputs[0].part(number)
 
     @property
     def gathers(self) -> bool:
@@ -254,13 +275,43 @@ def _parse_stage(value: Any, own_account: str, where: str, keys: set[str]) -> St
                  env=_parse_env(value.get("env", {}), f"{where}.env"))
 
 
-def _parse_reduce(value: Any, own_account: str) -> ReduceStage:
-    stage = _parse_stage(value, own_account, "reduce", _REDUCE_KEYS)
+def _parse_reduce(value: Any, own_account: str, where: str = "reduce") -> ReduceStage:
+    stage = _parse_stage(value, own_account, where, _REDUCE_KEYS)
     partitions = value.get("partitions", 1)
     _require(isinstance(partitions, int) and not isinstance(partitions, bool)
              and 1 <= partitions <= MAX_PARTITIONS,
-             f"must be an integer from 1 to {MAX_PARTITIONS}", "reduce.partitions")
+             f"must be an integer from 1 to {MAX_PARTITIONS}", f"{where}.partitions")
     return ReduceStage(exec=stage.exec, args=stage.args, env=stage.env, partitions=partitions)
+
+
+_OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_OUTPUTS = 32
+
+
+def _parse_named_outputs(value: Any, own_account: str, top: ReduceStage | None,
+                         ) -> tuple[NamedOutput, ...]:
+    _require(isinstance(value, dict) and value, "must be an object of named outputs",
+             "outputs")
+    _require(len(value) <= MAX_OUTPUTS, f"at most {MAX_OUTPUTS} outputs", "outputs")
+    named, prefixes = [], set()
+    for name, spec in value.items():
+        where = f"outputs.{name}"
+        _require(bool(_OUTPUT_NAME.match(name)),
+                 "names are 1 to 64 letters, digits, '_', '.' or '-'", where)
+        if isinstance(spec, str):
+            spec = {"output": spec}
+        _require(isinstance(spec, dict) and set(spec) <= {"output", "reduce"},
+                 "must be a prefix, or an object with 'output' and optionally 'reduce'", where)
+        prefix = _parse_output(spec.get("output"), own_account)
+        _require(prefix.obj.endswith(WILDCARD) and prefix.obj.count(WILDCARD) == 1,
+                 "must be a prefix for part-00000 ...: end it with '/'", f"{where}.output")
+        _require(prefix not in prefixes, "two outputs share this prefix", f"{where}.output")
+        prefixes.add(prefix)
+        reduce = _parse_reduce(spec["reduce"], own_account, f"{where}.reduce") \
+            if "reduce" in spec else top
+        _require(reduce is not None, "needs a reduce (its own, or the job's 'reduce')", where)
+        named.append(NamedOutput(name, prefix, reduce))
+    return tuple(named)
 
 
 def _parse_output(value: Any, own_account: str) -> SwiftPath:
@@ -305,8 +356,8 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     _require(isinstance(doc, dict), "manifest must be a JSON object", None)
     unknown = sorted(set(doc) - _TOP_LEVEL)
     _require(not unknown, f"unknown key(s) {', '.join(unknown)}", None)
-    if "outputs" in doc:
-        raise ManifestError("named outputs are not supported by this cluster yet", "outputs")
+    _require(not ("outputs" in doc and "output" in doc), "give 'output' or 'outputs', not both",
+             "outputs")
 
     name = doc.get("name", "job")
     _require(isinstance(name, str) and 0 < len(name) <= 128 and "/" not in name,
@@ -319,16 +370,22 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     records = doc.get("records", "text")
     _require(records in RECORD_FORMS, f"must be one of {', '.join(RECORD_FORMS)}", "records")
     map_stage = _parse_map(doc.get("map"), own_account)
-    output = _parse_output(doc.get("output"), own_account)
     reduce_stage = combine_stage = None
+    named: tuple[NamedOutput, ...] = ()
+    if "outputs" in doc:
+        top = _parse_reduce(doc["reduce"], own_account) if "reduce" in doc else None
+        named = _parse_named_outputs(doc["outputs"], own_account, top)
+        doc = {**doc, "output": str(named[0].prefix)}
+    output = _parse_output(doc.get("output"), own_account)
     if "combine" in doc:
-        _require("reduce" in doc, "a combiner needs a reduce", "combine")
+        _require("reduce" in doc or bool(named), "a combiner needs a reduce", "combine")
         combine_stage = _parse_stage(doc["combine"], own_account, "combine", _STAGE_KEYS)
-    _require(map_stage.split_size is None or "reduce" in doc or not output.has_wildcard,
+    _require(map_stage.split_size is None or "reduce" in doc or named
+             or not output.has_wildcard,
              "a split input has several outputs: gather them into one object or reduce "
              "them", "map.split_size")
-    if "reduce" in doc:
-        reduce_stage = _parse_reduce(doc["reduce"], own_account)
+    if "reduce" in doc or named:
+        reduce_stage = named[0].reduce if named else _parse_reduce(doc["reduce"], own_account)
         _require(output.obj.endswith(WILDCARD) and output.obj.count(WILDCARD) == 1,
                  "with reduce, output is a prefix for part-00000 ...: end it with '/' "
                  "(swift://~/results/wordcount/)", "output")
@@ -337,6 +394,7 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
         map=map_stage,
         reduce=reduce_stage,
         combine=combine_stage,
+        named=named,
         output=output,
         limits=_parse_limits(doc.get("limits"), maximum),
         scheduler=scheduler,

@@ -20,6 +20,7 @@ never leave the node and must hold any key.
 from __future__ import annotations
 
 import heapq
+import io
 import os
 import tempfile
 import zlib
@@ -112,6 +113,20 @@ def _read_frame(stream: BinaryIO, first: bool = False) -> bytes | None:
     return data
 
 
+def inner_record(value: bytes, form: str = TEXT) -> Record:
+    """The record inside a named record's value (``name<TAB>key<TAB>value``, or a framed
+    record whose value is itself a framed record)."""
+    if form == FRAMED:
+        inner = list(_read_framed(io.BytesIO(value)))
+        if len(inner) != 1:
+            raise BadRecords("a named record's value is not one framed record")
+        return inner[0]
+    key, tab, rest = value.partition(b"\t")
+    if not tab:
+        raise BadRecords(f"a named record is name<TAB>key<TAB>value: {value[:80]!r}")
+    return key, rest
+
+
 def encode_record(key: bytes, value: bytes, form: str = TEXT) -> bytes:
     if form == FRAMED:
         return len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value
@@ -184,8 +199,11 @@ class Partitioner:
         self.spills = 0
         os.makedirs(directory, exist_ok=True)
 
-    def add(self, key: bytes, value: bytes) -> None:
-        self.buffers[partition_of(key, self.partitions)].append((key, value))
+    def add(self, key: bytes, value: bytes, partition: int | None = None) -> None:
+        """Buffer a record in its partition (by its key's CRC32, unless given)."""
+        if partition is None:
+            partition = partition_of(key, self.partitions)
+        self.buffers[partition].append((key, value))
         self.buffered += len(key) + len(value) + RECORD_OVERHEAD
         self.records += 1
         if self.buffered > self.memory_bytes:

@@ -138,3 +138,13 @@ def test_text_records_round_trip(pairs):
 @given(st.lists(st.tuples(st.text() | TRICKY, JSON_VALUES | TRICKY), max_size=8))
 def test_framed_records_round_trip(pairs):
     assert list(sdk.FramedRecords.read(io.BytesIO(framed(pairs)))) == pairs
+
+
+def test_named_records_name_their_output():
+    ns = {"map": lambda r: [("day", r[:10], 1), ("year", r[:4], 1)]}
+    assert drive(ns, ["map"], "2026-11-23 x\n") == "day\t2026-11-23\t1\nyear\t2026\t1\n"
+    out = drive(ns, ["map"], "2026-11-23 x\n", sdk.FramedRecords)
+    outer = list(sdk.FramedRecords.read(io.BytesIO(out)))
+    assert [name for name, _ in outer] == ["day", "year"]
+    with pytest.raises(ValueError, match="tab"):
+        drive({"map": lambda r: [("a\tb", "k", 1)]}, ["map"], "x\n")

@@ -134,3 +134,27 @@ def test_split_ranges():
     assert split_ranges(0, 10) == [(0, 0)]
     assert split_ranges(10, 10) == [(0, 10)]
     assert split_ranges(25, 10) == [(0, 10), (10, 20), (20, 25)]
+
+
+@pytest.mark.parametrize("form", [TEXT, FRAMED])
+def test_named_records_go_to_their_outputs_partitions(tmp_path, form):
+    from zerocompute.sandbox.shuffle_io import add_named
+
+    def named(name, key, value):
+        inner = io.BytesIO()
+        write_records(inner, [(key, value)], form)
+        return (name, inner.getvalue()[:-1]) if form == TEXT else (name, inner.getvalue())
+    records = [named(b"day", f"2026-11-{d:02d}".encode(), b"1") for d in range(1, 29)]
+    records += [named(b"year", b"2026", b"1")] * 5
+    p = Partitioner(str(tmp_path), 3 + 1, form, memory_bytes=256)
+    add_named(p, records, [{"name": "day", "partitions": 3}, {"name": "year",
+                                                              "partitions": 1}], form)
+    parts = []
+    for path, _ in p.finish():
+        with open(path, "rb") as f:
+            parts.append(list(read_records(f, form)))
+    assert sum(len(part) for part in parts[:3]) == 28
+    assert all(partition_of(k, 3) == n for n, part in enumerate(parts[:3]) for k, _ in part)
+    assert parts[3] == [(b"2026", b"1")] * 5
+    with pytest.raises(BadRecords, match="names no output"):
+        add_named(p, [named(b"week", b"k", b"1")], [{"name": "day", "partitions": 3}], form)
