@@ -246,28 +246,50 @@ class JobMiddleware:
             raise ManifestError(f"manifest larger than {limit} bytes", status=413)
         manifest = parse_manifest(body, account, self.config.maximum,
                                   self.config.default_scheduler)
-        executable = self.fetch_executable(req, manifest.map.exec, "map.exec")
+        steps = manifest.steps or (manifest,)
+        executables: dict[SwiftPath, tuple[str, bytes]] = {}
+        for number, step in enumerate(steps):
+            self.fetch_executables(req, step, executables,
+                                   f"steps[{number}]." if manifest.steps else "")
+        if not manifest.steps:
+            return self.respond(self.build_job(req, manifest, executables))
+        try:
+            first = self.build_job(req, steps[0], executables)
+        except ManifestError as err:
+            raise ManifestError(err.error, f"steps[0].{err.field}" if err.field else "steps[0]",
+                                err.status) from None
+        return self.respond(StepsJob(self, req, manifest, first, executables))
+
+    def fetch_executables(self, req: Request, manifest: Manifest,
+                          executables: dict[SwiftPath, tuple[str, bytes]], where: str) -> None:
+        """Every executable of a job, read as the user (once each)."""
+        wanted = [(manifest.map.exec, "map.exec")]
+        if manifest.combine is not None:
+            wanted.append((manifest.combine.exec, "combine.exec"))
+        for out in manifest.reduce_outputs:
+            wanted.append((out.reduce.exec, f"outputs.{out.name}.reduce.exec" if out.name
+                           else "reduce.exec"))
+        for path, field in wanted:
+            if path not in executables:
+                executables[path] = self.fetch_executable(req, path, where + field)
+
+    def build_job(self, req: Request, manifest: Manifest,
+                  executables: dict[SwiftPath, tuple[str, bytes]]) -> MapJob:
+        """Expand the inputs, plan the tasks, prepare the outputs: the job, ready to run."""
         found = [self.expand_input(req, pattern, f"map.inputs[{i}]")
                  for i, pattern in enumerate(manifest.map.inputs)]
         tasks = plan_map_tasks(manifest, found)
         if len(tasks) > self.config.max_tasks:
             raise ManifestError(f"{len(tasks)} tasks; this cluster runs at most "
                                 f"{self.config.max_tasks} per job", "map.inputs")
-        if manifest.reduce_outputs:
-            reducers: dict[SwiftPath, tuple[str, bytes]] = {}
-            for out in manifest.reduce_outputs:
-                where = f"outputs.{out.name}.reduce.exec" if out.name else "reduce.exec"
-                if out.reduce.exec not in reducers:
-                    reducers[out.reduce.exec] = self.fetch_executable(req, out.reduce.exec,
-                                                                      where)
-            combiner = self.fetch_executable(req, manifest.combine.exec, "combine.exec") \
-                if manifest.combine is not None else None
-            for out in manifest.reduce_outputs:
-                self.prepare_output(req, out.prefix)
-            return self.respond(MapReduceJob(self, req, manifest, executable, tasks, reducers,
-                                             combiner))
-        self.prepare_output(req, manifest.output)
-        return self.respond(MapJob(self, req, manifest, executable, tasks))
+        executable = executables[manifest.map.exec]
+        if not manifest.reduce_outputs:
+            self.prepare_output(req, manifest.output)
+            return MapJob(self, req, manifest, executable, tasks)
+        for out in manifest.reduce_outputs:
+            self.prepare_output(req, out.prefix)
+        combiner = executables[manifest.combine.exec] if manifest.combine else None
+        return MapReduceJob(self, req, manifest, executable, tasks, executables, combiner)
 
     def respond(self, job: MapJob) -> Response:
         """The report; after ``heartbeat_s``, the 200 at once and the report when ready."""
@@ -800,6 +822,52 @@ class MapReduceJob(MapJob):
         except (Exception, eventlet.Timeout):  # noqa: BLE001 - the reaper gets it later
             self.middleware.logger.warning("zerocompute: could not delete map outputs of "
                                            "%s on %s", self.shuffle_id, node_key(node))
+
+
+class StepsJob:
+    """Jobs in a chain (``steps``): each step's output is the next one's input.
+
+    Every step's executables were read as the user before anything ran; a
+    step's inputs are listed, and its outputs prepared, when it starts (they
+    are the step before's outputs).  A step that fails ends the chain.  Each
+    step writes its own ``_report.json`` and ``_SUCCESS`` beside its outputs;
+    the response covers every step.
+    """
+
+    def __init__(self, middleware: JobMiddleware, req: Request, manifest: Manifest,
+                 first: MapJob, executables: dict[SwiftPath, tuple[str, bytes]]):
+        self.middleware = middleware
+        self.req = req
+        self.manifest = manifest
+        self.first = first
+        self.executables = executables
+
+    def run(self) -> JobReport:
+        started = time.perf_counter()
+        reports: list[JobReport] = []
+        error = None
+        for number, step in enumerate(self.manifest.steps):
+            try:
+                job = self.first if number == 0 else \
+                    self.middleware.build_job(self.req, step, self.executables)
+            except ManifestError as err:
+                error = f"step {number} could not start: {err.error}" + (
+                    f" ({err.field})" if err.field else "")
+                break
+            report = job.run()
+            reports.append(report)
+            if report.status != SUCCEEDED:
+                break
+        tasks = []
+        for number, report in enumerate(reports):
+            for task in report.tasks:
+                task.step = number
+                tasks.append(task)
+        if error is None and len(reports) < len(self.manifest.steps):
+            error = f"step {len(reports) - 1} failed; the steps after it did not run"
+        return JobReport(self.manifest.name, self.manifest.scheduler, tasks,
+                         ms=(time.perf_counter() - started) * 1000, error=error,
+                         steps=[r.to_dict(with_tasks=False) for r in reports])
 
 
 def read_output(stream: Any, length: int) -> Any:

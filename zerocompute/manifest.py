@@ -28,7 +28,10 @@ _MAX_ENV = 256
 _MAX_STRING = 4096
 _MAX_INPUT_PATTERNS = 1024
 _TOP_LEVEL = {"name", "map", "combine", "reduce", "output", "outputs", "limits", "scheduler",
-              "backup_tasks", "records"}
+              "backup_tasks", "records", "steps"}
+_SHARED = {"name", "limits", "scheduler", "backup_tasks", "records"}  # given to every step
+_STEP_KEYS = {"map", "combine", "reduce", "output", "outputs"}
+MAX_STEPS = 16
 # How key/value records travel between guests (the guest SDK's forms).
 RECORD_FORMS = ("text", "framed")
 _STAGE_KEYS = {"exec", "args", "env"}
@@ -175,6 +178,7 @@ class Manifest:
     reduce: ReduceStage | None = None
     combine: Stage | None = None
     named: tuple[NamedOutput, ...] = ()  # "outputs": the map writes name<TAB>key<TAB>value
+    steps: tuple[Manifest, ...] = ()  # a chain: each step's output is the next one's input
 
     @property
     def reduce_outputs(self) -> tuple[NamedOutput, ...]:
@@ -234,16 +238,17 @@ def runtime_of(executable: SwiftPath) -> str:
     return "python" if executable.obj.endswith(".py") else "wasm"
 
 
-def _parse_map(value: Any, own_account: str) -> MapStage:
+def _parse_map(value: Any, own_account: str,
+               inherited: tuple[SwiftPath, ...] = ()) -> MapStage:
     _require(isinstance(value, dict), "is required and must be an object", "map")
     unknown = sorted(set(value) - _MAP_KEYS)
     _require(not unknown, f"unknown key(s) {', '.join(unknown)}", "map")
     _require("exec" in value, "is required", "map.exec")
-    _require("inputs" in value, "is required", "map.inputs")
+    _require("inputs" in value or bool(inherited), "is required", "map.inputs")
     split_size = value.get("split_size")
     if split_size is not None:
         split_size = _parse_number(split_size, "map.split_size", int)
-    raw_inputs = value["inputs"]
+    raw_inputs = value["inputs"] if "inputs" in value else [str(p) for p in inherited]
     if isinstance(raw_inputs, str):
         raw_inputs = [raw_inputs]
     _require(isinstance(raw_inputs, list) and raw_inputs, "must be a non-empty list of paths",
@@ -356,6 +361,49 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     _require(isinstance(doc, dict), "manifest must be a JSON object", None)
     unknown = sorted(set(doc) - _TOP_LEVEL)
     _require(not unknown, f"unknown key(s) {', '.join(unknown)}", None)
+    if "steps" not in doc:
+        return _parse_job(doc, own_account, maximum, default_scheduler)
+    return _parse_steps(doc, own_account, maximum, default_scheduler)
+
+
+def _parse_steps(doc: dict, own_account: str, maximum: Limits,
+                 default_scheduler: str) -> Manifest:
+    """A chain of jobs; a step without ``map.inputs`` reads the step before's output."""
+    alone = sorted(set(doc) - _SHARED - {"steps"})
+    _require(not alone, f"with steps, {', '.join(alone)} go inside each step", "steps")
+    steps = doc["steps"]
+    _require(isinstance(steps, list) and 0 < len(steps) <= MAX_STEPS,
+             f"must be a list of 1 to {MAX_STEPS} steps", "steps")
+    shared = {key: doc[key] for key in _SHARED if key in doc}
+    parsed: list[Manifest] = []
+    for i, step in enumerate(steps):
+        where = f"steps[{i}]"
+        _require(isinstance(step, dict), "must be an object", where)
+        unknown = sorted(set(step) - _STEP_KEYS)
+        _require(not unknown, f"unknown key(s) {', '.join(unknown)}", where)
+        try:
+            inherited = outputs_as_inputs(parsed[-1]) if parsed else ()
+            parsed.append(_parse_job({**shared, **step}, own_account, maximum,
+                                     default_scheduler, inherited))
+        except ManifestError as err:
+            raise ManifestError(err.error, f"{where}.{err.field}" if err.field else where,
+                                err.status) from None
+    return replace(parsed[0], steps=tuple(parsed))
+
+
+def outputs_as_inputs(step: Manifest) -> tuple[SwiftPath, ...]:
+    """What a step leaves for the next one to read: its parts, its outputs' pattern, or
+    its gathered object."""
+    if step.named:
+        raise ManifestError("after a step with named outputs, name this step's inputs",
+                            "map.inputs")
+    if step.reduce is not None:
+        return (replace(step.output, obj=step.output.obj.replace(WILDCARD, f"part-{WILDCARD}")),)
+    return (step.output,)
+
+
+def _parse_job(doc: dict, own_account: str, maximum: Limits, default_scheduler: str,
+               inherited: tuple[SwiftPath, ...] = ()) -> Manifest:
     _require(not ("outputs" in doc and "output" in doc), "give 'output' or 'outputs', not both",
              "outputs")
 
@@ -369,7 +417,7 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
     _require(isinstance(backup_tasks, bool), "must be true or false", "backup_tasks")
     records = doc.get("records", "text")
     _require(records in RECORD_FORMS, f"must be one of {', '.join(RECORD_FORMS)}", "records")
-    map_stage = _parse_map(doc.get("map"), own_account)
+    map_stage = _parse_map(doc.get("map"), own_account, inherited)
     reduce_stage = combine_stage = None
     named: tuple[NamedOutput, ...] = ()
     if "outputs" in doc:

@@ -40,6 +40,7 @@ class TaskReport:
     backup: bool = False  # a backup copy ran (near the end of the job)
     retries: list[Attempt] = field(default_factory=list)
     split: list[int] | None = None  # [start, end): the byte range of a split input
+    step: int | None = None  # in a chain of steps, which one
 
     @property
     def ok(self) -> bool:
@@ -54,6 +55,7 @@ class JobReport:
     ms: float = 0.0
     error: str | None = None  # a failure of the job itself, not of one task
     output: str | None = None  # the one object every task's output was gathered into
+    steps: list[dict[str, Any]] | None = None  # a chain's steps, each's own report
 
     @property
     def status(self) -> str:
@@ -62,13 +64,15 @@ class JobReport:
 
     @property
     def outputs(self) -> list[str]:
+        if self.steps:
+            return self.steps[-1]["outputs"] if self.status == SUCCEEDED else []
         if self.output is not None:
             return [self.output] if self.status == SUCCEEDED else []
         return [t.output for t in self.tasks if t.ok and t.output]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, with_tasks: bool = True) -> dict[str, Any]:
         failed = sum(1 for t in self.tasks if not t.ok)
-        return {
+        body = {
             "job": self.job,
             "status": self.status,
             "scheduler": self.scheduler,
@@ -77,8 +81,12 @@ class JobReport:
             "counts": {"tasks": len(self.tasks), "failed": failed,
                        "retried": sum(1 for t in self.tasks if t.attempts > 1)},
             "outputs": self.outputs,
-            "tasks": [asdict(t) for t in self.tasks],
         }
+        if self.steps is not None:
+            body["steps"] = self.steps
+        if with_tasks:
+            body["tasks"] = [asdict(t) for t in self.tasks]
+        return body
 
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), indent=1).encode("utf-8") + b"\n"

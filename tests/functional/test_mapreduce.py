@@ -181,3 +181,39 @@ def test_split_inputs_gathered_are_the_inputs_again(swift, corpus, unique):
         assert report["status"] == "succeeded", json.dumps(report, indent=1)[:3000]
         expected = b"".join(corpus[name] for name in sorted(corpus))
         assert swift.get_object(f"copied-{unique}", f"all-{split}")[1] == expected
+
+
+def test_steps_chain_each_output_into_the_next(swift, corpus, unique):
+    with open(build_c_guest(HOSTILE), "rb") as f:
+        swift.put_object(f"apps-{unique}", "copy.wasm", f.read())
+    report = submit_job(swift, {"name": "chain", "steps": [
+        {"map": {"exec": f"swift://~/apps-{unique}/wc.wasm", "args": ["map"],
+                 "inputs": [f"swift://~/in-{unique}/*.txt"]},
+         "reduce": {"exec": f"swift://~/apps-{unique}/wc.wasm", "args": ["reduce"],
+                    "partitions": 3},
+         "output": f"swift://~/step1-{unique}/counts/"},
+        # No inputs: the step before's part-* objects.
+        {"map": {"exec": f"swift://~/apps-{unique}/copy.wasm"},
+         "output": f"swift://~/step2-{unique}/all-counts.txt"}]})
+    assert report["status"] == "succeeded", json.dumps(report, indent=1)[:4000]
+    assert [s["status"] for s in report["steps"]] == ["succeeded", "succeeded"]
+    assert {t["step"] for t in report["tasks"]} == {0, 1}
+    second = [t for t in report["tasks"] if t["step"] == 1]
+    assert [t["input"].rsplit("/", 1)[1] for t in second] == [
+        "part-00000", "part-00001", "part-00002"]
+    parts = read_parts(swift, f"step1-{unique}", "counts/", 3)
+    assert swift.get_object(f"step2-{unique}", "all-counts.txt")[1] == \
+        b"".join(parts[n] for n in range(3))
+    assert report["outputs"] == [f"swift://AUTH_test/step2-{unique}/all-counts.txt"]
+
+
+def test_a_failing_step_ends_the_chain(swift, corpus, unique):
+    report = submit_job(swift, {"steps": [
+        {"map": {"exec": f"swift://~/apps-{unique}/wc.wasm", "args": ["bogus"],
+                 "inputs": [f"swift://~/in-{unique}/doc-00.txt"]},
+         "output": f"swift://~/s1-{unique}/out.txt"},
+        {"map": {"exec": f"swift://~/apps-{unique}/wc.wasm", "args": ["count"]},
+         "output": f"swift://~/s2-{unique}/out.txt"}]})
+    assert report["status"] == "failed" and len(report["steps"]) == 1
+    assert "step 0 failed" in report["error"]
+    assert f"s2-{unique}" not in [c["name"] for c in swift.get_account()[1]]

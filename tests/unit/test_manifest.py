@@ -173,3 +173,34 @@ def test_split_size_needs_one_output_for_many_splits():
     m = parse(good(map={"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"],
                         "split_size": 1024}, output="swift://~/o/all.txt"))
     assert m.map.split_size == 1024
+
+
+def test_steps_read_the_step_before_unless_told_otherwise():
+    m = parse(json.dumps({"name": "chain", "steps": [
+        {"map": {"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"]},
+         "reduce": {"exec": "swift://~/a/x.wasm", "partitions": 2},
+         "output": "swift://~/tmp/wc/"},
+        {"map": {"exec": "swift://~/a/y.wasm"}, "output": "swift://~/final/all.txt"},
+        {"map": {"exec": "swift://~/a/y.wasm"}, "output": "swift://~/final2/all.txt"},
+    ]}).encode())
+    first, second, third = m.steps
+    assert m.map == first.map and first.name == "chain" == third.name
+    assert second.map.inputs == (SwiftPath("AUTH_test", "tmp", "wc/part-*"),)
+    assert third.map.inputs == (SwiftPath("AUTH_test", "final", "all.txt"),)
+
+
+@pytest.mark.parametrize("doc, field", [
+    ({"steps": []}, "steps"),
+    ({"steps": [{"map": {"exec": "swift://~/a/x.wasm"}, "output": "swift://~/o/"}]},
+     "steps[0].map.inputs"),
+    ({"map": {"exec": "swift://~/a/x.wasm"}, "steps": [{}]}, "steps"),
+    ({"steps": [{"map": {"exec": "swift://~/a/x.wasm", "inputs": ["swift://~/c/*"]},
+                 "reduce": {"exec": "swift://~/a/x.wasm"},
+                 "outputs": {"a": "swift://~/o/a/"}},
+                {"map": {"exec": "swift://~/a/x.wasm"}, "output": "swift://~/p/"}]},
+     "steps[1].map.inputs"),
+    ({"steps": [{"bogus": 1}]}, "steps[0]"),
+])
+def test_bad_steps_name_the_step(doc, field):
+    err = error_of(doc)
+    assert err.field == field, err.error
