@@ -56,6 +56,8 @@ Place the filter after the auth middleware::
     # A synchronous job still running after this many seconds gets its 200 and
     # a space every this many seconds until its report (0: never).
     # heartbeat_s = 10
+    # A map's sort buffer on its node, beyond which it spills sorted runs to disk.
+    # shuffle_buffer_bytes = 67108864
 """
 
 from __future__ import annotations
@@ -126,8 +128,6 @@ LISTING_LIMIT = 10000
 # written, and spooled to a temporary file beyond it.
 SPOOL_MEMORY = 1 << 20
 GATHER_MEMORY = 16 << 20
-# A map's sort buffer on its node before it spills to disk.
-SHUFFLE_MEMORY = 64 << 20
 WRITE_TRIES = 3
 _COPY_CHUNK = 65536
 
@@ -151,6 +151,7 @@ class JobFilterConfig:
     conn_timeout: float
     max_busy_wait_s: float
     heartbeat_s: float
+    shuffle_buffer_bytes: int = 64 << 20
 
     @classmethod
     def from_conf(cls, conf: dict[str, str]) -> JobFilterConfig:
@@ -178,6 +179,8 @@ class JobFilterConfig:
             conn_timeout=non_negative_float(conf.get("conn_timeout", 0.5)),
             max_busy_wait_s=non_negative_float(conf.get("max_busy_wait_s", 300)),
             heartbeat_s=non_negative_float(conf.get("heartbeat_s", 10)),
+            shuffle_buffer_bytes=config_positive_int_value(
+                conf.get("shuffle_buffer_bytes", 64 << 20)),
         )
 
 
@@ -732,7 +735,8 @@ class MapReduceJob(MapJob):
     @property
     def shuffle(self) -> dict:
         settings = {"id": self.shuffle_id, "partitions": self.partitions,
-                    "records": self.manifest.records, "memory_bytes": SHUFFLE_MEMORY}
+                    "records": self.manifest.records,
+                    "memory_bytes": self.config.shuffle_buffer_bytes}
         if self.manifest.named:
             settings["outputs"] = [{"name": out.name, "partitions": out.reduce.partitions}
                                    for out in self.outputs]

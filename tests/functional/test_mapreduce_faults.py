@@ -27,8 +27,10 @@ def reduce(key, values):
 
 @pytest.fixture(scope="module")
 def serial(tmp_path_factory):
+    # A sort buffer of 4 KiB: every map's output spills to disk many times.
     dev = DevCluster(str(tmp_path_factory.mktemp("mr-faults")),
-                     proxy_options={"concurrency": "1", "backup_tasks": "false"}).start()
+                     proxy_options={"concurrency": "1", "backup_tasks": "false",
+                                    "shuffle_buffer_bytes": "4096"}).start()
     yield dev
     dev.stop()
 
@@ -96,4 +98,34 @@ def test_lost_map_output_is_made_again_and_the_job_completes(serial, wordcount_w
         for line in swift.get_object("out", f"wc/part-{n:05d}")[1].decode().splitlines():
             word, count = line.split("\t")
             seen[word] += int(count)
+    assert seen == expected
+
+
+def test_partitions_far_larger_than_the_sort_buffer_come_out_sorted(serial, wordcount_wasm):
+    """Each map's output is over forty times the 4 KiB buffer: spilled, merged, right."""
+    swift = serial.connection()
+    swift.put_container("apps")
+    swift.put_object("apps", "wc.wasm", wordcount_wasm)
+    swift.put_container("big")
+    texts = {f"doc-{i}.txt": b"".join(make_text(700 + 10 * i + j, 600) for j in range(40))
+             for i in range(3)}
+    for name, data in texts.items():
+        swift.put_object("big", name, data)
+    report = submit_job(swift, {
+        "map": {"exec": "swift://~/apps/wc.wasm", "args": ["map"],
+                "inputs": ["swift://~/big/*.txt"]},
+        "reduce": {"exec": "swift://~/apps/wc.wasm", "args": ["reduce"], "partitions": 3},
+        "output": "swift://~/big-out/"})
+    assert report["status"] == "succeeded", json.dumps(report, indent=1)[:3000]
+    maps = [t for t in report["tasks"] if t["kind"] == "map"]
+    assert min(t["bytes_out"] for t in maps) > 40 * 4096, "the buffer was not too small"
+    expected = collections.Counter()
+    for data in texts.values():
+        expected.update(count_words(data))
+    seen = collections.Counter()
+    for n in range(3):
+        lines = swift.get_object("big-out", f"part-{n:05d}")[1].decode().splitlines()
+        words = [line.split("\t")[0] for line in lines]
+        assert words == sorted(words) and len(words) == len(set(words))
+        seen.update({w: int(c) for w, c in (line.split("\t") for line in lines)})
     assert seen == expected
