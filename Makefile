@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench-sandbox bench-scheduler bench-scale simulate clean
+.PHONY: demo test lint bench-sandbox bench-scheduler bench-scale bench-mapreduce simulate clean
 
 $(BIN)/zerocompute: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench-scheduler: $(BIN)/zerocompute
 
 bench-scale: $(BIN)/zerocompute
 	$(BIN)/python -m tests.perf.bench_scale
+
+bench-mapreduce: $(BIN)/zerocompute
+	$(BIN)/python -m tests.perf.bench_mapreduce
 
 simulate: $(BIN)/zerocompute
 	$(BIN)/python -m pip install --quiet matplotlib

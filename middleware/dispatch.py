@@ -131,6 +131,7 @@ class Stream:
     answered: int = 0
     sock: Any = None
     cancelled: bool = False
+    bytes: int = 0  # sent and received through the proxy for this request
 
     @property
     def key(self) -> str:
@@ -239,6 +240,8 @@ class Dispatcher:
             stream.sock = conn.sock
             if stream.cancelled:
                 stream.cancel()
+        if stream is not None:
+            stream.bytes += len(body) + len(executable)
         try:
             conn.send(body + executable)
             with Timeout(float(group.limits["time_s"]) + wire.PREPARE_TIMEOUT_S
@@ -287,6 +290,7 @@ class JobRun:
         self.speeds = JobSpeeds()
         self.durations: list[float] = []  # claimed tasks, from running to result
         self.backups = 0
+        self.bytes = 0  # task traffic through the proxy: groups, executables, frames
         self.streams: set[Stream] = set()
         self.in_flight: dict[str, int] = defaultdict(int)  # this job's tasks per node
         self.unfinished = len(tasks)
@@ -460,6 +464,7 @@ class JobRun:
                     result, body = next(frames)
                 except StopIteration:
                     return
+            stream.bytes += len(result.frame_head()) + result.stdout_bytes
             self._take_frame(stream, result, body)
 
     def _take_frame(self, stream: Stream, result: wire.TaskResult, body: Any) -> None:
@@ -542,6 +547,7 @@ class JobRun:
                 self._failed_on(state, stream.node, error, retry_after)
             self._enqueue(state)
         self.streams.discard(stream)
+        self.bytes += stream.bytes
         self._wake.put(None)
 
     # -- backup tasks ------------------------------------------------------------

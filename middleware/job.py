@@ -452,6 +452,9 @@ class MapJob:
         self.writes = GreenPool(self.config.concurrency)
         self.gathered = Gathered() if manifest.gathers else None
         self._policies: dict[str, int] = {}
+        # Bytes through the proxy: task traffic, and the outputs it writes (once each;
+        # Swift's proxy then sends each to every replica).
+        self.proxy_bytes = 0
 
     def run(self) -> JobReport:
         started = time.perf_counter()
@@ -464,7 +467,8 @@ class MapJob:
             error = f"internal error: {type(err).__name__}: {err}"
         report = JobReport(self.manifest.name, self.manifest.scheduler, self.reports,
                            ms=(time.perf_counter() - started) * 1000, error=error,
-                           output=str(self.manifest.output) if self.gathered else None)
+                           output=str(self.manifest.output) if self.gathered else None,
+                           proxy_bytes=self.proxy_bytes)
         self.middleware.write_job_files(self.req, self.manifest.output, report)
         return report
 
@@ -538,8 +542,10 @@ class MapJob:
             max_group=self.config.max_group,
             backups=self.config.backup_tasks and manifest.backup_tasks,
             backup_factor=self.config.backup_factor, backup_min_s=self.config.backup_min_s)
-        JobRun(dispatcher, states, template, executables, settings, on_result).run()
+        run = JobRun(dispatcher, states, template, executables, settings, on_result)
+        run.run()
         self.writes.waitall()
+        self.proxy_bytes += run.bytes
         for state in states:
             report = reports[state.index]
             report.attempts, report.retries, report.backup = \
@@ -594,6 +600,7 @@ class MapJob:
                 status = resp.status
                 if resp.is_success:
                     report.bytes_out = length
+                    self.proxy_bytes += length
                     return
                 if resp.status_int // 100 == 4:
                     break  # refused (401, 403, 413 ...): trying again changes nothing
@@ -623,6 +630,7 @@ class MapJob:
             self.gathered.close()
         if not resp.is_success:
             return f"writing output {target} failed: {resp.status}"
+        self.proxy_bytes += self.gathered.size
         return None
 
 
@@ -680,7 +688,8 @@ class MapReduceJob(MapJob):
             self.clean_up_shuffle()
         report = JobReport(self.manifest.name, self.manifest.scheduler,
                            self.reports + self.reduce_reports,
-                           ms=(time.perf_counter() - started) * 1000, error=error)
+                           ms=(time.perf_counter() - started) * 1000, error=error,
+                           proxy_bytes=self.proxy_bytes)
         if report.status != SUCCEEDED:
             self.delete_parts()
         for out in self.outputs:
@@ -871,7 +880,8 @@ class StepsJob:
             error = f"step {len(reports) - 1} failed; the steps after it did not run"
         return JobReport(self.manifest.name, self.manifest.scheduler, tasks,
                          ms=(time.perf_counter() - started) * 1000, error=error,
-                         steps=[r.to_dict(with_tasks=False) for r in reports])
+                         steps=[r.to_dict(with_tasks=False) for r in reports],
+                         proxy_bytes=sum(r.proxy_bytes for r in reports))
 
 
 def read_output(stream: Any, length: int) -> Any:

@@ -56,6 +56,7 @@ class JobReport:
     error: str | None = None  # a failure of the job itself, not of one task
     output: str | None = None  # the one object every task's output was gathered into
     steps: list[dict[str, Any]] | None = None  # a chain's steps, each's own report
+    proxy_bytes: int = 0  # task traffic and outputs that passed through the proxy
 
     @property
     def status(self) -> str:
@@ -81,6 +82,8 @@ class JobReport:
             "counts": {"tasks": len(self.tasks), "failed": failed,
                        "retried": sum(1 for t in self.tasks if t.attempts > 1)},
             "outputs": self.outputs,
+            "bytes": {"in": sum(t.bytes_in for t in self.tasks if t.kind == "map"),
+                      "through_proxy": self.proxy_bytes},
         }
         if self.steps is not None:
             body["steps"] = self.steps

@@ -1,6 +1,7 @@
 """MapReduce on the dev cluster: map beside the data, shuffle, reduce into part objects."""
 
 import collections
+import io
 import json
 import os
 
@@ -11,6 +12,7 @@ from tests.functional.helpers import listing, make_text
 from zerocompute.client import submit_job
 from zerocompute.dev.demo import count_words
 from zerocompute.guests import build_c_guest, source_path
+from zerocompute.sandbox import zerocompute_guest as sdk
 from zerocompute.shuffle import partition_of
 
 HOSTILE = os.path.join(os.path.dirname(__file__), "..", "guests", "hostile.c")
@@ -217,3 +219,32 @@ def test_a_failing_step_ends_the_chain(swift, corpus, unique):
     assert report["status"] == "failed" and len(report["steps"]) == 1
     assert "step 0 failed" in report["error"]
     assert f"s2-{unique}" not in [c["name"] for c in swift.get_account()[1]]
+
+
+def test_framed_records_through_the_shuffle(swift, corpus, unique):
+    """Keys with tabs, newlines and NUL survive partitioning, sorting and reducing."""
+    swift.put_object(f"apps-{unique}", "odd_keys.py", (
+        b"def map(record):\n"
+        b"    for word in record.split():\n"
+        b"        yield word[:1] + '\\t\\n\\0' + word[1:], 1\n"
+        b"def reduce(key, values):\n"
+        b"    return sum(values)\n"))
+    report = submit_job(swift, {
+        "records": "framed",
+        "map": {"exec": f"swift://~/apps-{unique}/odd_keys.py", "args": ["map"],
+                "inputs": [f"swift://~/in-{unique}/doc-0*.txt"]},
+        "reduce": {"exec": f"swift://~/apps-{unique}/odd_keys.py", "args": ["reduce"],
+                   "partitions": 3},
+        "output": f"swift://~/framed-{unique}/"})
+    assert report["status"] == "succeeded", json.dumps(report, indent=1)[:3000]
+    expected = collections.Counter()
+    for name, data in corpus.items():
+        if name.startswith("doc-0"):
+            expected.update(w[:1] + "\t\n\0" + w[1:] for w in data.decode().split())
+    seen = {}
+    for n in range(3):
+        data = swift.get_object(f"framed-{unique}", f"part-{n:05d}")[1]
+        records = list(sdk.FramedRecords.read(io.BytesIO(data)))
+        assert [k for k, _ in records] == sorted(k for k, _ in records)
+        seen.update(records)
+    assert seen == dict(expected)
