@@ -184,6 +184,15 @@ class JobFilterConfig:
         )
 
 
+def strip_internal_headers(env: dict) -> None:
+    """Remove ``X-Zerocompute-*`` headers a client sent that only zerocompute itself may
+    set (signatures, timestamps, load reports): defence in depth, they never reach a
+    server through this proxy."""
+    for key in [k for k in env if k.startswith("HTTP_X_ZEROCOMPUTE_")]:
+        if key not in wire.CLIENT_ENV_KEYS:
+            del env[key]
+
+
 def json_response(status: int, body: dict[str, Any], headers: dict | None = None) -> Response:
     return Response(status=status, headers=headers, content_type="application/json",
                     body=json.dumps(body, indent=1).encode("utf-8") + b"\n")
@@ -199,6 +208,7 @@ class JobMiddleware:
                                      max_busy_wait_s=config.max_busy_wait_s)
 
     def __call__(self, env: dict, start_response):
+        strip_internal_headers(env)
         req = Request(env)
         if req.method != "POST" or not config_true_value(req.headers.get(wire.EXECUTE_HEADER)):
             return self.app(env, start_response)

@@ -48,6 +48,7 @@ and remove the map outputs of MapReduce jobs (``doc/shuffle.md``).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -150,6 +151,8 @@ class TaskMiddleware:
             config.cache_dir, f"{conf.get('bind_ip', '0.0.0.0')}:{conf.get('bind_port', 6200)}")
         self.pool = pool or ExecutorPool(config.slots, config.cache_dir, config.secret,
                                          self.shuffle_root)
+        self.seen: set[str] = set()  # signatures of groups received lately (replays)
+        self.seen_order: collections.deque[tuple[float, str]] = collections.deque()
         self.reaped_at = 0.0
         self._slots = Semaphore(config.slots)
         self.diskfile_router = DiskFileRouter(conf or {}, self.logger)
@@ -254,6 +257,10 @@ class TaskMiddleware:
         except wire.BadSignature as err:
             self.logger.warning("zerocompute: refused unsigned task group: %s", err)
             return HTTPForbidden(body=b"task signature refused\n")
+        if self.replayed(req.headers[wire.SIGNATURE_HEADER]):
+            self.logger.warning("zerocompute: refused a replayed task group of job %r",
+                                group.job)
+            return HTTPForbidden(body=b"task group replayed\n")
         try:
             missing = self.missing_executables(group, body[group_length:])
         except InvalidExecutable as err:
@@ -268,6 +275,18 @@ class TaskMiddleware:
         self.reap_shuffle()
         return Response(status=200, content_type="application/octet-stream",
                         app_iter=GroupRun(self, group, _client_socket(req)))
+
+    def replayed(self, signature: str) -> bool:
+        """Whether this signed group was received before (while it is fresh enough to
+        pass the signature check, it is remembered; every send is signed anew)."""
+        now = time.time()
+        while self.seen_order and self.seen_order[0][0] < now:
+            self.seen.discard(self.seen_order.popleft()[1])
+        if signature in self.seen:
+            return True
+        self.seen.add(signature)
+        self.seen_order.append((now + 2 * wire.MAX_AGE_S, signature))
+        return False
 
     def missing_executables(self, group: wire.TaskGroup, executable: bytes) -> list[str]:
         """ETags of the group's executables this server still lacks, once the one in

@@ -45,6 +45,9 @@ TIMESTAMP_HEADER = "X-Zerocompute-Timestamp"
 EXECUTE_HEADER = "X-Zerocompute-Execute"
 ASYNC_HEADER = "X-Zerocompute-Async"
 JOB_STATUS_HEADER = "X-Zerocompute-Job-Status"
+# The only X-Zerocompute-* request headers a client may send (as WSGI keys).
+CLIENT_ENV_KEYS = frozenset("HTTP_" + h.upper().replace("-", "_")
+                            for h in (EXECUTE_HEADER, ASYNC_HEADER))
 
 # Task-group request and response headers (proxy <-> object server only).
 SIGNATURE_HEADER = "X-Zerocompute-Signature"

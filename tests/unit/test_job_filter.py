@@ -237,3 +237,19 @@ def test_a_slow_job_answers_at_once_and_sends_its_report_later(swift_dir, cluste
     assert resp.status_int == 200 and wire.JOB_STATUS_HEADER not in resp.headers
     assert resp.body.startswith(b"  ")
     assert report["status"] == "succeeded" and len(report["tasks"]) == 8
+
+
+def test_client_cannot_pass_internal_headers_through_the_proxy(cluster):
+    req = Request.blank("/v1/AUTH_a/in/part-1", headers={
+        "X-Zerocompute-Signature": "forged", "X-Zerocompute-Timestamp": "1",
+        "X-Zerocompute-Group-Length": "9", "X-Zerocompute-Load": "running=0",
+        "X-Object-Meta-Kept": "yes"})
+    seen = {}
+
+    def app(env, start_response):
+        seen.update(env)
+        return Response(status=204)(env, start_response)
+    cluster.app = app
+    req.get_response(cluster)
+    assert not [k for k in seen if k.startswith("HTTP_X_ZEROCOMPUTE_")]
+    assert seen["HTTP_X_OBJECT_META_KEPT"] == "yes"

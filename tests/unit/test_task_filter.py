@@ -250,3 +250,17 @@ def test_a_jobs_map_outputs_are_deleted_and_old_ones_reaped(server):
     server.reap_shuffle()
     assert not os.path.exists(job2)
     assert os.path.exists(os.path.join(server.shuffle_root, "job3"))
+
+
+def test_a_replayed_group_is_refused_and_runs_nothing_twice(server):
+    put_object(server, "a", b"x\n")
+    body, headers = wire.sign_group(SECRET, group("a"))
+
+    def send_again():
+        return Request.blank(wire.TASKS_PATH, method=wire.METHOD, headers=headers,
+                             body=body + WASM).get_response(server)
+    first = send_again()
+    assert first.status_int == 200 and len(frames(first.body)) == 1
+    again = send_again()
+    assert again.status_int == 403 and b"replayed" in again.body
+    assert len(server.pool.calls) == 1
