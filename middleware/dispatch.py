@@ -101,6 +101,7 @@ class TaskState:
     reduce_partition: int = -1  # a reduce task's partition, and the map outputs it merges
     sources: tuple[tuple[str, str], ...] = ()
     split: tuple[int, int] | None = None  # a split input's byte range
+    exact: bool = False  # the range is exactly the input (a GET's Range), not lines
 
     @property
     def attempts(self) -> int:
@@ -119,7 +120,7 @@ class TaskState:
     def spec(self, node: dict) -> wire.TaskSpec:
         return wire.TaskSpec(self.task_id, node["device"], self.partition, self.path,
                              self.policy_index, self.env, self.reduce_partition, self.sources,
-                             self.split)
+                             self.split, self.exact)
 
 
 @dataclass(eq=False)

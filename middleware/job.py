@@ -95,10 +95,13 @@ from zerocompute.manifest import (
     Limits,
     Manifest,
     ManifestError,
+    MapStage,
     NamedOutput,
     Stage,
     SwiftPath,
+    parse_exec,
     parse_manifest,
+    parse_string_list,
     runtime_of,
 )
 from zerocompute.middleware.dispatch import (
@@ -210,6 +213,8 @@ class JobMiddleware:
     def __call__(self, env: dict, start_response):
         strip_internal_headers(env)
         req = Request(env)
+        if req.method == "GET" and req.headers.get(wire.RUN_HEADER):
+            return self.run_on_get(req)(env, start_response)
         if req.method != "POST" or not config_true_value(req.headers.get(wire.EXECUTE_HEADER)):
             return self.app(env, start_response)
         try:
@@ -228,6 +233,22 @@ class JobMiddleware:
             except ManifestError as err:
                 resp = json_response(err.status, err.to_dict())
         return resp(env, start_response)
+
+    def run_on_get(self, req: Request) -> Response:
+        """``GET`` of an object with ``X-Zerocompute-Run``: the guest's stdout over it."""
+        try:
+            version, account, container, obj = req.split_path(4, 4, True)
+        except ValueError:
+            return json_response(400, {"error": f"{wire.RUN_HEADER} applies to an object",
+                                       "field": wire.RUN_HEADER})
+        unauthenticated = self.unauthenticated(req)
+        if unauthenticated is not None:
+            return unauthenticated
+        req.environ.setdefault("swift.infocache", {})
+        try:
+            return RunOnGet(self, req, SwiftPath(account, container, obj)).respond()
+        except ManifestError as err:
+            return json_response(err.status, err.to_dict())
 
     @staticmethod
     def unauthenticated(req: Request) -> Response | None:
@@ -845,6 +866,107 @@ class MapReduceJob(MapJob):
         except (Exception, eventlet.Timeout):  # noqa: BLE001 - the reaper gets it later
             self.middleware.logger.warning("zerocompute: could not delete map outputs of "
                                            "%s on %s", self.shuffle_id, node_key(node))
+
+
+class RunOnGet:
+    """One guest over one object, its stdout as the response (ZeroCloud's ``open``,
+    Storlets' ``X-Run-Storlet``).
+
+    ``X-Zerocompute-Run`` names the executable (``swift://...``), or says
+    ``default``: the container's ``X-Container-Meta-Zerocompute-Run``.
+    ``X-Zerocompute-Args`` is a JSON list of arguments.  The object and the
+    executable are read as the user; a ``Range`` (one range of bytes) is the
+    guest's input.  The task runs on a replica holder, under the operator's
+    maximum limits; the response is the guest's stdout once it has exited 0
+    (``X-Zerocompute-Node`` names where it ran), else a JSON error.
+    """
+
+    def __init__(self, middleware: JobMiddleware, req: Request, target: SwiftPath):
+        self.middleware = middleware
+        self.req = req
+        self.target = target
+
+    def executable(self) -> SwiftPath:
+        named = self.req.headers[wire.RUN_HEADER].strip()
+        if named.lower() == "default":
+            resp = self.middleware.subrequest(self.req, "HEAD", self.target.container_path)
+            self.middleware._check_access(resp, SwiftPath(self.target.account,
+                                                          self.target.container),
+                                          wire.RUN_HEADER, "container")
+            named = resp.headers.get("X-Container-Meta-Zerocompute-Run", "")
+            if not named:
+                raise ManifestError("the container names no default executable "
+                                    "(X-Container-Meta-Zerocompute-Run)", wire.RUN_HEADER)
+        return parse_exec(named, wire.RUN_HEADER, self.target.account)
+
+    def arguments(self) -> tuple[str, ...]:
+        raw = self.req.headers.get(wire.ARGS_HEADER)
+        if not raw:
+            return ()
+        try:
+            args = json.loads(raw)
+        except ValueError:
+            raise ManifestError("must be a JSON list of strings", wire.ARGS_HEADER) from None
+        return parse_string_list(args, wire.ARGS_HEADER)
+
+    def byte_range(self, size: int) -> tuple[int, int] | None:
+        if "Range" not in self.req.headers:
+            return None
+        ranges = self.req.range.ranges_for_length(size) if self.req.range else None
+        if not ranges or len(ranges) != 1:
+            raise ManifestError("give one range of bytes", "Range", status=416)
+        return ranges[0]
+
+    def respond(self) -> Response:
+        middleware, req = self.middleware, self.req
+        exe = self.executable()
+        args = self.arguments()
+        etag, code = middleware.fetch_executable(req, exe, wire.RUN_HEADER)
+        head = middleware.subrequest(req, "HEAD", self.target.path)
+        middleware._check_access(head, self.target, "path", "object")
+        size = head.content_length or 0
+        span = self.byte_range(size)
+        manifest = Manifest(name="run", map=MapStage(exec=exe, args=args, inputs=(self.target,)),
+                            output=self.target, limits=middleware.config.maximum,
+                            scheduler=middleware.config.default_scheduler, backup_tasks=False)
+        task = MapTask("g00000", InputObject(self.target, size, self.target.obj), None, span)
+        job = MapJob(middleware, req, manifest, (etag, code), [task])
+        outputs: list[Any] = []
+
+        def keep(state: TaskState, node: dict, result: wire.TaskResult, stream: Any) -> None:
+            job.record(job.reports[0], state, node, result)
+            outputs.append(read_output(stream, result.stdout_bytes))
+        states = job.task_states()
+        for state in states:
+            state.exact = span is not None
+        job.run_phase(states, job.template(manifest.map, etag), {etag: code}, keep,
+                      job.reports)
+        report = job.reports[0]
+        if not report.ok:
+            for output in outputs:
+                output.close()
+            return json_response(502 if report.exit is None else 422, {
+                "error": report.error or "the guest failed", "node": report.node,
+                "stderr": report.stderr})
+        output = outputs[0]
+        length = output.seek(0, 2)
+        output.seek(0)
+        return Response(status=200, app_iter=_SpoolIter(output), content_length=length,
+                        content_type="application/octet-stream",
+                        headers={wire.NODE_HEADER: report.node,
+                                 "X-Zerocompute-Local": str(report.local).lower()})
+
+
+class _SpoolIter:
+    def __init__(self, spool: Any):
+        self.spool = spool
+
+    def __iter__(self):
+        while chunk := self.spool.read(_COPY_CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        self.spool.close()
 
 
 class StepsJob:

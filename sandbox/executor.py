@@ -108,7 +108,7 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
         if spec.split is not None:
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
                 dir=os.path.join(cache_dir, "scratch"), prefix="split-"))
-            stdin, bytes_in = split_input(fds[0], spec.split, scratch)
+            stdin, bytes_in = split_input(fds[0], spec.split, scratch, spec.exact)
         if task.kind == "reduce":
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
                 dir=os.path.join(cache_dir, "scratch"), prefix="reduce-"))
@@ -132,11 +132,15 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
     return result
 
 
-def split_input(fd: int, split: tuple[int, int], scratch: str) -> tuple[str, int]:
-    """The lines a split reads (:func:`zerocompute.shuffle.line_aligned`), copied by the
-    kernel into a file of their own: its path, and how many bytes that is."""
+def split_input(fd: int, split: tuple[int, int], scratch: str,
+                exact: bool = False) -> tuple[str, int]:
+    """The lines a split reads (:func:`zerocompute.shuffle.line_aligned`), or exactly its
+    bytes, copied by the kernel into a file of their own: its path, and its size."""
     size = os.fstat(fd).st_size
-    first, last = shuffle.line_aligned(lambda at, n: os.pread(fd, n, at), size, *split)
+    if exact:
+        first, last = min(split[0], size), min(split[1], size)
+    else:
+        first, last = shuffle.line_aligned(lambda at, n: os.pread(fd, n, at), size, *split)
     path = os.path.join(scratch, "input")
     with open(path, "wb") as out:
         offset = first

@@ -202,7 +202,7 @@ def _require(condition: bool, error: str, where: str) -> None:
         raise ManifestError(error, where)
 
 
-def _parse_string_list(value: Any, where: str, limit: int) -> tuple[str, ...]:
+def parse_string_list(value: Any, where: str, limit: int = _MAX_ARGS) -> tuple[str, ...]:
     _require(isinstance(value, list), "must be a list of strings", where)
     _require(len(value) <= limit, f"at most {limit} entries", where)
     for i, item in enumerate(value):
@@ -224,7 +224,7 @@ def _parse_env(value: Any, where: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _parse_exec(value: Any, where: str, own_account: str) -> SwiftPath:
+def parse_exec(value: Any, where: str, own_account: str) -> SwiftPath:
     path = SwiftPath.parse(value, where).resolve(own_account)
     _require(bool(path.obj) and not path.has_wildcard,
              "must name one executable object, without '*'", where)
@@ -262,8 +262,8 @@ def _parse_map(value: Any, own_account: str,
         _require(bool(path.obj), "must name an object or an object pattern with '*'", where)
         inputs.append(path)
     return MapStage(
-        exec=_parse_exec(value["exec"], "map.exec", own_account),
-        args=_parse_string_list(value.get("args", []), "map.args", _MAX_ARGS),
+        exec=parse_exec(value["exec"], "map.exec", own_account),
+        args=parse_string_list(value.get("args", []), "map.args", _MAX_ARGS),
         env=_parse_env(value.get("env", {}), "map.env"),
         inputs=tuple(inputs),
         split_size=split_size,
@@ -275,8 +275,8 @@ def _parse_stage(value: Any, own_account: str, where: str, keys: set[str]) -> St
     unknown = sorted(set(value) - keys)
     _require(not unknown, f"unknown key(s) {', '.join(unknown)}", where)
     _require("exec" in value, "is required", f"{where}.exec")
-    return Stage(exec=_parse_exec(value["exec"], f"{where}.exec", own_account),
-                 args=_parse_string_list(value.get("args", []), f"{where}.args", _MAX_ARGS),
+    return Stage(exec=parse_exec(value["exec"], f"{where}.exec", own_account),
+                 args=parse_string_list(value.get("args", []), f"{where}.args", _MAX_ARGS),
                  env=_parse_env(value.get("env", {}), f"{where}.env"))
 
 

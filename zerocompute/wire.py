@@ -45,9 +45,14 @@ TIMESTAMP_HEADER = "X-Zerocompute-Timestamp"
 EXECUTE_HEADER = "X-Zerocompute-Execute"
 ASYNC_HEADER = "X-Zerocompute-Async"
 JOB_STATUS_HEADER = "X-Zerocompute-Job-Status"
+# Execution on GET: the guest to run over the object, its arguments (a JSON list),
+# and where it ran (response).
+RUN_HEADER = "X-Zerocompute-Run"
+ARGS_HEADER = "X-Zerocompute-Args"
+NODE_HEADER = "X-Zerocompute-Node"
 # The only X-Zerocompute-* request headers a client may send (as WSGI keys).
 CLIENT_ENV_KEYS = frozenset("HTTP_" + h.upper().replace("-", "_")
-                            for h in (EXECUTE_HEADER, ASYNC_HEADER))
+                            for h in (EXECUTE_HEADER, ASYNC_HEADER, RUN_HEADER, ARGS_HEADER))
 
 # Task-group request and response headers (proxy <-> object server only).
 SIGNATURE_HEADER = "X-Zerocompute-Signature"
@@ -101,6 +106,7 @@ class TaskSpec:
     sources: tuple[tuple[str, str], ...] = ()
     # A split of a large input: the byte range [start, end) whose lines it reads.
     split: tuple[int, int] | None = None
+    exact: bool = False  # the split is exactly those bytes (a GET's Range), not lines
 
     @property
     def disk_path(self) -> str:
@@ -139,7 +145,7 @@ class TaskGroup:
                                int(t.get("reduce_partition", -1)),
                                tuple((str(n), str(m)) for n, m in t.get("sources", ())),
                                (int(t["split"][0]), int(t["split"][1]))
-                               if t.get("split") else None)
+                               if t.get("split") else None, bool(t.get("exact", False)))
                       for t in doc["tasks"])
         shuffle = doc.get("shuffle")
         return cls(job=str(doc["job"]), exec_etag=str(doc["exec_etag"]),
