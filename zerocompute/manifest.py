@@ -358,6 +358,8 @@ def parse_manifest(body: bytes, own_account: str, maximum: Limits,
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise ManifestError(f"manifest is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ManifestError("manifest is nested too deeply") from None
     _require(isinstance(doc, dict), "manifest must be a JSON object", None)
     unknown = sorted(set(doc) - _TOP_LEVEL)
     _require(not unknown, f"unknown key(s) {', '.join(unknown)}", None)

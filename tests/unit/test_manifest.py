@@ -204,3 +204,15 @@ def test_steps_read_the_step_before_unless_told_otherwise():
 def test_bad_steps_name_the_step(doc, field):
     err = error_of(doc)
     assert err.field == field, err.error
+
+
+def test_fuzzed_manifests_fail_only_with_a_manifest_error():
+    from tests.fuzz_manifests import manifest_bodies
+    parsed = 0
+    for body in manifest_bodies(2000, seed=11):
+        try:
+            parse(body)
+            parsed += 1
+        except ManifestError as err:
+            assert err.status in (400, 413) and err.to_dict()["error"]
+    assert parsed < 400, "most fuzzed manifests are malformed"
