@@ -38,6 +38,8 @@ Place the filter after the auth middleware::
     # max_memory_mb = 512
     # max_output_mb = 256
     # max_tasks = 10000
+    # Jobs one account may run at once on this proxy (more are answered 429).
+    # max_jobs_per_account = 8
     # max_manifest_bytes = 65536
     # max_executable_mb = 64
     # Task-group requests of one job in flight at once, and the most tasks
@@ -62,6 +64,7 @@ Place the filter after the auth middleware::
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
@@ -155,6 +158,7 @@ class JobFilterConfig:
     max_busy_wait_s: float
     heartbeat_s: float
     shuffle_buffer_bytes: int = 64 << 20
+    max_jobs_per_account: int = 8
 
     @classmethod
     def from_conf(cls, conf: dict[str, str]) -> JobFilterConfig:
@@ -184,6 +188,8 @@ class JobFilterConfig:
             heartbeat_s=non_negative_float(conf.get("heartbeat_s", 10)),
             shuffle_buffer_bytes=config_positive_int_value(
                 conf.get("shuffle_buffer_bytes", 64 << 20)),
+            max_jobs_per_account=config_positive_int_value(
+                conf.get("max_jobs_per_account", 8)),
         )
 
 
@@ -196,7 +202,8 @@ def strip_internal_headers(env: dict) -> None:
             del env[key]
 
 
-def json_response(status: int, body: dict[str, Any], headers: dict | None = None) -> Response:
+def json_response(status: int | str, body: dict[str, Any],
+                  headers: dict | None = None) -> Response:
     return Response(status=status, headers=headers, content_type="application/json",
                     body=json.dumps(body, indent=1).encode("utf-8") + b"\n")
 
@@ -209,6 +216,7 @@ class JobMiddleware:
         self.logger = logger or get_logger(conf or {}, log_route="zerocompute")
         self.dispatcher = Dispatcher(config.secret, config.conn_timeout, self.logger,
                                      max_busy_wait_s=config.max_busy_wait_s)
+        self.running_jobs: collections.Counter[str] = collections.Counter()  # per account
 
     def __call__(self, env: dict, start_response):
         strip_internal_headers(env)
@@ -227,6 +235,12 @@ class JobMiddleware:
         if container:
             resp = json_response(400, {"error": "jobs are POSTed to the account: "
                                                 "POST /v1/<account>"})
+        elif self.running_jobs[account] >= self.config.max_jobs_per_account:
+            resp = json_response("429 Too Many Requests", {"error": f"{account} runs "
+                                                f"{self.running_jobs[account]} jobs already; "
+                                                "this cluster allows "
+                                                f"{self.config.max_jobs_per_account} at once"},
+                                 headers={"Retry-After": "10"})
         else:
             try:
                 resp = self.handle_job(req, account)
@@ -294,6 +308,21 @@ class JobMiddleware:
                                 err.status) from None
         return self.respond(StepsJob(self, req, manifest, first, executables))
 
+    def account_for(self, account: str, report: JobReport) -> None:
+        """An accounting line, and StatsD metrics through Swift's logger, per job."""
+        usage = report.usage()
+        self.logger.info("zerocompute accounting: account=%s job=%s status=%s tasks=%d "
+                         "cpu_ms=%.0f guest_ms=%.0f bytes_read=%d bytes_written=%d ms=%.0f",
+                         account, report.job, report.status, usage["tasks"], usage["cpu_ms"],
+                         usage["guest_ms"], usage["bytes_read"], usage["bytes_written"],
+                         report.ms)
+        self.logger.increment(f"jobs.{report.status}")
+        self.logger.update_stats("tasks", usage["tasks"])
+        self.logger.update_stats("cpu_ms", int(usage["cpu_ms"]))
+        self.logger.update_stats("bytes_read", usage["bytes_read"])
+        self.logger.update_stats("bytes_written", usage["bytes_written"])
+        self.logger.timing("job_ms", report.ms)
+
     def fetch_executables(self, req: Request, manifest: Manifest,
                           executables: dict[SwiftPath, tuple[str, bytes]], where: str) -> None:
         """Every executable of a job, read as the user (once each)."""
@@ -315,7 +344,7 @@ class JobMiddleware:
         tasks = plan_map_tasks(manifest, found)
         if len(tasks) > self.config.max_tasks:
             raise ManifestError(f"{len(tasks)} tasks; this cluster runs at most "
-                                f"{self.config.max_tasks} per job", "map.inputs")
+                                f"{self.config.max_tasks} per job", "map.inputs", status=413)
         executable = executables[manifest.map.exec]
         if not manifest.reduce_outputs:
             self.prepare_output(req, manifest.output)
@@ -328,7 +357,17 @@ class JobMiddleware:
     def respond(self, job: MapJob) -> Response:
         """The report; after ``heartbeat_s``, the 200 at once and the report when ready."""
         finished = Event()
-        eventlet.spawn_n(lambda: finished.send(job.run()))
+        account = job.req.split_path(2, 3, True)[1]
+        self.running_jobs[account] += 1
+
+        def run() -> None:
+            try:
+                report = job.run()
+            finally:
+                self.running_jobs[account] -= 1
+            self.account_for(account, report)
+            finished.send(report)
+        eventlet.spawn_n(run)
         heartbeat = self.config.heartbeat_s
         report = finished.wait(heartbeat) if heartbeat else finished.wait()
         if report is not None:
@@ -598,6 +637,7 @@ class MapJob:
         report.error = result.invalid or result.error
         report.stderr = result.stderr
         report.ms = result.ms
+        report.cpu_ms = round(result.cpu_ms, 3)
         report.bytes_in = result.bytes_in or report.bytes_in
         if report.exit is not None and report.exit != 0 and report.error is None:
             report.error = f"guest exited with status {report.exit}"

@@ -117,10 +117,12 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
                 return TaskResult(spec.task, lost=lost,
                                   error=f"map output lost: {', '.join(lost)}")
         started()
+        cpu_before = _cpu_seconds()
         with _cpu_limit(float(task.limits["cpu_s"])):
             ran = runtime.run(module, stdin, f"/proc/self/fd/{fds[1]}", argv,
                               [*task.env, *spec.env], limits, preopen)
-    result = TaskResult(spec.task, exit=ran.exit, error=ran.error,
+        cpu_ms = (_cpu_seconds() - cpu_before) * 1000
+    result = TaskResult(spec.task, exit=ran.exit, error=ran.error, cpu_ms=cpu_ms,
                         stdout_bytes=ran.stdout_bytes, bytes_in=bytes_in,
                         stderr=ran.stderr_tail.decode("utf-8", "replace"), ms=ran.ms)
     if task.shuffle and task.kind == "map" and result.exit == 0 and not result.error:
@@ -185,6 +187,12 @@ class Combiner:
                 except shuffle.BadRecords as err:
                     raise shuffle_io.CombinerFailed(
                         f"the combiner's output is not {self.form} records: {err}") from None
+
+
+def _cpu_seconds() -> float:
+    """This executor's CPU time so far (user and system): the guest's, around a run."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _cpu_limit(seconds: float):

@@ -34,6 +34,7 @@ class TaskReport:
     bytes_in: int = 0
     bytes_out: int = 0
     ms: float = 0.0  # the guest's own run time
+    cpu_ms: float = 0.0  # the CPU time the guest used
     wall_ms: float = 0.0  # from first dispatch to the output written, as the proxy saw it
     error: str | None = None
     stderr: str = ""
@@ -71,6 +72,14 @@ class JobReport:
             return [self.output] if self.status == SUCCEEDED else []
         return [t.output for t in self.tasks if t.ok and t.output]
 
+    def usage(self) -> dict[str, float | int]:
+        """What the job's guests used, summed (what an operator bills)."""
+        return {"tasks": len(self.tasks),
+                "cpu_ms": round(sum(t.cpu_ms for t in self.tasks), 3),
+                "guest_ms": round(sum(t.ms for t in self.tasks), 3),
+                "bytes_read": sum(t.bytes_in for t in self.tasks),
+                "bytes_written": sum(t.bytes_out for t in self.tasks)}
+
     def to_dict(self, with_tasks: bool = True) -> dict[str, Any]:
         failed = sum(1 for t in self.tasks if not t.ok)
         body = {
@@ -84,6 +93,7 @@ class JobReport:
             "outputs": self.outputs,
             "bytes": {"in": sum(t.bytes_in for t in self.tasks if t.kind == "map"),
                       "through_proxy": self.proxy_bytes},
+            "usage": self.usage(),
         }
         if self.steps is not None:
             body["steps"] = self.steps

@@ -231,6 +231,7 @@ class TaskResult:
     error: str | None = None
     stderr: str = ""  # the tail, as text
     ms: float = 0.0  # the guest's run time
+    cpu_ms: float = 0.0  # the CPU time it used
     bytes_in: int = 0
     stdout_bytes: int = 0
     retry: str | None = None  # the task could not run here: try another replica

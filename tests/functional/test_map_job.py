@@ -44,6 +44,9 @@ def test_map_only_job_runs_each_task_on_a_replica_and_writes_every_output(
         assert task["kind"] == "map" and task["exit"] == 0 and task["error"] is None
         assert task["bytes_in"] == len(texts[obj])
         assert task["ms"] > 0
+    # What the guests used, for accounting: their CPU, their bytes.
+    assert report["usage"]["cpu_ms"] > 0 and all(t["cpu_ms"] >= 0 for t in report["tasks"])
+    assert report["usage"]["bytes_read"] == sum(len(d) for d in texts.values())
     # With 24 inputs over four servers, placement uses more than one node.
     assert len({t["node"] for t in report["tasks"]}) > 1
 

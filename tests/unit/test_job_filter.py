@@ -109,7 +109,7 @@ def config(swift_dir, **changes):
                   default_scheduler="load-aware", max_tasks=100, max_manifest_bytes=4096,
                   max_executable_bytes=1 << 20, concurrency=4, max_group=8, backup_tasks=False,
                   backup_factor=2.0, backup_min_s=1.0, conn_timeout=0.1, max_busy_wait_s=5.0,
-                  heartbeat_s=0.0)
+                  heartbeat_s=0.0, max_jobs_per_account=8)
     values.update(changes)
     return JobFilterConfig(**values)
 
@@ -165,7 +165,7 @@ def test_listing_is_paginated_past_its_limit(cluster, monkeypatch):
 
 
 @pytest.mark.parametrize("body, status, field, words", [
-    (manifest(), 400, "map.inputs", "8 tasks; this cluster runs at most 5"),
+    (manifest(), 413, "map.inputs", "8 tasks; this cluster runs at most 5"),
     (b"{" + b" " * 5000 + b"}", 413, None, "manifest larger than 4096 bytes"),
 ])
 def test_refused_jobs_write_nothing(swift_dir, cluster, body, status, field, words):
@@ -253,3 +253,48 @@ def test_client_cannot_pass_internal_headers_through_the_proxy(cluster):
     req.get_response(cluster)
     assert not [k for k in seen if k.startswith("HTTP_X_ZEROCOMPUTE_")]
     assert seen["HTTP_X_OBJECT_META_KEPT"] == "yes"
+
+
+class RecordingLogger:
+    def __init__(self):
+        self.lines, self.stats = [], []
+
+    def info(self, msg, *args):
+        self.lines.append(msg % args)
+
+    def increment(self, metric):
+        self.stats.append(("increment", metric, 1))
+
+    def update_stats(self, metric, amount):
+        self.stats.append(("update_stats", metric, amount))
+
+    def timing(self, metric, ms):
+        self.stats.append(("timing", metric, ms))
+
+    def warning(self, *args):
+        pass
+
+    exception = warning
+
+
+def test_each_job_is_accounted_for(cluster):
+    cluster.logger = cluster.dispatcher.logger = RecordingLogger()
+    resp, report = post(cluster, manifest())
+    assert report["usage"]["tasks"] == 8 and report["usage"]["bytes_read"] == sum(
+        len(f"input {i}\n") for i in range(8))
+    (line,) = [ln for ln in cluster.logger.lines if ln.startswith("zerocompute accounting")]
+    assert "account=AUTH_a job=j status=succeeded tasks=8" in line
+    assert ("increment", "jobs.succeeded", 1) in cluster.logger.stats
+    assert ("update_stats", "tasks", 8) in cluster.logger.stats
+
+
+def test_too_many_jobs_of_one_account_at_once_is_429(swift_dir, cluster):
+    cluster.config = config(swift_dir, max_jobs_per_account=1)
+    cluster.dispatcher.behaviour = {p: {"delay": 0.2} for p in (1, 2, 3)}
+    first = eventlet.spawn(post, cluster, manifest())
+    eventlet.sleep(0.05)
+    resp, error = post(cluster, manifest(output="swift://~/other/*"))
+    assert resp.status_int == 429 and "allows 1 at once" in error["error"]
+    assert resp.headers["Retry-After"]
+    assert first.wait()[1]["status"] == "succeeded"
+    assert post(cluster, manifest(output="swift://~/other/*"))[1]["status"] == "succeeded"
