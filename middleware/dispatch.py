@@ -292,6 +292,7 @@ class JobRun:
         self.durations: list[float] = []  # claimed tasks, from running to result
         self.backups = 0
         self.bytes = 0  # task traffic through the proxy: groups, executables, frames
+        self.nodes: dict[str, dict] = {}  # every node sent a group, winners or not
         self.streams: set[Stream] = set()
         self.in_flight: dict[str, int] = defaultdict(int)  # this job's tasks per node
         self.unfinished = len(tasks)
@@ -382,6 +383,7 @@ class JobRun:
 
     def _start(self, node: dict, group: list[TaskState], backup: bool = False) -> Stream:
         stream = Stream(node, group)
+        self.nodes[stream.key] = node
         now = time.monotonic()
         for state in group:
             state.live[stream.key] = stream

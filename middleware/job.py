@@ -599,10 +599,11 @@ class MapJob:
             limits=manifest.limits.to_dict(), tasks=(), kind=kind, shuffle=shuffle)
 
     def run_phase(self, states: list[TaskState], template: wire.TaskGroup,
-                  executables: dict[str, bytes], on_result, reports: list[TaskReport]) -> None:
+                  executables: dict[str, bytes], on_result,
+                  reports: list[TaskReport]) -> JobRun | None:
         """Run tasks to their end (each claimed or failed), then wait for their writes."""
         if not states:
-            return
+            return None
         dispatcher = self.middleware.dispatcher
         dispatcher.probe(list({node_key(n): n for s in states
                                for n in s.candidates[0]}.values()))
@@ -626,6 +627,7 @@ class MapJob:
                 report.exit = None
             if state.first_sent is not None and not report.wall_ms:
                 report.wall_ms = round((time.monotonic() - state.first_sent) * 1000, 3)
+        return run
 
     @staticmethod
     def record(report: TaskReport, state: TaskState, node: dict,
@@ -738,6 +740,7 @@ class MapReduceJob(MapJob):
         self.partitions = len(self.slots)
         self.map_outputs: dict[int, tuple[dict, list[int]]] = {}  # map -> (node, sizes)
         self.lost: dict[int, list[str]] = {}  # reduce partition -> maps it could not fetch
+        self.map_nodes: dict[str, dict] = {}  # every node a map was sent to
         self.reduce_reports = [
             TaskReport(kind="reduce", task=self.reduce_task_id(out, n),
                        input=f"partition {n}" + (f" of {out.name}" if out.name else ""),
@@ -770,8 +773,7 @@ class MapReduceJob(MapJob):
     def map_reduce(self) -> None:
         map_states = self.task_states()
         map_template = self.template(self.manifest.map, self.etag, shuffle=self.shuffle)
-        self.run_phase(map_states, map_template, self.map_executables, self.take_map_result,
-                       self.reports)
+        self.run_maps(map_states, map_template)
         if not all(r.ok for r in self.reports):
             return
         todo = list(range(self.partitions))
@@ -789,8 +791,7 @@ class MapReduceJob(MapJob):
                 again.append(replace(state, tried={node_key(node)}, busy_until={}, failed=[],
                                      live={}, first_sent=None, running_since=None,
                                      backed_up=False, done=False, node=None, error=None))
-            self.run_phase(again, map_template, self.map_executables, self.take_map_result,
-                           self.reports)
+            self.run_maps(again, map_template)
             if not all(r.ok for r in self.reports):
                 return
             todo = [n for n in todo if n in self.lost]
@@ -798,6 +799,13 @@ class MapReduceJob(MapJob):
                 report = self.reduce_reports[n]
                 report.retries.append(Attempt(report.node or "", report.error or ""))
                 report.error = None
+
+    def run_maps(self, states: list[TaskState], template: wire.TaskGroup) -> None:
+        run = self.run_phase(states, template, self.map_executables, self.take_map_result,
+                             self.reports)
+        if run is not None:
+            # Backup losers and broken attempts may have left partitions there too.
+            self.map_nodes.update(run.nodes)
 
     def run_reduces(self, partitions: list[int]) -> None:
         """The reduces of ``partitions``, each output's with its own reducer, at once."""
@@ -887,10 +895,9 @@ class MapReduceJob(MapJob):
     def clean_up_shuffle(self) -> None:
         """Ask every node that kept map outputs to delete them (best effort: the
         object servers reap what is left after ``shuffle_max_age_s``)."""
-        nodes = {node_key(node): node for node, _ in self.map_outputs.values()}
         path = wire.shuffle_path(self.shuffle_id)
         pile = eventlet.GreenPile(16)
-        for node in nodes.values():
+        for node in self.map_nodes.values():
             pile.spawn(self._delete_shuffle, node, path)
         list(pile)
 

@@ -42,7 +42,8 @@ def read_parts(swift, container, prefix, partitions):
     ("wc.wasm", ["map"], ["reduce"]),
     ("wc.py", ["map"], ["reduce"]),
 ])
-def test_word_count_map_shuffle_reduce(swift, corpus, unique, exe, map_args, reduce_args):
+def test_word_count_map_shuffle_reduce(cluster, swift, corpus, unique, exe, map_args,
+                                       reduce_args):
     report = submit_job(swift, {
         "name": "wc-mr",
         "map": {"exec": f"swift://~/apps-{unique}/{exe}", "args": map_args,
@@ -73,6 +74,10 @@ def test_word_count_map_shuffle_reduce(swift, corpus, unique, exe, map_args, red
     assert sorted(listing(swift, f"out-{unique}")) == [
         "wc/_SUCCESS", "wc/_report.json", "wc/part-00000", "wc/part-00001", "wc/part-00002"]
     assert sum(t["bytes_in"] for t in reduces) == sum(t["bytes_out"] for t in maps)
+    # The job's map outputs were deleted from every node when it ended.
+    root = os.path.join(cluster.directory, "cache", "shuffle")
+    left = [job for server in os.listdir(root) for job in os.listdir(os.path.join(root, server))]
+    assert left == [], left
 
 
 def test_failing_reducer_leaves_no_parts_and_no_success(swift, corpus, unique):
