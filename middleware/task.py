@@ -139,14 +139,15 @@ class TaskMiddleware:
     def __init__(self, app: Any, config: TaskFilterConfig, logger: Any = None,
                  pool: Any = None, conf: dict[str, str] | None = None):
         """``pool`` runs guests (an :class:`ExecutorPool` unless a test gives a stub)."""
+        conf = conf or {}
         self.app = app
         self.config = config
-        self.logger = logger or get_logger(conf or {}, log_route="zerocompute_object")
+        self.logger = logger or get_logger(conf, log_route="zerocompute_object")
         self.slots = config.slots
         self.scratch_dir = os.path.join(config.cache_dir, "scratch")
         os.makedirs(self.scratch_dir, exist_ok=True)
         self.executables = ExecutableStore(config.cache_dir)
-        conf = conf or {}
+        # This server's own map outputs: object servers of one host may share cache_dir.
         self.shuffle_root = shuffle_io.shuffle_root(
             config.cache_dir, f"{conf.get('bind_ip', '0.0.0.0')}:{conf.get('bind_port', 6200)}")
         self.pool = pool or ExecutorPool(config.slots, config.cache_dir, config.secret,
@@ -155,7 +156,7 @@ class TaskMiddleware:
         self.seen_order: collections.deque[tuple[float, str]] = collections.deque()
         self.reaped_at = 0.0
         self._slots = Semaphore(config.slots)
-        self.diskfile_router = DiskFileRouter(conf or {}, self.logger)
+        self.diskfile_router = DiskFileRouter(conf, self.logger)
         self.groups = 0  # task groups being served
         self.pending = 0  # tasks of those groups that wait for their turn in the group
         self.waiting = 0  # tasks whose turn came, waiting for a slot
