@@ -464,24 +464,30 @@ class JobRun:
         while stream.head() is not None:
             with Timeout(timeout):
                 try:
-                    result, body = next(frames)
+                    result, body, head_bytes = next(frames)
                 except StopIteration:
                     return
-            stream.bytes += len(result.frame_head()) + result.stdout_bytes
+            stream.bytes += head_bytes + result.stdout_bytes
             self._take_frame(stream, result, body)
 
-    def _take_frame(self, stream: Stream, result: wire.TaskResult, body: Any) -> None:
-        state = stream.head()
-        if state is None or result.task != state.task_id:
-            raise wire.BadFrame(f"result for {result.task!r} out of order")
-        now = time.monotonic()
+    def _answer(self, stream: Stream) -> TaskState:
+        """Take the group's next task off the node: answered, no longer in flight there."""
+        state = stream.tasks[stream.answered]
         stream.answered += 1
         self._count(stream.key, -1)
+        state.live.pop(stream.key, None)
+        return state
+
+    def _take_frame(self, stream: Stream, result: wire.TaskResult, body: Any) -> None:
+        head = stream.head()
+        if head is None or result.task != head.task_id:
+            raise wire.BadFrame(f"result for {result.task!r} out of order")
+        now = time.monotonic()
+        state = self._answer(stream)
         self.dispatcher.note_load(stream.key, result.load)
         following = stream.head()
         if following is not None:
             following.running_since = now
-        state.live.pop(stream.key, None)
         if result.retry:
             self._failed_on(state, stream.node, result.retry)
             self._enqueue(state)
@@ -527,10 +533,8 @@ class JobRun:
                                     state.task_id, node_label(node), error)
 
     def _fail_unanswered(self, stream: Stream, error: str) -> None:
-        while (state := stream.head()) is not None:
-            stream.answered += 1
-            self._count(stream.key, -1)
-            state.live.pop(stream.key, None)
+        while stream.head() is not None:
+            state = self._answer(stream)
             if not state.done:
                 state.done = True
                 state.node = stream.node
@@ -540,10 +544,8 @@ class JobRun:
     def _stream_over(self, stream: Stream, error: str, retry_after: float | None = None,
                      ) -> None:
         """The request ended: its unanswered tasks go back to wait for a node."""
-        while (state := stream.head()) is not None:
-            stream.answered += 1
-            self._count(stream.key, -1)
-            state.live.pop(stream.key, None)
+        while stream.head() is not None:
+            state = self._answer(stream)
             if state.done:
                 continue
             if not stream.cancelled:

@@ -107,6 +107,7 @@ from zerocompute.manifest import (
     parse_string_list,
     runtime_of,
 )
+from zerocompute.middleware.bodies import FileIter
 from zerocompute.middleware.dispatch import (
     Dispatcher,
     JobRun,
@@ -399,7 +400,7 @@ class JobMiddleware:
             sub.environ["wsgi.input"] = stream
         return sub.get_response(self.app)
 
-    def _check_access(self, resp: Response, what: SwiftPath, field: str, noun: str) -> None:
+    def check_access(self, resp: Response, what: SwiftPath, field: str, noun: str) -> None:
         if resp.status_int == 404:
             raise ManifestError(f"{noun} {what} not found", field)
         if resp.status_int in (401, 403):
@@ -410,7 +411,7 @@ class JobMiddleware:
     def fetch_executable(self, req: Request, path: SwiftPath, field: str) -> tuple[str, bytes]:
         """The executable's bytes and MD5 (the key object servers cache it under)."""
         resp = self.subrequest(req, "GET", path.path)
-        self._check_access(resp, path, field, "executable")
+        self.check_access(resp, path, field, "executable")
         size = resp.content_length or 0
         if size > self.config.max_executable_bytes:
             close_if_possible(resp.app_iter)  # not read: the proxy drops the connection
@@ -431,7 +432,7 @@ class JobMiddleware:
     def expand_input(self, req: Request, pattern: SwiftPath, field: str) -> list[InputObject]:
         if not pattern.has_wildcard:
             resp = self.subrequest(req, "HEAD", pattern.path)
-            self._check_access(resp, pattern, field, "input")
+            self.check_access(resp, pattern, field, "input")
             return [InputObject(pattern, resp.content_length or 0, pattern.obj)]
         prefix = listing_prefix(pattern)
         found: list[InputObject] = []
@@ -440,7 +441,7 @@ class JobMiddleware:
             query = (f"format=json&limit={LISTING_LIMIT}&prefix={quote(prefix, safe='')}"
                      f"&marker={quote(marker, safe='')}")
             resp = self.subrequest(req, "GET", pattern.container_path, query)
-            self._check_access(resp, SwiftPath(pattern.account, pattern.container), field,
+            self.check_access(resp, SwiftPath(pattern.account, pattern.container), field,
                                "container")
             listing = json.loads(resp.body or b"[]") if resp.status_int == 200 else []
             found.extend(match_listing(pattern, ((item["name"], item["bytes"])
@@ -937,7 +938,7 @@ class RunOnGet:
         named = self.req.headers[wire.RUN_HEADER].strip()
         if named.lower() == "default":
             resp = self.middleware.subrequest(self.req, "HEAD", self.target.container_path)
-            self.middleware._check_access(resp, SwiftPath(self.target.account,
+            self.middleware.check_access(resp, SwiftPath(self.target.account,
                                                           self.target.container),
                                           wire.RUN_HEADER, "container")
             named = resp.headers.get("X-Container-Meta-Zerocompute-Run", "")
@@ -970,7 +971,7 @@ class RunOnGet:
         args = self.arguments()
         etag, code = middleware.fetch_executable(req, exe, wire.RUN_HEADER)
         head = middleware.subrequest(req, "HEAD", self.target.path)
-        middleware._check_access(head, self.target, "path", "object")
+        middleware.check_access(head, self.target, "path", "object")
         size = head.content_length or 0
         span = self.byte_range(size)
         manifest = Manifest(name="run", map=MapStage(exec=exe, args=args, inputs=(self.target,)),
@@ -998,22 +999,10 @@ class RunOnGet:
         output = outputs[0]
         length = output.seek(0, 2)
         output.seek(0)
-        return Response(status=200, app_iter=_SpoolIter(output), content_length=length,
+        return Response(status=200, app_iter=FileIter(output), content_length=length,
                         content_type="application/octet-stream",
                         headers={wire.NODE_HEADER: report.node,
                                  "X-Zerocompute-Local": str(report.local).lower()})
-
-
-class _SpoolIter:
-    def __init__(self, spool: Any):
-        self.spool = spool
-
-    def __iter__(self):
-        while chunk := self.spool.read(_COPY_CHUNK):
-            yield chunk
-
-    def close(self) -> None:
-        self.spool.close()
 
 
 class StepsJob:

@@ -87,6 +87,7 @@ from swift.common.utils import (
 from swift.obj.diskfile import DiskFileRouter
 
 from zerocompute import wire
+from zerocompute.middleware.bodies import FileIter
 from zerocompute.sandbox import shuffle_io
 from zerocompute.sandbox.executor import CANCELLED, ExecutorPool, hung_up
 from zerocompute.sandbox.wasm import ExecutableStore, InvalidExecutable
@@ -221,7 +222,7 @@ class TaskMiddleware:
                 path = shuffle_io.partition_file(self.shuffle_root, parts[0], parts[1],
                                                  int(parts[2]))
                 f = open(path, "rb")  # noqa: SIM115 - closed by the response's app_iter
-                return Response(status=200, app_iter=_FileIter(f),
+                return Response(status=200, app_iter=FileIter(f),
                                 content_length=os.fstat(f.fileno()).st_size,
                                 content_type="application/octet-stream")
         except FileNotFoundError:
@@ -382,20 +383,6 @@ class TaskMiddleware:
         finally:
             self.started.remove(began)
             self._slots.release()
-
-
-class _FileIter:
-    """A file as a WSGI body, closed even if never read."""
-
-    def __init__(self, f: Any):
-        self.f = f
-
-    def __iter__(self) -> Iterator[bytes]:
-        while chunk := self.f.read(_READ_CHUNK):
-            yield chunk
-
-    def close(self) -> None:
-        self.f.close()
 
 
 class GroupRun:

@@ -175,6 +175,8 @@ class FramedRecords:
                    parse_value(value.decode("utf-8", "surrogateescape")))
 
 
+# The same framing as zerocompute.shuffle's reader, on purpose: this file runs alone
+# inside the guest, where zerocompute is not importable.
 def _frame(stream: BinaryIO, first: bool = False) -> bytes | None:
     head = stream.read(4)
     if not head and first:

@@ -307,9 +307,7 @@ def _parse_named_outputs(value: Any, own_account: str, top: ReduceStage | None,
             spec = {"output": spec}
         _require(isinstance(spec, dict) and set(spec) <= {"output", "reduce"},
                  "must be a prefix, or an object with 'output' and optionally 'reduce'", where)
-        prefix = _parse_output(spec.get("output"), own_account)
-        _require(prefix.obj.endswith(WILDCARD) and prefix.obj.count(WILDCARD) == 1,
-                 "must be a prefix for part-00000 ...: end it with '/'", f"{where}.output")
+        prefix = _parse_prefix(spec.get("output"), own_account, f"{where}.output")
         _require(prefix not in prefixes, "two outputs share this prefix", f"{where}.output")
         prefixes.add(prefix)
         reduce = _parse_reduce(spec["reduce"], own_account, f"{where}.reduce") \
@@ -319,14 +317,23 @@ def _parse_named_outputs(value: Any, own_account: str, top: ReduceStage | None,
     return tuple(named)
 
 
-def _parse_output(value: Any, own_account: str) -> SwiftPath:
+def _parse_output(value: Any, own_account: str, where: str = "output") -> SwiftPath:
     """A pattern with ``*`` (one output per input) or one plain object (every
     task's output gathered into it, in input order)."""
-    _require(value is not None, "is required", "output")
-    path = SwiftPath.parse(value, "output").resolve(own_account)
+    _require(value is not None, "is required", where)
+    path = SwiftPath.parse(value, where).resolve(own_account)
     if not path.obj or path.obj.endswith("/"):
         # A bare container or "dir/" means one output per input under it.
         path = replace(path, obj=path.obj + WILDCARD)
+    return path
+
+
+def _parse_prefix(value: Any, own_account: str, where: str) -> SwiftPath:
+    """Where a reduce writes ``part-00000`` ...: a container or a name ending in '/'."""
+    path = _parse_output(value, own_account, where)
+    _require(path.obj.endswith(WILDCARD) and path.obj.count(WILDCARD) == 1,
+             "with reduce, output is a prefix for part-00000 ...: end it with '/' "
+             "(swift://~/results/wordcount/)", where)
     return path
 
 
@@ -420,25 +427,24 @@ def _parse_job(doc: dict, own_account: str, maximum: Limits, default_scheduler: 
     records = doc.get("records", "text")
     _require(records in RECORD_FORMS, f"must be one of {', '.join(RECORD_FORMS)}", "records")
     map_stage = _parse_map(doc.get("map"), own_account, inherited)
-    reduce_stage = combine_stage = None
+    top_reduce = _parse_reduce(doc["reduce"], own_account) if "reduce" in doc else None
     named: tuple[NamedOutput, ...] = ()
     if "outputs" in doc:
-        top = _parse_reduce(doc["reduce"], own_account) if "reduce" in doc else None
-        named = _parse_named_outputs(doc["outputs"], own_account, top)
-        doc = {**doc, "output": str(named[0].prefix)}
-    output = _parse_output(doc.get("output"), own_account)
+        named = _parse_named_outputs(doc["outputs"], own_account, top_reduce)
+        output = named[0].prefix
+    elif top_reduce is not None:
+        output = _parse_prefix(doc.get("output"), own_account, "output")
+    else:
+        output = _parse_output(doc.get("output"), own_account)
+    reduce_stage = named[0].reduce if named else top_reduce
+    combine_stage = None
     if "combine" in doc:
-        _require("reduce" in doc or bool(named), "a combiner needs a reduce", "combine")
+        _require(reduce_stage is not None, "a combiner needs a reduce", "combine")
         combine_stage = _parse_stage(doc["combine"], own_account, "combine", _STAGE_KEYS)
-    _require(map_stage.split_size is None or "reduce" in doc or named
+    _require(map_stage.split_size is None or reduce_stage is not None
              or not output.has_wildcard,
              "a split input has several outputs: gather them into one object or reduce "
              "them", "map.split_size")
-    if "reduce" in doc or named:
-        reduce_stage = named[0].reduce if named else _parse_reduce(doc["reduce"], own_account)
-        _require(output.obj.endswith(WILDCARD) and output.obj.count(WILDCARD) == 1,
-                 "with reduce, output is a prefix for part-00000 ...: end it with '/' "
-                 "(swift://~/results/wordcount/)", "output")
     return Manifest(
         name=name,
         map=map_stage,

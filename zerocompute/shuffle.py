@@ -263,17 +263,15 @@ class Partitioner:
             again.close()
 
     def _forget(self, number: int) -> None:
+        """Drop partition ``number``'s buffer and remove its run files."""
         for path in self.runs[number]:
-            os.unlink(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         self.runs[number] = []
         self.buffers[number] = []
 
     def close(self) -> None:
         for number in range(self.partitions):
-            for path in self.runs[number]:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-            self.runs[number] = []
-            self.buffers[number] = []
+            self._forget(number)

@@ -258,14 +258,14 @@ class TaskResult:
             raise BadFrame(f"bad result frame: {err}") from None
 
 
-def read_frames(stream: Any) -> Iterator[tuple[TaskResult, Any]]:
-    """The frames of an object server's answer: each result, and ``stream`` itself
+def read_frames(stream: Any) -> Iterator[tuple[TaskResult, Any, int]]:
+    """The frames of an object server's answer: each result, ``stream`` itself
     positioned at its stdout (the caller reads exactly ``stdout_bytes`` of it
-    before asking for the next frame)."""
+    before asking for the next frame), and the size of the frame's head."""
     while True:
         line = stream.readline(MAX_FRAME_LINE)
         if not line:
             return
         if not line.endswith(b"\n"):
             raise BadFrame("truncated result frame")
-        yield TaskResult.parse(line), stream
+        yield TaskResult.parse(line), stream, len(line)

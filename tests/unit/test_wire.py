@@ -54,7 +54,8 @@ def test_frames_round_trip_with_any_bytes_in_stdout():
         wire.TaskResult(f"m{i}", exit=0, stdout_bytes=len(out), stderr="é\n").frame_head()
         + out for i, out in enumerate(outputs)))
     seen = []
-    for result, body in wire.read_frames(stream):
+    for result, body, head_bytes in wire.read_frames(stream):
+        assert head_bytes == len(result.frame_head())
         seen.append((result.task, body.read(result.stdout_bytes)))
         assert result.stderr == "é\n" and result.completed
     assert seen == [(f"m{i}", out) for i, out in enumerate(outputs)]
