@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
+
+from swift.common.swob import Response
 
 CHUNK = 65536
 
@@ -20,3 +23,10 @@ class FileIter:
 
     def close(self) -> None:
         self.f.close()
+
+
+def json_response(status: int | str, body: dict[str, Any],
+                  headers: dict | None = None) -> Response:
+    """A JSON answer: reports, job states, and errors (``error`` and ``field``)."""
+    return Response(status=status, headers=headers, content_type="application/json",
+                    body=json.dumps(body, indent=1).encode("utf-8") + b"\n")

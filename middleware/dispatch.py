@@ -304,11 +304,11 @@ class JobRun:
     def run(self) -> None:
         for state in self.tasks:
             self._enqueue(state)
-        while self.unfinished:
+        while self.unfinished > 0:
             self._dispatch()
             if self.settings.backups:
                 self._back_up_stragglers(time.monotonic())
-            if not self.unfinished:
+            if self.unfinished <= 0:
                 break
             try:
                 self._wake.get(timeout=self.settings.tick_s)
@@ -318,6 +318,20 @@ class JobRun:
                 pass
         for stream in list(self.streams):
             stream.cancel()  # only losers of races remain
+
+    def abort(self, reason: str) -> None:
+        """Stop the run now (a cancel): every unfinished task ends with ``reason`` and
+        every request in flight is hung up, so the object servers kill their guests.
+        A result already being handed to the job still arrives; no other will."""
+        for state in self.tasks:
+            if not state.done:
+                self._dequeue(state)
+                state.done = True
+                state.error = reason
+        self.unfinished = 0
+        for stream in list(self.streams):
+            stream.cancel()
+        self._wake.put(None)
 
     def _dispatch(self) -> None:
         while len(self.streams) < self.settings.concurrency and self.pending:

@@ -16,7 +16,9 @@ it applies, ``field``; nothing is written for it.  A job still running after
 ``heartbeat_s`` gets its ``200`` at once and a space every ``heartbeat_s``
 until the report follows (as SLO's ``heartbeat``), so that no idle timeout
 of a client or load balancer cuts it; the report's ``status`` then says how
-it ended.
+it ended.  With ``X-Zerocompute-Async: 1`` the job is answered ``202``
+at once and kept in Swift, where any proxy reports on it, cancels it or
+takes it over (:mod:`zerocompute.middleware.durable`).
 
 Place the filter after the auth middleware::
 
@@ -60,6 +62,10 @@ Place the filter after the auth middleware::
     # heartbeat_s = 10
     # A map's sort buffer on its node, beyond which it spills sorted runs to disk.
     # shuffle_buffer_bytes = 67108864
+    # Asynchronous jobs: the running proxy's lease on a job's state (renewed
+    # every third of it), and how often it looks for a cancel.
+    # job_lease_s = 30
+    # job_poll_s = 1
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ from swift.common.wsgi import make_env, make_subrequest
 from swift.proxy.controllers.base import get_container_info
 
 from zerocompute import __version__, wire
+from zerocompute.jobs import JOB_QUERY, new_job_id, valid_job_id
 from zerocompute.manifest import (
     Limits,
     Manifest,
@@ -107,7 +114,7 @@ from zerocompute.manifest import (
     parse_string_list,
     runtime_of,
 )
-from zerocompute.middleware.bodies import FileIter
+from zerocompute.middleware.bodies import FileIter, json_response
 from zerocompute.middleware.dispatch import (
     Dispatcher,
     JobRun,
@@ -116,6 +123,7 @@ from zerocompute.middleware.dispatch import (
     node_key,
     node_label,
 )
+from zerocompute.middleware.durable import AsyncJobs
 from zerocompute.planning import InputObject, MapTask, listing_prefix, match_listing, plan_map_tasks
 from zerocompute.report import (
     REPORT_NAME,
@@ -136,6 +144,9 @@ LISTING_LIMIT = 10000
 SPOOL_MEMORY = 1 << 20
 GATHER_MEMORY = 16 << 20
 WRITE_TRIES = 3
+# Every output a job writes names the job (the run's id), so that a proxy taking
+# an async job over can tell what the job has committed already.
+JOB_ID_META = "X-Object-Meta-Zerocompute-Job"
 _COPY_CHUNK = 65536
 
 
@@ -160,6 +171,8 @@ class JobFilterConfig:
     heartbeat_s: float
     shuffle_buffer_bytes: int = 64 << 20
     max_jobs_per_account: int = 8
+    job_lease_s: float = 30.0
+    job_poll_s: float = 1.0
 
     @classmethod
     def from_conf(cls, conf: dict[str, str]) -> JobFilterConfig:
@@ -191,7 +204,16 @@ class JobFilterConfig:
                 conf.get("shuffle_buffer_bytes", 64 << 20)),
             max_jobs_per_account=config_positive_int_value(
                 conf.get("max_jobs_per_account", 8)),
+            job_lease_s=positive_float(conf.get("job_lease_s", 30), "job_lease_s"),
+            job_poll_s=positive_float(conf.get("job_poll_s", 1), "job_poll_s"),
         )
+
+
+def positive_float(value: Any, name: str) -> float:
+    number = non_negative_float(value)
+    if number <= 0:
+        raise ValueError(f"zerocompute: {name} must be greater than 0")
+    return number
 
 
 def strip_internal_headers(env: dict) -> None:
@@ -203,12 +225,6 @@ def strip_internal_headers(env: dict) -> None:
             del env[key]
 
 
-def json_response(status: int | str, body: dict[str, Any],
-                  headers: dict | None = None) -> Response:
-    return Response(status=status, headers=headers, content_type="application/json",
-                    body=json.dumps(body, indent=1).encode("utf-8") + b"\n")
-
-
 class JobMiddleware:
     def __init__(self, app: Any, config: JobFilterConfig, logger: Any = None,
                  conf: dict[str, str] | None = None):
@@ -218,12 +234,15 @@ class JobMiddleware:
         self.dispatcher = Dispatcher(config.secret, config.conn_timeout, self.logger,
                                      max_busy_wait_s=config.max_busy_wait_s)
         self.running_jobs: collections.Counter[str] = collections.Counter()  # per account
+        self.async_jobs = AsyncJobs(self)
 
     def __call__(self, env: dict, start_response):
         strip_internal_headers(env)
         req = Request(env)
         if req.method == "GET" and req.headers.get(wire.RUN_HEADER):
             return self.run_on_get(req)(env, start_response)
+        if JOB_QUERY in req.params and req.method in ("GET", "HEAD", "DELETE"):
+            return self.job_request(req)(env, start_response)
         if req.method != "POST" or not config_true_value(req.headers.get(wire.EXECUTE_HEADER)):
             return self.app(env, start_response)
         try:
@@ -265,6 +284,29 @@ class JobMiddleware:
         except ManifestError as err:
             return json_response(err.status, err.to_dict())
 
+    def job_request(self, req: Request) -> Response:
+        """``GET``/``HEAD`` (status) or ``DELETE`` (cancel) of an async job."""
+        try:
+            version, account, container = req.split_path(2, 3, True)
+        except ValueError:
+            container = "-"
+        job_id = req.params[JOB_QUERY]
+        if container:
+            return json_response(400, {"error": "a job is addressed as "
+                                                f"/v1/<account>?{JOB_QUERY}=<id>"})
+        unauthenticated = self.unauthenticated(req)
+        if unauthenticated is not None:
+            return unauthenticated
+        if not valid_job_id(job_id):
+            return json_response(404, {"error": f"no job {job_id!r} in {account}",
+                                       "field": "job"})
+        try:
+            if req.method == "DELETE":
+                return self.async_jobs.cancel(req, account, job_id)
+            return self.async_jobs.status(req, account, job_id)
+        except ManifestError as err:
+            return json_response(err.status, err.to_dict())
+
     @staticmethod
     def unauthenticated(req: Request) -> Response | None:
         """The auth middleware's 401 for a caller it does not know.
@@ -283,16 +325,21 @@ class JobMiddleware:
 
     # -- the job ------------------------------------------------------------
     def handle_job(self, req: Request, account: str) -> Response:
-        if config_true_value(req.headers.get(wire.ASYNC_HEADER)):
-            raise ManifestError("asynchronous jobs are not supported by this cluster yet",
-                                wire.ASYNC_HEADER)
-        # One info cache for every sub-request of the job: account and container
-        # info is looked up once per job, not once per input checked or output written.
-        req.environ.setdefault("swift.infocache", {})
         limit = self.config.max_manifest_bytes
         body = req.body_file.read(limit + 1)
         if len(body) > limit:
             raise ManifestError(f"manifest larger than {limit} bytes", status=413)
+        job = self.accept(req, account, body)
+        if config_true_value(req.headers.get(wire.ASYNC_HEADER)):
+            return self.async_jobs.submit(req, account, body, job)
+        return self.respond(job)
+
+    def accept(self, req: Request, account: str, body: bytes) -> MapJob | StepsJob:
+        """Check a manifest and everything it names as the request's user: the job,
+        ready to run, or a :class:`ManifestError` saying what is wrong."""
+        # One info cache for every sub-request of the job: account and container
+        # info is looked up once per job, not once per input checked or output written.
+        req.environ.setdefault("swift.infocache", {})
         manifest = parse_manifest(body, account, self.config.maximum,
                                   self.config.default_scheduler)
         steps = manifest.steps or (manifest,)
@@ -301,13 +348,13 @@ class JobMiddleware:
             self.fetch_executables(req, step, executables,
                                    f"steps[{number}]." if manifest.steps else "")
         if not manifest.steps:
-            return self.respond(self.build_job(req, manifest, executables))
+            return self.build_job(req, manifest, executables)
         try:
             first = self.build_job(req, steps[0], executables)
         except ManifestError as err:
             raise ManifestError(err.error, f"steps[0].{err.field}" if err.field else "steps[0]",
                                 err.status) from None
-        return self.respond(StepsJob(self, req, manifest, first, executables))
+        return StepsJob(self, req, manifest, first, executables)
 
     def account_for(self, account: str, report: JobReport) -> None:
         """An accounting line, and StatsD metrics through Swift's logger, per job."""
@@ -355,7 +402,7 @@ class JobMiddleware:
         combiner = executables[manifest.combine.exec] if manifest.combine else None
         return MapReduceJob(self, req, manifest, executable, tasks, executables, combiner)
 
-    def respond(self, job: MapJob) -> Response:
+    def respond(self, job: MapJob | StepsJob) -> Response:
         """The report; after ``heartbeat_s``, the 200 at once and the report when ready."""
         finished = Event()
         account = job.req.split_path(2, 3, True)[1]
@@ -526,27 +573,90 @@ class MapJob:
         # Bytes through the proxy: task traffic, and the outputs it writes (once each;
         # Swift's proxy then sends each to every replica).
         self.proxy_bytes = 0
+        # Every output this job writes carries its id; a job taken over (``resume``)
+        # does not run again a task whose output carries it already.
+        self.job_id = new_job_id()
+        self.resume = False
+        self.cancelled: str | None = None
+        self.runs: list[JobRun] = []  # the phases running now
 
     def run(self) -> JobReport:
         started = time.perf_counter()
         try:
+            if self.resume:
+                self.skip_committed()
             states = self.task_states()
             self.run_tasks(states)
             error = self.write_gathered()
         except Exception as err:  # noqa: BLE001 - the report says what happened
             self.middleware.logger.exception("zerocompute: job %s failed", self.manifest.name)
             error = f"internal error: {type(err).__name__}: {err}"
-        report = JobReport(self.manifest.name, self.manifest.scheduler, self.reports,
-                           ms=(time.perf_counter() - started) * 1000, error=error,
-                           output=str(self.manifest.output) if self.gathered else None,
-                           proxy_bytes=self.proxy_bytes)
-        self.middleware.write_job_files(self.req, self.manifest.output, report)
+        report = self.job_report(started, self.reports, error,
+                                 output=str(self.manifest.output) if self.gathered else None)
+        if not self.cancelled:
+            self.middleware.write_job_files(self.req, self.manifest.output, report)
         return report
+
+    def job_report(self, started: float, tasks: list[TaskReport], error: str | None,
+                   **extra: Any) -> JobReport:
+        return JobReport(self.manifest.name, self.manifest.scheduler, tasks,
+                         ms=(time.perf_counter() - started) * 1000, error=error,
+                         proxy_bytes=self.proxy_bytes, id=self.job_id,
+                         cancelled=self.cancelled, **extra)
+
+    @property
+    def all_reports(self) -> list[TaskReport]:
+        return self.reports
+
+    def progress(self) -> dict[str, int]:
+        """Tasks done and failed so far (an async job's status shows it)."""
+        reports = self.all_reports
+        return {"tasks": len(reports), "done": sum(1 for r in reports if r.ok),
+                "failed": sum(1 for r in reports if r.error is not None)}
+
+    def cancel(self, reason: str) -> None:
+        """Stop now: no task is sent, running ones are hung up on, nothing more is
+        written (writes already under way finish)."""
+        if self.cancelled is None:
+            self.cancelled = reason
+        for run in list(self.runs):
+            run.abort(reason)
+
+    # -- a job taken over ---------------------------------------------------------
+    def committed(self, target: SwiftPath) -> int | None:
+        """The size of ``target`` if this job has written it already, else None."""
+        resp = self.middleware.subrequest(self.req, "HEAD", target.path)
+        if resp.is_success and resp.headers.get(JOB_ID_META) == self.job_id:
+            return resp.content_length or 0
+        return None
+
+    def skip_committed(self) -> None:
+        """Mark the tasks whose outputs this job committed before it was taken over."""
+        if self.gathered is not None:
+            size = self.committed(self.manifest.output)
+            if size is not None:
+                for report in self.reports:
+                    reuse(report, 0)
+            return
+        targets = [(report, task.output) for report, task in zip(self.reports, self.tasks,
+                                                                 strict=True)]
+        self.skip_written(targets)
+
+    def skip_written(self, targets: list[tuple[TaskReport, SwiftPath | None]]) -> None:
+        pile = eventlet.GreenPile(self.config.concurrency)
+        for report, target in targets:
+            if target is not None:
+                pile.spawn(lambda r, t: (r, self.committed(t)), report, target)
+        for report, size in pile:
+            if size is not None:
+                reuse(report, size)
 
     # -- placing --------------------------------------------------------------
     def task_states(self) -> list[TaskState]:
         states = []
         for index, task in enumerate(self.tasks):
+            if self.reports[index].reused:
+                continue
             item = task.input
             placement = self.placement(item.path)
             if placement is None:
@@ -603,7 +713,10 @@ class MapJob:
                   executables: dict[str, bytes], on_result,
                   reports: list[TaskReport]) -> JobRun | None:
         """Run tasks to their end (each claimed or failed), then wait for their writes."""
-        if not states:
+        if self.cancelled:
+            for state in states:
+                reports[state.index].error = self.cancelled
+        if not states or self.cancelled:
             return None
         dispatcher = self.middleware.dispatcher
         dispatcher.probe(list({node_key(n): n for s in states
@@ -615,7 +728,11 @@ class MapJob:
             backups=self.config.backup_tasks and manifest.backup_tasks,
             backup_factor=self.config.backup_factor, backup_min_s=self.config.backup_min_s)
         run = JobRun(dispatcher, states, template, executables, settings, on_result)
-        run.run()
+        self.runs.append(run)
+        try:
+            run.run()
+        finally:
+            self.runs.remove(run)
         self.writes.waitall()
         self.proxy_bytes += run.bytes
         for state in states:
@@ -668,9 +785,13 @@ class MapJob:
         try:
             status = ""
             for _ in range(WRITE_TRIES):
+                if self.cancelled:
+                    report.error = self.cancelled
+                    return
                 output.seek(0)
                 resp = self.middleware.subrequest(self.req, "PUT", target.path, stream=output,
-                                                  length=length)
+                                                  length=length,
+                                                  headers={JOB_ID_META: self.job_id})
                 status = resp.status
                 if resp.is_success:
                     report.bytes_out = length
@@ -693,13 +814,15 @@ class MapJob:
 
     def write_gathered(self) -> str | None:
         """The one output of a gathering job, in input order, once every task succeeded."""
-        if self.gathered is None or not all(r.ok for r in self.reports):
+        if self.gathered is None or not all(r.ok for r in self.reports) or self.cancelled \
+                or all(r.reused for r in self.reports):
             return None
         target = self.manifest.output
         try:
             resp = self.middleware.subrequest(self.req, "PUT", target.path,
                                               stream=self.gathered.reader(),
-                                              length=self.gathered.size)
+                                              length=self.gathered.size,
+                                              headers={JOB_ID_META: self.job_id})
         finally:
             self.gathered.close()
         if not resp.is_success:
@@ -755,29 +878,45 @@ class MapReduceJob(MapJob):
         started = time.perf_counter()
         error = None
         try:
+            if self.resume:
+                self.skip_committed()
             self.map_reduce()
         except Exception as err:  # noqa: BLE001 - the report says what happened
             self.middleware.logger.exception("zerocompute: job %s failed", self.manifest.name)
             error = f"internal error: {type(err).__name__}: {err}"
         finally:
             self.clean_up_shuffle()
-        report = JobReport(self.manifest.name, self.manifest.scheduler,
-                           self.reports + self.reduce_reports,
-                           ms=(time.perf_counter() - started) * 1000, error=error,
-                           proxy_bytes=self.proxy_bytes)
+        report = self.job_report(started, self.all_reports, error)
         if report.status != SUCCEEDED:
+            # Parts without _SUCCESS are no result: a failed or cancelled job leaves none.
             self.delete_parts()
-        for out in self.outputs:
-            self.middleware.write_job_files(self.req, out.prefix, report)
+        if not self.cancelled:
+            for out in self.outputs:
+                self.middleware.write_job_files(self.req, out.prefix, report)
         return report
 
+    @property
+    def all_reports(self) -> list[TaskReport]:
+        return self.reports + self.reduce_reports
+
+    def skip_committed(self) -> None:
+        """Parts this job committed before it was taken over are not reduced again; when
+        every part is there, no map runs either."""
+        self.skip_written([(report, out.part(local)) for report, (out, local)
+                           in zip(self.reduce_reports, self.slots, strict=True)])
+        if all(r.reused for r in self.reduce_reports):
+            for report in self.reports:
+                reuse(report, 0)
+
     def map_reduce(self) -> None:
+        todo = [n for n in range(self.partitions) if not self.reduce_reports[n].reused]
+        if not todo:
+            return
         map_states = self.task_states()
         map_template = self.template(self.manifest.map, self.etag, shuffle=self.shuffle)
         self.run_maps(map_states, map_template)
-        if not all(r.ok for r in self.reports):
+        if not all(r.ok for r in self.reports) or self.cancelled:
             return
-        todo = list(range(self.partitions))
         for _ in range(3):  # reduces, and maps whose output was lost, run again at most twice
             self.run_reduces(todo)
             lost = {task for n in todo for task in self.lost.get(n, ())}
@@ -793,7 +932,7 @@ class MapReduceJob(MapJob):
                                      live={}, first_sent=None, running_since=None,
                                      backed_up=False, done=False, node=None, error=None))
             self.run_maps(again, map_template)
-            if not all(r.ok for r in self.reports):
+            if not all(r.ok for r in self.reports) or self.cancelled:
                 return
             todo = [n for n in todo if n in self.lost]
             for n in todo:
@@ -1022,6 +1161,19 @@ class StepsJob:
         self.manifest = manifest
         self.first = first
         self.executables = executables
+        self.job_id = new_job_id()
+        self.resume = False
+        self.cancelled: str | None = None
+        self.current: MapJob = first
+        self.number = 0
+
+    def progress(self) -> dict[str, int]:
+        return {"step": self.number, "steps": len(self.manifest.steps),
+                **self.current.progress()}
+
+    def cancel(self, reason: str) -> None:
+        self.cancelled = self.cancelled or reason
+        self.current.cancel(reason)
 
     def run(self) -> JobReport:
         started = time.perf_counter()
@@ -1035,6 +1187,11 @@ class StepsJob:
                 error = f"step {number} could not start: {err.error}" + (
                     f" ({err.field})" if err.field else "")
                 break
+            # Each step's outputs carry an id of their own, derived from the chain's.
+            job.job_id, job.resume = f"{self.job_id}-{number}", self.resume
+            self.current, self.number = job, number
+            if self.cancelled:
+                job.cancel(self.cancelled)
             report = job.run()
             reports.append(report)
             if report.status != SUCCEEDED:
@@ -1044,12 +1201,21 @@ class StepsJob:
             for task in report.tasks:
                 task.step = number
                 tasks.append(task)
-        if error is None and len(reports) < len(self.manifest.steps):
+        if error is None and len(reports) < len(self.manifest.steps) and not self.cancelled:
             error = f"step {len(reports) - 1} failed; the steps after it did not run"
         return JobReport(self.manifest.name, self.manifest.scheduler, tasks,
                          ms=(time.perf_counter() - started) * 1000, error=error,
                          steps=[r.to_dict(with_tasks=False) for r in reports],
-                         proxy_bytes=sum(r.proxy_bytes for r in reports))
+                         proxy_bytes=sum(r.proxy_bytes for r in reports), id=self.job_id,
+                         cancelled=self.cancelled)
+
+
+def reuse(report: TaskReport, size: int) -> None:
+    """A task not run again: its output was committed before a takeover."""
+    report.reused = True
+    report.exit = 0
+    report.error = None
+    report.bytes_out = size
 
 
 def read_output(stream: Any, length: int) -> Any:
@@ -1141,6 +1307,8 @@ def filter_factory(global_conf: dict, **local_conf: str):
         max_group=config.max_group,
         heartbeat_s=config.heartbeat_s,
         stages=["map", "reduce"],
+        async_jobs=True,
+        job_lease_s=config.job_lease_s,
     )
 
     def job_filter(app):

@@ -8,6 +8,7 @@ from typing import Any
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+CANCELLED = "cancelled"
 
 REPORT_NAME = "_report.json"
 SUCCESS_NAME = "_SUCCESS"
@@ -42,6 +43,8 @@ class TaskReport:
     retries: list[Attempt] = field(default_factory=list)
     split: list[int] | None = None  # [start, end): the byte range of a split input
     step: int | None = None  # in a chain of steps, which one
+    # Its output had been committed by this job before a takeover: not run again.
+    reused: bool = False
 
     @property
     def ok(self) -> bool:
@@ -58,9 +61,14 @@ class JobReport:
     output: str | None = None  # the one object every task's output was gathered into
     steps: list[dict[str, Any]] | None = None  # a chain's steps, each's own report
     proxy_bytes: int = 0  # task traffic and outputs that passed through the proxy
+    id: str = ""  # unique per run of a job (the name need not be)
+    cancelled: str | None = None  # why the job was stopped before its end
+    takeovers: list[dict[str, Any]] | None = None  # an async job's changes of proxy
 
     @property
     def status(self) -> str:
+        if self.cancelled is not None:
+            return CANCELLED
         ok = self.error is None and self.tasks and all(t.ok for t in self.tasks)
         return SUCCEEDED if ok else FAILED
 
@@ -84,6 +92,7 @@ class JobReport:
         failed = sum(1 for t in self.tasks if not t.ok)
         body = {
             "job": self.job,
+            "id": self.id,
             "status": self.status,
             "scheduler": self.scheduler,
             "ms": round(self.ms, 3),
@@ -95,6 +104,10 @@ class JobReport:
                       "through_proxy": self.proxy_bytes},
             "usage": self.usage(),
         }
+        if self.cancelled is not None:
+            body["cancelled"] = self.cancelled
+        if self.takeovers:
+            body["takeovers"] = self.takeovers
         if self.steps is not None:
             body["steps"] = self.steps
         if with_tasks:

@@ -291,3 +291,30 @@ def test_a_node_slow_on_this_job_gets_fewer_tasks(slow_ms):
     on_slow = sum(1 for r in results if r[1] == 1)
     assert job.speeds.relative_speed(node_key(node(1))) > 1.5
     assert on_slow < 60, f"{on_slow} of 200 tasks on the node ten times slower"
+
+
+def test_abort_ends_every_unfinished_task_and_hangs_up_at_once():
+    # Slow nodes and many tasks: some results arrive, then the job is cancelled.
+    d = FakeDispatcher({1: {"delay": 0.05}, 2: {"delay": 0.05}})
+    tasks = states(60, [1, 2])
+    results = []
+    job = JobRun(d, tasks, TEMPLATE, {}, RunSettings(policy="load-aware", tick_s=0.02),
+                 lambda state, node, result, stream: results.append(
+                     (state.task_id, stream.read(result.stdout_bytes))))
+    eventlet.spawn_after(0.3, job.abort, "cancelled by request")
+    with eventlet.Timeout(2):
+        job.run()
+        while job.streams:  # hung up: each request ends at its next read
+            eventlet.sleep(0.01)
+    handed_on = {task_id for task_id, _ in results}
+    assert 0 < len(handed_on) < 60
+    for state in tasks:
+        assert state.done
+        if state.task_id in handed_on:
+            assert state.error is None
+        else:
+            assert state.error == "cancelled by request"
+    # Nothing was handed on after the abort, and nothing is counted in flight.
+    eventlet.sleep(0.2)
+    assert {task_id for task_id, _ in results} == handed_on
+    assert not any(d.in_flight.values())

@@ -16,6 +16,7 @@ from swift.common.swob import Request, Response
 
 from tests.unit.test_dispatch import FakeDispatcher
 from zerocompute import wire
+from zerocompute.jobs import JobState
 from zerocompute.manifest import Limits
 from zerocompute.middleware import job
 from zerocompute.middleware.job import JobFilterConfig, JobMiddleware
@@ -30,12 +31,17 @@ class FakeSwift:
         self.objects: dict[str, bytes] = {}
         self.containers = {"/v1/AUTH_a/apps", "/v1/AUTH_a/in"}
         self.calls: list[tuple[str, str]] = []
+        self.meta: dict[str, dict[str, str]] = {}  # object path -> X-Object-Meta-* headers
         self.errors: dict[tuple[str, str], list] = {}  # (method, path) -> statuses/exceptions
 
     def __call__(self, env, start_response):
         req = Request(env)
         method, path = req.method, req.path
         self.calls.append((method, path))
+        authorize = env.get("swift.authorize")
+        denial = authorize(req) if authorize else None  # as the proxy server does
+        if denial is not None:
+            return denial(env, start_response)
         planned = self.errors.get((method, path))
         if planned:
             outcome = planned.pop(0)
@@ -53,6 +59,8 @@ class FakeSwift:
             return Response(status=404)(env, start_response)
         if method == "PUT":
             self.objects[path] = req.body
+            self.meta[path] = {k: v for k, v in req.headers.items()
+                               if k.lower().startswith("x-object-meta-")}
             return Response(status=201)(env, start_response)
         if method == "DELETE":
             found = self.objects.pop(path, None)
@@ -60,7 +68,7 @@ class FakeSwift:
         if path not in self.objects:
             return Response(status=404)(env, start_response)
         body = self.objects[path]
-        resp = Response(status=200, body=body)
+        resp = Response(status=200, body=body, headers=self.meta.get(path, {}))
         return resp(env, start_response)
 
     def container(self, req, container):
@@ -298,3 +306,147 @@ def test_too_many_jobs_of_one_account_at_once_is_429(swift_dir, cluster):
     assert resp.headers["Retry-After"]
     assert first.wait()[1]["status"] == "succeeded"
     assert post(cluster, manifest(output="swift://~/other/*"))[1]["status"] == "succeeded"
+
+
+# -- asynchronous jobs ---------------------------------------------------------------
+def job_call(mw, location, method="GET", remote_user="a,a:u,AUTH_a"):
+    req = Request.blank(location, method=method, environ={"REMOTE_USER": remote_user})
+    with eventlet.Timeout(10):
+        resp = req.get_response(mw)
+    return resp, json.loads(resp.body) if resp.body else {}
+
+
+def submit(mw, body, remote_user="a,a:u,AUTH_a"):
+    req = Request.blank("/v1/AUTH_a", method="POST", body=body,
+                        environ={"REMOTE_USER": remote_user},
+                        headers={wire.EXECUTE_HEADER: "1", wire.ASYNC_HEADER: "1"})
+    with eventlet.Timeout(10):
+        resp = req.get_response(mw)
+    return resp, json.loads(resp.body)
+
+
+def second_proxy(cluster, swift_dir, **changes):
+    """Another proxy filter over the same Swift (as behind a load balancer)."""
+    other = JobMiddleware(cluster.app, config(swift_dir, **changes))
+    other.dispatcher = FakeDispatcher({1: {}, 2: {}, 3: {}})
+    return other
+
+
+def wait_final(mw, location):
+    for _ in range(200):
+        resp, state = job_call(mw, location)
+        if state["status"] != "running":
+            return state
+        eventlet.sleep(0.02)
+    raise AssertionError(state)
+
+
+def stored_state(swift):
+    (path,) = [p for p in swift.objects if "%00zerocompute-jobs" in p
+               and not p.endswith(".cancel")]
+    return path, json.loads(swift.objects[path])
+
+
+def test_async_job_is_accepted_then_any_proxy_reads_its_state(swift_dir, cluster):
+    resp, accepted = submit(cluster, manifest())
+    assert resp.status_int == 202 and accepted["status"] == "running"
+    assert resp.headers["Location"].endswith(accepted["location"])
+    other = second_proxy(cluster, swift_dir)
+    state = wait_final(other, accepted["location"])
+    assert state["status"] == "succeeded" and state["progress"]["done"] == 8
+    assert state["report"]["id"] == accepted["job"]
+    # The state lives in the account's reserved namespace; every output names its job.
+    path, stored = stored_state(cluster.app)
+    assert path == f"/v1/AUTH_a/%00zerocompute-jobs/%00{accepted['job']}"  # quoted \x00
+    assert stored["status"] == "succeeded"
+    for output in (p for p in cluster.app.objects if p.endswith(".o")):
+        assert cluster.app.meta[output] == {"X-Object-Meta-Zerocompute-Job": accepted["job"]}
+
+
+def test_a_bad_async_manifest_gets_its_error_at_once_and_no_state(cluster):
+    resp, error = submit(cluster, manifest(map={"exec": "swift://~/apps/g.wasm"}))
+    assert resp.status_int == 400 and error["field"] == "map.inputs"
+    assert not any("zerocompute-jobs" in p for p in cluster.app.objects)
+
+
+def test_another_users_status_read_looks_like_no_job(cluster):
+    def deny(req):
+        return Response(status=403)
+    resp, accepted = submit(cluster, manifest())
+    req = Request.blank(accepted["location"],
+                        environ={"REMOTE_USER": "a,a:other,AUTH_a", "swift.authorize": deny})
+    resp = req.get_response(cluster)
+    assert resp.status_int == 404 and "no job" in json.loads(resp.body)["error"]
+    assert job_call(cluster, "/v1/AUTH_a?zerocompute_job=" + "f" * 32)[0].status_int == 404
+    assert job_call(cluster, "/v1/AUTH_a/c?zerocompute_job=x")[0].status_int == 400
+
+
+def test_cancel_stops_the_job_and_nothing_is_written_after(swift_dir, cluster):
+    cluster.dispatcher.behaviour = {p: {"delay": 0.1} for p in (1, 2, 3)}
+    resp, accepted = submit(cluster, manifest())
+    eventlet.sleep(0.15)
+    resp, body = job_call(cluster, accepted["location"], "DELETE")
+    assert resp.status_int == 202 and body["cancel_requested"]
+    state = wait_final(cluster, accepted["location"])
+    assert state["status"] == "cancelled"
+    report = state["report"]
+    written = {p for p in cluster.app.objects if p.startswith("/v1/AUTH_a/out/")}
+    done = {t["output"].replace("swift://", "/v1/") for t in report["tasks"] if t["exit"] == 0}
+    assert written == done and len(done) < 8  # and no _report.json, no _SUCCESS
+    eventlet.sleep(0.5)
+    assert {p for p in cluster.app.objects if p.startswith("/v1/AUTH_a/out/")} == written
+
+
+def test_takeover_after_the_lease_lapsed_runs_only_what_was_not_committed(swift_dir,
+                                                                          cluster):
+    # The first proxy "dies" mid-job: its job never ends, its lease is not renewed.
+    cluster.dispatcher.behaviour = {p: {"delay": 30} for p in (1, 2, 3)}
+    resp, accepted = submit(cluster, manifest())
+    job_id = accepted["job"]
+    path, stored = stored_state(cluster.app)
+    stored["lease_until"] = 0.0
+    cluster.app.objects[path] = json.dumps(stored).encode()
+    # Two outputs it had committed, and one of the same name written by someone else.
+    for i in (0, 1):
+        cluster.app.objects[f"/v1/AUTH_a/out/part-{i}.o"] = b"committed"
+        cluster.app.meta[f"/v1/AUTH_a/out/part-{i}.o"] = {
+            "X-Object-Meta-Zerocompute-Job": job_id}
+    cluster.app.objects["/v1/AUTH_a/out/part-2.o"] = b"someone else's"
+    cluster.async_jobs.runs[job_id].job.cancel("the proxy died")  # silence the old run
+    cluster.async_jobs.runs[job_id].fenced = True
+
+    other = second_proxy(cluster, swift_dir)
+    state = wait_final(other, accepted["location"])
+    assert state["status"] == "succeeded", state
+    (takeover,) = state["takeovers"]
+    assert takeover["previous"] == cluster.async_jobs.instance
+    assert takeover["by"] == other.async_jobs.instance
+    report = state["report"]
+    assert report["takeovers"] == state["takeovers"]
+    reused = sorted(t["task"] for t in report["tasks"] if t["reused"])
+    assert reused == ["m00000", "m00001"]
+    puts = [p for p in cluster.app.puts() if p.endswith(".o")]
+    assert sorted(puts) == [f"/v1/AUTH_a/out/part-{i}.o" for i in range(2, 8)]
+    assert cluster.app.objects["/v1/AUTH_a/out/part-0.o"] == b"committed"
+    assert cluster.app.objects["/v1/AUTH_a/out/part-2.o"].startswith(b"out-")
+
+
+def test_a_job_taken_over_acts_only_within_its_grant(swift_dir, cluster):
+    # A takeover has no user: its requests are authorized by the job's grant (the
+    # containers its manifest names, checked as the user at submission) and nothing else.
+    resp, accepted = submit(cluster, manifest())
+    job_id = accepted["job"]
+    run = cluster.async_jobs.runs[job_id]
+    run.fenced = True
+    run.job.cancel("the proxy died")
+    path, stored = stored_state(cluster.app)
+    other = second_proxy(cluster, swift_dir)
+    env = other.async_jobs.grant_environ({}, JobState.from_json(json.dumps(stored)))
+    authorize = env["swift.authorize"]
+    assert authorize(Request.blank("/v1/AUTH_a/in/part-1")) is None
+    assert authorize(Request.blank("/v1/AUTH_a/out/x", method="PUT")) is None
+    assert authorize(Request.blank("/v1/AUTH_a/in/part-1", method="PUT")).status_int == 403
+    assert authorize(Request.blank("/v1/AUTH_a/secret/x")).status_int == 403
+    assert authorize(Request.blank("/v1/AUTH_b/in/x")).status_int == 403
+    assert authorize(Request.blank("/v1/AUTH_a")).status_int == 403
+    assert "REMOTE_USER" not in env

@@ -96,9 +96,11 @@ class DevCluster:
 
     def __init__(self, directory: str = DEFAULT_DIR, object_servers: int = OBJECT_SERVERS,
                  task_slots: int = 2, slots: dict[str, int] | None = None,
-                 proxy_options: dict[str, str] | None = None):
+                 proxy_options: dict[str, str] | None = None, proxies: int = 1):
         """``slots`` overrides ``task_slots`` per object server (``{"object1": 1}``);
-        ``proxy_options`` are added to the proxy's ``[filter:zerocompute]``."""
+        ``proxy_options`` are added to the proxies' ``[filter:zerocompute]``;
+        ``proxies`` > 1 runs more proxy processes (``proxy2``, ...), as behind a load
+        balancer: same rings, same secret, same tempauth keys."""
         self.directory = os.path.abspath(directory)
         self.etc = os.path.join(self.directory, "etc")
         self.logs = os.path.join(self.directory, "log")
@@ -107,6 +109,7 @@ class DevCluster:
         self.task_slots = task_slots
         self.slots = slots or {}
         self.proxy_options = proxy_options or {}
+        self.proxy_count = proxies
         self.state: dict[str, Any] = {}
         if os.path.exists(self.state_file):
             with open(self.state_file) as f:
@@ -123,30 +126,34 @@ class DevCluster:
 
     @property
     def proxy_url(self) -> str:
-        return f"http://{HOST}:{self.state['servers']['proxy'][1]}"
+        return self.url_of("proxy")
+
+    def url_of(self, proxy: str) -> str:
+        return f"http://{HOST}:{self.state['servers'][proxy][1]}"
 
     @property
     def auth_url(self) -> str:
         return f"{self.proxy_url}/auth/v1.0"
 
-    def storage_url(self, account: str = "test") -> str:
-        return f"{self.proxy_url}/v1/AUTH_{account}"
+    def storage_url(self, account: str = "test", proxy: str = "proxy") -> str:
+        return f"{self.url_of(proxy)}/v1/AUTH_{account}"
 
     @property
     def secret(self) -> str:
         return self.state["secret"]
 
-    def credentials(self, user: str = "test:tester") -> tuple[str, str, str]:
-        """``(auth_url, user, key)`` for one of the tempauth users."""
+    def credentials(self, user: str = "test:tester",
+                    proxy: str = "proxy") -> tuple[str, str, str]:
+        """``(auth_url, user, key)`` for one of the tempauth users, through ``proxy``."""
         for account, name, key, _groups in USERS:
             if f"{account}:{name}" == user:
-                return self.auth_url, user, key
+                return f"{self.url_of(proxy)}/auth/v1.0", user, key
         raise KeyError(user)
 
-    def connection(self, user: str = "test:tester", **kwargs: Any):
-        """A python-swiftclient Connection as ``user``."""
+    def connection(self, user: str = "test:tester", proxy: str = "proxy", **kwargs: Any):
+        """A python-swiftclient Connection as ``user``, through ``proxy``."""
         from swiftclient.client import Connection
-        auth_url, name, key = self.credentials(user)
+        auth_url, name, key = self.credentials(user, proxy)
         kwargs.setdefault("retries", 0)
         return Connection(auth_url, name, key, **kwargs)
 
@@ -186,6 +193,9 @@ class DevCluster:
                 "hash_suffix": secrets.token_hex(8),
                 "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode("ascii"),
             }
+        for number in range(2, self.proxy_count + 1):
+            if f"proxy{number}" not in self.state["servers"]:
+                self.state["servers"][f"proxy{number}"] = ("proxy", _free_ports(1)[0])
         self._write_swift_conf()
         for server in self.servers:
             os.makedirs(os.path.join(self.device_path(server), self._device(server)),

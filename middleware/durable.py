@@ -1,0 +1,331 @@
+"""Asynchronous jobs: accepted at once, kept in Swift, finished by any proxy.
+
+``POST /v1/<account>`` with ``X-Zerocompute-Execute: 1`` and
+``X-Zerocompute-Async: 1`` is checked exactly as a synchronous job (a bad
+manifest still gets its 4xx at once), then answered ``202 Accepted`` with the
+job's id and a ``Location``: ``/v1/<account>?zerocompute_job=<id>``.
+
+* ``GET`` (or ``HEAD``) of that location, through any proxy, answers the
+  job's state: status, progress, owner, takeovers, and the report once done.
+* ``DELETE`` of it cancels the job: the proxy running it stops dispatching,
+  hangs up on every running task (the object servers kill the guests),
+  writes nothing more, and records the status ``cancelled``.
+
+The state is one object per job in a reserved-namespace container of the
+account (:mod:`zerocompute.jobs`), written by the proxy itself: the user can
+reach it only through this API.  The proxy running a job renews its lease
+every ``job_lease_s / 3`` and looks for a cancel every ``job_poll_s``.  When
+a status read finds a lease lapsed (the proxy died or was restarted), the
+proxy answering it takes the job over: it rebuilds the job from the stored
+manifest, acting only within the job's :class:`~zerocompute.jobs.Grant`,
+skips every task whose output this job had already committed (outputs carry
+``X-Object-Meta-Zerocompute-Job``), and runs the rest.
+
+A synchronous job lives and dies with its request; only asynchronous jobs
+are durable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import eventlet
+from swift.common.request_helpers import get_reserved_name
+from swift.common.swob import HTTPForbidden, Request, Response
+from swift.common.wsgi import make_env, make_pre_authed_request
+
+from zerocompute import wire
+from zerocompute.jobs import (
+    CANCEL_SUFFIX,
+    JOBS_CONTAINER,
+    Grant,
+    JobState,
+    identity_digest,
+    job_grant,
+    status_location,
+)
+from zerocompute.manifest import ManifestError, parse_manifest
+from zerocompute.middleware.bodies import json_response
+from zerocompute.report import JobReport
+
+if TYPE_CHECKING:
+    from zerocompute.middleware.job import JobMiddleware
+
+SWIFT_SOURCE = "ZC"
+# After claiming a job, how long to wait before reading the claim back: two proxies
+# that claimed at once both read the same winner (the newer timestamp).
+CLAIM_SETTLE_S = 0.5
+SAVE_TRIES = 3
+
+
+def proxy_instance() -> str:
+    """This proxy process, as named in job states (host, pid and a random tag)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def caller_identity(env: dict) -> str:
+    """Who the auth middleware says the caller is (Keystone's user id, or tempauth's
+    groups, which name the user)."""
+    return env.get("HTTP_X_USER_ID") or env.get("REMOTE_USER") or ""
+
+
+class GrantAuthorizer:
+    """``swift.authorize`` for a job taken over: allows what its grant allows."""
+
+    def __init__(self, grant: Grant):
+        self.grant = grant
+
+    def __call__(self, req: Request) -> Response | None:
+        try:
+            _version, account, container, _obj = req.split_path(2, 4, True)
+        except ValueError:
+            return HTTPForbidden(request=req)
+        if self.grant.allows(req.method, account, container):
+            return None
+        return HTTPForbidden(request=req)
+
+
+class JobStore:
+    """An account's async job states, read and written by the proxy on its own
+    authority, in the account's reserved container."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    def _request(self, env: dict, method: str, account: str, name: str = "",
+                 body: bytes | None = None) -> Response:
+        path = f"/v1/{account}/{get_reserved_name(JOBS_CONTAINER)}"
+        if name:
+            path += "/" + get_reserved_name(name)
+        headers = {"X-Backend-Allow-Reserved-Names": "true",
+                   "Content-Type": "application/json"}
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
+        sub = make_pre_authed_request(env, method, quote(path) + "?", body=body,
+                                      swift_source=SWIFT_SOURCE, headers=headers)
+        return sub.get_response(self.app)
+
+    def create(self, env: dict, state: JobState) -> None:
+        resp = self._request(env, "PUT", state.account)
+        if not resp.is_success:
+            raise ManifestError(f"cannot keep the job's state: {resp.status}", status=503)
+        if not self.save(env, state):
+            raise ManifestError("cannot keep the job's state", status=503)
+
+    def save(self, env: dict, state: JobState) -> bool:
+        for _ in range(SAVE_TRIES):
+            if self._request(env, "PUT", state.account, state.id, state.to_json()).is_success:
+                return True
+        return False
+
+    def load(self, env: dict, account: str, job_id: str) -> JobState | None:
+        resp = self._request(env, "GET", account, job_id)
+        if resp.status_int == 404:
+            return None
+        if not resp.is_success:
+            raise ManifestError(f"cannot read the job's state: {resp.status}", status=503)
+        return JobState.from_json(resp.body)
+
+    def request_cancel(self, env: dict, account: str, job_id: str) -> bool:
+        return self._request(env, "PUT", account, job_id + CANCEL_SUFFIX, b"").is_success
+
+    def cancel_requested(self, env: dict, account: str, job_id: str) -> bool:
+        return self._request(env, "HEAD", account, job_id + CANCEL_SUFFIX).is_success
+
+
+class AsyncRun:
+    """One async job running on this proxy: the job, its lease and its cancel watch."""
+
+    def __init__(self, jobs: AsyncJobs, job: Any, state: JobState, env: dict):
+        self.jobs = jobs
+        self.job = job
+        self.state = state
+        self.env = env  # for the state's own requests (pre-authed)
+        self.fenced = False  # another proxy took the job over: this one stops, silently
+
+    def start(self) -> None:
+        eventlet.spawn_n(self.run)
+
+    def run(self) -> None:
+        middleware = self.jobs.middleware
+        account = self.state.account
+        middleware.running_jobs[account] += 1
+        keeper = eventlet.spawn(self.keep)
+        try:
+            report = self.job.run()
+        finally:
+            keeper.kill()
+            middleware.running_jobs[account] -= 1
+            self.jobs.runs.pop(self.state.id, None)
+        if self.fenced:
+            return
+        report.takeovers = [vars(t).copy() for t in self.state.takeovers] or None
+        middleware.account_for(account, report)
+        self.state.status = report.status
+        self.state.report = report.to_dict()
+        self.state.progress = self.job.progress()
+        self.state.updated = time.time()
+        if not self.jobs.store.save(self.env, self.state):
+            middleware.logger.error("zerocompute: could not save the end of job %s",
+                                    self.state.id)
+
+    def keep(self) -> None:
+        """Look for a cancel every ``job_poll_s``; renew the lease every third of it."""
+        config = self.jobs.config
+        renew_every = config.job_lease_s / 3
+        renewed = time.monotonic()
+        store = self.jobs.store
+        while True:
+            eventlet.sleep(config.job_poll_s)
+            try:
+                if store.cancel_requested(self.env, self.state.account, self.state.id):
+                    self.job.cancel("cancelled by request")
+                    return
+                if time.monotonic() - renewed >= renew_every:
+                    self.renew()
+                    renewed = time.monotonic()
+                    if self.fenced:
+                        return
+            except Exception:  # noqa: BLE001 - keep the lease; say why it skipped one
+                self.jobs.middleware.logger.exception("zerocompute: lease of job %s",
+                                                      self.state.id)
+
+    def renew(self) -> None:
+        current = self.jobs.store.load(self.env, self.state.account, self.state.id)
+        if current is not None and current.owner != self.state.owner:
+            self.fenced = True
+            self.job.cancel(f"taken over by {current.owner}")
+            return
+        self.state.progress = self.job.progress()
+        self.state.renew(time.time(), self.jobs.config.job_lease_s)
+        self.jobs.store.save(self.env, self.state)
+
+    def cancel(self) -> None:
+        self.job.cancel("cancelled by request")
+
+
+class AsyncJobs:
+    """The async job API of one proxy filter."""
+
+    def __init__(self, middleware: JobMiddleware):
+        self.middleware = middleware
+        self.config = middleware.config
+        self.store = JobStore(middleware.app)
+        self.instance = proxy_instance()
+        self.runs: dict[str, AsyncRun] = {}  # the jobs this proxy runs, by id
+
+    def submit(self, req: Request, account: str, body: bytes, job: Any) -> Response:
+        """Keep the accepted job's state, start it, and answer 202 with its location."""
+        now = time.time()
+        state = JobState(
+            id=job.job_id, account=account, name=job.manifest.name,
+            manifest=body.decode("utf-8"),
+            submitter=identity_digest(self.config.secret, caller_identity(req.environ)),
+            owner=self.instance, lease_until=now + self.config.job_lease_s,
+            submitted=now, updated=now, progress=job.progress())
+        self.store.create(req.environ, state)
+        self.start(job, state, req.environ)
+        location = status_location(account, state.id)
+        return json_response(
+            "202 Accepted", {"job": state.id, "name": state.name, "status": state.status,
+                             "location": location},
+            headers={"Location": location, wire.JOB_STATUS_HEADER: state.status})
+
+    def start(self, job: Any, state: JobState, env: dict) -> None:
+        run = AsyncRun(self, job, state, env)
+        self.runs[state.id] = run
+        run.start()
+
+    # -- status and cancel -------------------------------------------------------
+    def may_see(self, req: Request, account: str, state: JobState) -> bool:
+        """The submitter, or whoever may read the account itself (its owner)."""
+        identity = caller_identity(req.environ)
+        if identity and identity_digest(self.config.secret, identity) == state.submitter:
+            return True
+        authorize = req.environ.get("swift.authorize")
+        if authorize is None:
+            return True  # no auth middleware in the pipeline
+        return authorize(Request(make_env(req.environ, "HEAD", f"/v1/{account}"))) is None
+
+    def find(self, req: Request, account: str, job_id: str) -> JobState:
+        state = self.store.load(req.environ, account, job_id)
+        if state is None or not self.may_see(req, account, state):
+            # The same answer for another's job: an id reveals nothing.
+            raise ManifestError(f"no job {job_id} in {account}", "job", status=404)
+        return state
+
+    def status(self, req: Request, account: str, job_id: str) -> Response:
+        state = self.find(req, account, job_id)
+        cancel = not state.final and self.store.cancel_requested(req.environ, account, job_id)
+        if state.lease_lapsed(time.time()) and job_id not in self.runs:
+            state = self.take_over(req, state, cancel)
+        return json_response(200, state.public(cancel),
+                                             headers={wire.JOB_STATUS_HEADER: state.status})
+
+    def cancel(self, req: Request, account: str, job_id: str) -> Response:
+        state = self.find(req, account, job_id)
+        if not state.final:
+            if not self.store.request_cancel(req.environ, account, job_id):
+                raise ManifestError("cannot record the cancel; try again", status=503)
+            run = self.runs.get(job_id)
+            if run is not None:
+                run.cancel()
+            elif state.lease_lapsed(time.time()):
+                state = self.take_over(req, state, cancel=True)
+        return json_response(
+            "202 Accepted" if not state.final else 200, state.public(not state.final),
+            headers={wire.JOB_STATUS_HEADER: state.status})
+
+    # -- takeover -------------------------------------------------------------------
+    def take_over(self, req: Request, state: JobState, cancel: bool) -> JobState:
+        """Claim a job whose lease lapsed, and finish it here (or end it, if cancelled)."""
+        env = req.environ
+        state.take_over(self.instance, time.time(), self.config.job_lease_s)
+        if not self.store.save(env, state):
+            return state
+        eventlet.sleep(CLAIM_SETTLE_S)
+        claimed = self.store.load(env, state.account, state.id)
+        if claimed is None or claimed.owner != self.instance or state.id in self.runs:
+            return claimed or state
+        self.middleware.logger.warning("zerocompute: taking over job %s of %s from %s",
+                                       state.id, state.account, state.takeovers[-1].previous)
+        if cancel:
+            self.end(env, state, JobReport(state.name, "", [], id=state.id,
+                                           cancelled="cancelled by request"))
+            return state
+        job_env = self.grant_environ(env, state)
+        try:
+            job = self.middleware.accept(Request(job_env), state.account,
+                                         state.manifest.encode("utf-8"))
+        except ManifestError as err:
+            self.end(env, state, JobReport(state.name, "", [], id=state.id,
+                                           error=f"could not take the job over: {err.error}"))
+            return state
+        job.job_id = state.id
+        job.resume = True
+        self.start(job, state, env)
+        return state
+
+    def end(self, env: dict, state: JobState, report: JobReport) -> None:
+        report.takeovers = [vars(t).copy() for t in state.takeovers] or None
+        state.status = report.status
+        state.report = report.to_dict()
+        state.updated = time.time()
+        self.store.save(env, state)
+
+    def grant_environ(self, env: dict, state: JobState) -> dict:
+        """A request environment that acts as the job: its grant, and nobody's identity."""
+        manifest = parse_manifest(state.manifest.encode("utf-8"), state.account,
+                                  self.config.maximum, self.config.default_scheduler)
+        job_env = make_env(env, "POST", f"/v1/{state.account}", swift_source=SWIFT_SOURCE)
+        for key in ("REMOTE_USER", "HTTP_X_USER_ID", "HTTP_X_PROJECT_ID",
+                    "swift.authorize_override"):
+            job_env.pop(key, None)
+        job_env["swift.authorize"] = GrantAuthorizer(job_grant(manifest))
+        job_env["swift.infocache"] = {}
+        return job_env

@@ -1,0 +1,224 @@
+"""Asynchronous jobs on a cluster of two proxies: status anywhere, cancel, takeover.
+
+The cluster runs two proxy processes over the same rings (as behind a load
+balancer), with a short lease (3 s) and cancel poll (0.5 s) so that the tests
+take seconds.
+"""
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.functional.helpers import listing
+from zerocompute import wire
+from zerocompute.dev.devcluster import DevCluster
+from zerocompute.guests import build_c_guest
+
+SLEEPY = os.path.join(os.path.dirname(__file__), "..", "guests", "sleepy.c")
+LEASE_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def durable(tmp_path_factory):
+    dev = DevCluster(str(tmp_path_factory.mktemp("durable")), proxies=2,
+                     proxy_options={"job_lease_s": str(LEASE_S), "job_poll_s": "0.5"}).start()
+    yield dev
+    dev.stop()
+
+
+@pytest.fixture(scope="module")
+def staged(durable):
+    swift = durable.connection()
+    swift.put_container("apps")
+    with open(build_c_guest(SLEEPY), "rb") as f:
+        swift.put_object("apps", "sleepy.wasm", f.read())
+    swift.put_container("in")
+    for i in range(40):
+        swift.put_object("in", f"p{i:02d}", f"input {i}\n".encode() * (i + 1))
+    return swift
+
+
+def manifest(output: str, ms: int, inputs: str = "swift://~/in/*") -> bytes:
+    return json.dumps({"name": "sleepy", "map": {
+        "exec": "swift://~/apps/sleepy.wasm", "args": [str(ms)], "inputs": [inputs]},
+        "output": output, "backup_tasks": False}).encode()
+
+
+def call(url: str, token: str, method: str = "GET", body: bytes | None = None,
+         headers: dict | None = None) -> tuple[int, dict, dict]:
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"X-Auth-Token": token, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read() or b"{}")
+
+
+def submit(cluster, body: bytes, proxy: str = "proxy", user: str = "test:tester"):
+    _url, token = cluster.connection(user, proxy).get_auth()
+    return call(cluster.storage_url("test", proxy), token, "POST", body,
+                {"X-Zerocompute-Execute": "1", "X-Zerocompute-Async": "1"})
+
+
+def status(cluster, location: str, proxy: str = "proxy2", user: str = "test:tester",
+           method: str = "GET"):
+    _url, token = cluster.connection(user, proxy).get_auth()
+    return call(cluster.url_of(proxy) + location, token, method)
+
+
+def wait_for(cluster, location: str, until, timeout: float = 120, proxy: str = "proxy2"):
+    deadline = time.monotonic() + timeout
+    while True:
+        code, _headers, state = status(cluster, location, proxy)
+        assert code == 200, state
+        if until(state) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
+
+
+def timestamps(swift, container: str) -> dict[str, str]:
+    return {name: swift.head_object(container, name)["x-timestamp"]
+            for name in listing(swift, container)}
+
+
+def expected(i: int) -> bytes:
+    return f"input {i}\n".encode() * (i + 1)
+
+
+def test_async_job_answers_at_once_and_any_proxy_reports_it(durable, staged):
+    started = time.monotonic()
+    code, headers, accepted = submit(durable, manifest("swift://~/async-out/*.o", 300))
+    assert code == 202, accepted
+    assert time.monotonic() - started < 5
+    location = accepted["location"]
+    assert headers["Location"].endswith(location)
+    assert location == f"/v1/AUTH_test?zerocompute_job={accepted['job']}"
+
+    # Read through the *other* proxy: the state lives in Swift, not in proxy 1.
+    state = wait_for(durable, location, lambda s: s["status"] != "running")
+    assert state["status"] == "succeeded", json.dumps(state, indent=1)
+    assert state["progress"] == {"tasks": 40, "done": 40, "failed": 0}
+    assert state["takeovers"] == []
+    report = state["report"]
+    assert report["id"] == accepted["job"] and report["status"] == "succeeded"
+    assert all(t["local"] and t["exit"] == 0 for t in report["tasks"])
+    for i in range(40):
+        assert staged.get_object("async-out", f"p{i:02d}.o")[1] == expected(i)
+        assert staged.head_object("async-out", f"p{i:02d}.o")[
+            "x-object-meta-zerocompute-job"] == accepted["job"]
+    # The job's state is not among the user's containers.
+    assert not any("zerocompute" in c["name"] for c in staged.get_account()[1])
+
+
+def test_async_job_state_is_the_submitters_and_the_account_owners(durable, staged):
+    code, _h, accepted = submit(durable, manifest("swift://~/seen-out/*.o", 0,
+                                                  "swift://~/in/p0*"))
+    assert code == 202, accepted
+    location = accepted["location"]
+    wait_for(durable, location, lambda s: s["status"] != "running")
+    # Another admin of the account may read it ...
+    assert status(durable, location, user="test:tester2")[0] == 200
+    # ... a user without access to the account, or of another account, may not; the
+    # answer is the same as for a job that does not exist.
+    for user in ("test:tester3", "test2:tester2"):
+        code, _h, body = status(durable, location, user=user)
+        assert code == 404 and "no job" in body["error"], (user, body)
+    code, _h, body = status(durable, "/v1/AUTH_test?zerocompute_job=" + "0" * 32)
+    assert code == 404 and body["field"] == "job"
+    code, _h, body = status(durable, "/v1/AUTH_test?zerocompute_job=../../etc")
+    assert code == 404
+
+
+def test_bad_async_manifest_is_refused_at_once(durable, staged):
+    code, _h, body = submit(durable, manifest("swift://~/x/*.o", 0, "swift://~/nothing/*"))
+    assert code == 400 and body["field"] == "map.inputs[0]", body
+    assert "not found" in body["error"]
+    code, _h, body = submit(durable, b"{not json")
+    assert code == 400 and "error" in body
+
+
+def test_cancel_through_the_other_proxy_stops_the_job_within_2_s(durable, staged):
+    # 40 tasks of 4 s on 8 slots: 20 s of work.
+    code, _h, accepted = submit(durable, manifest("swift://~/cancel-out/*.o", 4000))
+    assert code == 202, accepted
+    location = accepted["location"]
+    wait_for(durable, location, lambda s: s["progress"]["done"] >= 8, timeout=60)
+
+    code, _h, body = status(durable, location, method="DELETE")
+    asked = time.monotonic()
+    assert code == 202 and body["cancel_requested"], body
+    state = wait_for(durable, location, lambda s: s["status"] != "running", timeout=10)
+    stopped = time.monotonic() - asked
+    assert state["status"] == "cancelled", json.dumps(state, indent=1)
+    assert stopped < 2.0, f"the job took {stopped:.2f} s to stop"
+    # No guest of the job runs on any object server any more.
+    for server in durable.object_servers:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{wire.LOAD_PATH}",
+                                    timeout=5) as resp:
+            assert json.loads(resp.read())["running"] == 0, server.name
+
+    report = state["report"]
+    assert report["status"] == "cancelled" and report["cancelled"] == "cancelled by request"
+    done = [t for t in report["tasks"] if t["exit"] == 0]
+    assert 8 <= len(done) < 40
+    assert all(t["error"] == "cancelled by request" for t in report["tasks"] if t["exit"] != 0)
+    # What was written before the cancel stays, whole; nothing is written after it.
+    written = timestamps(staged, "cancel-out")
+    assert sorted(written) == sorted(t["output"].rsplit("/", 1)[1] for t in done)
+    time.sleep(3)
+    assert timestamps(staged, "cancel-out") == written
+    for name in written:
+        i = int(name[1:3])
+        assert staged.get_object("cancel-out", name)[1] == expected(i)
+    # A cancelled job is not a result: no _SUCCESS, no report beside the outputs.
+    assert not any(name.startswith("_") for name in written)
+    # Cancelling again changes nothing.
+    code, _h, body = status(durable, location, method="DELETE")
+    assert code == 200 and body["status"] == "cancelled"
+
+
+def test_sigkill_of_the_running_proxy_then_the_other_takes_over(durable, staged):
+    proxy1 = durable.server("proxy")
+    swift = durable.connection(proxy="proxy2")  # proxy 1 is about to die
+    # 40 tasks of 1.5 s on 8 slots: about 8 s of work.
+    code, _h, accepted = submit(durable, manifest("swift://~/takeover-out/*.o", 1500))
+    assert code == 202, accepted
+    location = accepted["location"]
+    try:
+        wait_for(durable, location, lambda s: s["progress"]["done"] >= 10, timeout=60)
+        durable.kill(proxy1)
+        killed = time.time()
+        before = timestamps(swift, "takeover-out")
+        assert 10 <= len(before) < 40, sorted(before)
+
+        # Status reads through proxy 2: once the lease lapses, it takes the job over.
+        state = wait_for(durable, location, lambda s: s["status"] != "running", timeout=120)
+    finally:
+        durable.restart(proxy1)
+    assert state["status"] == "succeeded", json.dumps(state, indent=1)
+    (takeover,) = state["takeovers"]
+    assert takeover["previous"] != takeover["by"]
+    # It waited for the lease to lapse: never while proxy 1 could still have held it.
+    assert killed < takeover["lease_until"] <= takeover["at"]
+    report = state["report"]
+    assert report["takeovers"] == state["takeovers"]
+
+    after = timestamps(swift, "takeover-out")
+    outputs = sorted(f"p{i:02d}.o" for i in range(40))
+    assert sorted(n for n in after if not n.startswith("_")) == outputs
+    # Written once: what proxy 1 committed was not written again, the rest only after.
+    for name, stamp in after.items():
+        if name in before:
+            assert stamp == before[name], name
+        else:
+            assert float(stamp) > killed, name
+    reused = {t["output"].rsplit("/", 1)[1] for t in report["tasks"] if t["reused"]}
+    assert reused == set(before)
+    for i in range(40):
+        assert swift.get_object("takeover-out", f"p{i:02d}.o")[1] == expected(i)
+    assert "_SUCCESS" in after
