@@ -579,6 +579,7 @@ class MapJob:
         self.resume = False
         self.cancelled: str | None = None
         self.runs: list[JobRun] = []  # the phases running now
+        self.retried = 0  # failed attempts of the phases that have ended
 
     def run(self) -> JobReport:
         started = time.perf_counter()
@@ -611,8 +612,10 @@ class MapJob:
     def progress(self) -> dict[str, int]:
         """Tasks done and failed so far (an async job's status shows it)."""
         reports = self.all_reports
+        retries = self.retried + sum(len(s.failed) for run in self.runs for s in run.tasks)
         return {"tasks": len(reports), "done": sum(1 for r in reports if r.ok),
-                "failed": sum(1 for r in reports if r.error is not None)}
+                "failed": sum(1 for r in reports if r.error is not None),
+                "bytes_in": sum(r.bytes_in for r in reports if r.ok), "retries": retries}
 
     def cancel(self, reason: str) -> None:
         """Stop now: no task is sent, running ones are hung up on, nothing more is
@@ -733,6 +736,7 @@ class MapJob:
             run.run()
         finally:
             self.runs.remove(run)
+            self.retried += sum(len(s.failed) for s in states)
         self.writes.waitall()
         self.proxy_bytes += run.bytes
         for state in states:

@@ -1,35 +1,112 @@
-"""Submitting jobs with python-swiftclient."""
+"""Jobs from Python, over python-swiftclient: submit, status, cancel, wait.
+
+A :class:`swiftclient.client.Connection` carries the authentication (v1,
+Keystone, tokens: whatever swiftclient supports); these functions add the
+job API (``doc/manifest.md``) on top of its storage URL and token.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from swiftclient.client import ClientException, Connection
 
-from zerocompute.wire import EXECUTE_HEADER
+from zerocompute.jobs import JOB_QUERY, valid_job_id
+from zerocompute.wire import ASYNC_HEADER, EXECUTE_HEADER
+
+FINAL = ("succeeded", "failed", "cancelled")
 
 
 class JobRejected(Exception):
-    """The cluster refused the manifest (a 4xx with a JSON error)."""
+    """The cluster refused a request of the job API (a 4xx with a JSON error)."""
 
     def __init__(self, status: int, body: dict[str, Any]):
-        super().__init__(f"{status}: {body.get('error', body)}"
-                         + (f" (field {body['field']})" if body.get("field") else ""))
+        super().__init__((f"{body['field']}: " if body.get("field") else "")
+                         + f"{body.get('error', body)}")
         self.status = status
         self.body = body
 
 
-def submit_job(conn: Connection, manifest: dict[str, Any] | bytes) -> dict[str, Any]:
-    """Run a job synchronously; return its report, or raise :class:`JobRejected`."""
+def _rejected(err: ClientException) -> JobRejected | ClientException:
+    """A JSON error of the job API as :class:`JobRejected`; anything else unchanged."""
+    try:
+        detail = json.loads(err.http_response_content or b"{}")
+    except ValueError:
+        return err
+    if not isinstance(detail, dict) or "error" not in detail:
+        return err
+    return JobRejected(err.http_status or 0, detail)
+
+
+def _post(conn: Connection, manifest: dict[str, Any] | bytes,
+          headers: dict[str, str]) -> dict[str, Any]:
     body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode("utf-8")
     try:
         _headers, content = conn.post_account(
-            {EXECUTE_HEADER: "1", "Content-Type": "application/json"}, data=body)
+            {EXECUTE_HEADER: "1", "Content-Type": "application/json", **headers}, data=body)
     except ClientException as err:
-        try:
-            detail = json.loads(err.http_response_content or b"{}")
-        except ValueError:
-            detail = {"error": (err.http_response_content or b"").decode("utf-8", "replace")}
-        raise JobRejected(err.http_status or 0, detail) from None
+        raise _rejected(err) from None
     return json.loads(content)
+
+
+def submit_job(conn: Connection, manifest: dict[str, Any] | bytes) -> dict[str, Any]:
+    """Run a job synchronously; return its report, or raise :class:`JobRejected`."""
+    return _post(conn, manifest, {})
+
+
+def submit_async(conn: Connection, manifest: dict[str, Any] | bytes) -> dict[str, Any]:
+    """Start a job (``202``): ``{"job": id, "location": ..., ...}``."""
+    return _post(conn, manifest, {ASYNC_HEADER: "1"})
+
+
+def job_id_of(text: str) -> str:
+    """A job id, from the id itself or from its status location."""
+    if JOB_QUERY + "=" in text:
+        text = text.split(JOB_QUERY + "=", 1)[1].split("&", 1)[0]
+    return text.strip()
+
+
+def _job_request(conn: Connection, method: str, job: str) -> dict[str, Any]:
+    job_id = job_id_of(job)
+    if not valid_job_id(job_id):
+        raise JobRejected(404, {"error": f"{job!r} is not a job id (32 hex digits)"})
+
+    def call(url: str, token: str, http_conn: Any, service_token: str | None = None
+             ) -> dict[str, Any]:
+        parsed, connection = http_conn
+        path = f"{parsed.path}?{JOB_QUERY}={quote(job_id)}"
+        connection.request(method, path, "", {"X-Auth-Token": token})
+        resp = connection.getresponse()
+        body = resp.read()
+        if resp.status // 100 != 2:
+            raise ClientException.from_response(resp, f"{method} job failed", body)
+        return json.loads(body)
+    try:
+        return conn._retry(None, call)
+    except ClientException as err:
+        raise _rejected(err) from None
+
+
+def job_status(conn: Connection, job: str) -> dict[str, Any]:
+    """An async job's state (any proxy answers; ``doc/manifest.md``)."""
+    return _job_request(conn, "GET", job)
+
+
+def cancel_job(conn: Connection, job: str) -> dict[str, Any]:
+    return _job_request(conn, "DELETE", job)
+
+
+def wait_for_job(conn: Connection, job: str, on_state: Callable[[dict], None] | None = None,
+                 interval: float = 0.5) -> dict[str, Any]:
+    """Poll until the job has ended; ``on_state`` sees every state read."""
+    while True:
+        state = job_status(conn, job)
+        if on_state is not None:
+            on_state(state)
+        if state["status"] in FINAL:
+            return state
+        time.sleep(interval)

@@ -58,6 +58,23 @@ def test_devcluster_cli_start_env_status_stop(tmp_path):
         assert "Account: AUTH_test" in shell.stdout
     finally:
         stopped = run(zc, "devcluster", "stop", "--dir", directory)
+    # A stopped cluster: one clear line and a non-zero exit, from any job command.
+    env = dict(os.environ, ST_AUTH=f"http://127.0.0.1:{_proxy_port(directory)}/auth/v1.0",
+               ST_USER="test:tester", ST_KEY="testing")
+    (tmp_path / "job.json").write_text('{"map": {}}')
+    for args in (["status", "0" * 32], ["cancel", "0" * 32], ["run", str(tmp_path / "job.json")]):
+        down = run(zc, *args, env=env)
+        assert down.returncode != 0 and down.stdout == ""
+        assert down.stderr.count("\n") == 1, down.stderr
+        assert down.stderr.startswith("zerocompute: ") and "Traceback" not in down.stderr
+    down = run(zc, "status", "0" * 32, env=env)
+    assert "is the cluster running?" in down.stderr, down.stderr
+    assert run(zc, "devcluster", "status", "--dir", directory).returncode == 1
     assert stopped.returncode == 0
     status = run(zc, "devcluster", "status", "--dir", directory)
     assert status.returncode == 1 and "running" not in status.stdout
+
+
+def _proxy_port(directory):
+    with open(os.path.join(directory, "cluster.json")) as f:
+        return json.load(f)["servers"]["proxy"][1]
