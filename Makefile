@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench-sandbox bench-scheduler bench-scale bench-mapreduce simulate clean
+.PHONY: demo test test-swift lint bench-sandbox bench-scheduler bench-scale bench-mapreduce simulate clean
 
 $(BIN)/zerocompute: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ lint: $(BIN)/zerocompute
 
 test: $(BIN)/zerocompute lint
 	$(BIN)/python -m pytest -q -ra tests
+
+# Swift's own functional tests against the dev cluster (minutes; not part of `make test`).
+test-swift: $(BIN)/zerocompute
+	$(BIN)/python -m zerocompute.dev.swift_functional
 
 bench-sandbox: $(BIN)/zerocompute
 	$(BIN)/python -m tests.perf.bench_sandbox

@@ -292,14 +292,17 @@ def _devcluster(args: argparse.Namespace) -> int:
         except RuntimeError as err:
             raise CliError(f"the dev cluster did not start: {str(err).splitlines()[0]} "
                            f"(logs in {cluster.logs})") from None
-        print(f"dev cluster running in {cluster.directory}")
+        if cluster.data_note:
+            print(f"zerocompute: note: {cluster.data_note}", file=sys.stderr)
+        print(f"dev cluster running in {cluster.directory} (object data on "
+              f"{cluster.data_filesystem()})")
         print(f"auth URL {cluster.auth_url}; users test:tester/testing, "
               "test:tester2/testing2, test:tester3/testing3, test2:tester2/testing2, "
               "admin:admin/admin")
         print(f'for the swift command: eval "$(zerocompute devcluster env --dir {args.dir})"')
     elif args.action == "stop":
-        cluster.stop()
-        print("dev cluster stopped")
+        cluster.stop(wipe=args.wipe)
+        print("dev cluster stopped" + (", its objects dropped" if args.wipe else ""))
     elif args.action == "status":
         states = cluster.status()
         if not states:
@@ -363,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("action", choices=["start", "stop", "status", "env"])
     dev.add_argument("--dir", default=DEFAULT_DIR, help=f"where it lives (default {DEFAULT_DIR})")
     dev.add_argument("--user", default="test:tester", help="tempauth user for 'env'")
+    dev.add_argument("--wipe", action="store_true",
+                     help="with stop: drop the object data too (unmount its tmpfs)")
     dev.set_defaults(func=_devcluster)
 
     demo = sub.add_parser("demo", help="word count on a fresh dev cluster")

@@ -14,7 +14,7 @@ def cluster(tmp_path_factory):
     directory = tmp_path_factory.mktemp("devcluster")
     dev = DevCluster(str(directory)).start()
     yield dev
-    dev.stop()
+    dev.stop(wipe=True)
 
 
 @pytest.fixture(scope="session")

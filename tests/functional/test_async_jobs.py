@@ -27,7 +27,7 @@ def durable(tmp_path_factory):
     dev = DevCluster(str(tmp_path_factory.mktemp("durable")), proxies=2,
                      proxy_options={"job_lease_s": str(LEASE_S), "job_poll_s": "0.5"}).start()
     yield dev
-    dev.stop()
+    dev.stop(wipe=True)
 
 
 @pytest.fixture(scope="module")

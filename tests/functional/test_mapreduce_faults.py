@@ -32,7 +32,7 @@ def serial(tmp_path_factory):
                      proxy_options={"concurrency": "1", "backup_tasks": "false",
                                     "shuffle_buffer_bytes": "4096"}).start()
     yield dev
-    dev.stop()
+    dev.stop(wipe=True)
 
 
 def map_outputs(cluster):

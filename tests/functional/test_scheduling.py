@@ -23,7 +23,7 @@ SLEEPY = os.path.join(os.path.dirname(__file__), "..", "guests", "sleepy.c")
 def uneven(tmp_path_factory):
     dev = DevCluster(str(tmp_path_factory.mktemp("uneven")), slots={"object1": 1}).start()
     yield dev
-    dev.stop()
+    dev.stop(wipe=True)
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,7 @@ def heartbeating(tmp_path_factory):
                      # One group in flight per job: its tasks run one after another.
                      proxy_options={"heartbeat_s": "0.3", "concurrency": "1"}).start()
     yield dev
-    dev.stop()
+    dev.stop(wipe=True)
 
 
 def test_long_synchronous_job_keeps_its_connection_alive(heartbeating):

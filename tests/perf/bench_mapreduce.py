@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         wc = word_count(cluster, conn, args.mib)
         named = named_outputs(cluster, conn, args.events_mib)
     finally:
-        cluster.stop()
+        cluster.stop(wipe=True)
     print(f"word count over {args.mib} MiB, 4 partitions, 4 object servers x 2 slots:")
     for name, r in wc.items():
         print(f"  {name:<17} {r['wall_s']:7.1f} s  shuffle {r['shuffle_bytes'] / 2**20:8.2f} MiB"

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             "dispatch_share": (job_ms - guest_ms) / job_ms,
         }
     finally:
-        cluster.stop()
+        cluster.stop(wipe=True)
 
     for label, r, target in (("native", native, "p50 <= 1 ms"),
                              ("Python", python, "p50 <= 100 ms")):

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             results.append(measure(cluster, n, args.rounds))
     finally:
-        cluster.stop()
+        cluster.stop(wipe=True)
     print(f"map-only jobs of a trivial C guest over N objects of {SIZE} B; "
           f"4 object servers x 2 slots; {CONCURRENCY} in flight; medians of {args.rounds}")
     for r in results:

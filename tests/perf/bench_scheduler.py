@@ -227,7 +227,7 @@ def busy_slots(args, wasm: bytes) -> dict:
                 return run(conn, policy, args.tasks, args.task_ms, backups, n)
             results = alternate(args.rounds, job)
     finally:
-        cluster.stop()
+        cluster.stop(wipe=True)
     ideal_ms = args.tasks * args.task_ms / (3 * args.slots)
     summary = print_summary(
         f"busy-slots: {args.tasks} tasks of {args.task_ms} ms; 4 object servers x {args.slots} "
@@ -253,7 +253,7 @@ def cpu_skew(args) -> dict:
                 conn, policy, args.cpu_tasks, args.spin, backups, n, "spin.wasm", "cpu-in",
                 gather=True))
     finally:
-        cluster.stop()
+        cluster.stop(wipe=True)
     summary = print_summary(
         f"cpu-skew: {args.cpu_tasks} CPU-bound tasks (spin {args.spin}); 4 object servers x 2 "
         f"slots; object1's executors held to {args.cpu_share:g} of a core; "

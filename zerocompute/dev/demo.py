@@ -93,7 +93,7 @@ def run_demo(directory: str | None = None, keep: bool = False) -> int:
         return 0
     finally:
         if not keep:
-            cluster.stop()
+            cluster.stop(wipe=True)
             if owned:
                 shutil.rmtree(directory, ignore_errors=True)
         else:

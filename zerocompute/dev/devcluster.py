@@ -6,7 +6,11 @@ pipeline), an account and a container server, four object servers each with
 its own device and the zerocompute_object filter, and rings built with
 Swift's RingBuilder (object ring: three replicas over the four servers).
 Every server is a real Swift WSGI server in its own process; they keep
-running after the command returns.  ``stop``, ``status`` and ``env`` do what
+running after the command returns.  As on a SAIO, object data lives on a
+filesystem that holds Swift's metadata whole: a tmpfs mounted on ``srv/``
+when running as root (ext4 would refuse metadata beyond about 3.6 KB), and
+there are two replicated storage policies, ``gold`` (default, 3 replicas)
+and ``silver`` (2).  ``stop``, ``status`` and ``env`` do what
 they say.  The same is available from Python as :class:`DevCluster`.
 
 Swift reads ``swift.conf`` from ``/etc/swift`` at import time, so each server
@@ -33,9 +37,13 @@ from typing import Any
 DEFAULT_DIR = os.environ.get("ZEROCOMPUTE_DEVCLUSTER_DIR") or os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"zerocompute-devcluster-{os.getuid()}")
 OBJECT_SERVERS = 4
+# Filesystems that hold Swift's metadata xattrs whole, as a SAIO's XFS does.
+XATTR_FRIENDLY = ("tmpfs", "xfs")
 REPLICAS = 3
 PART_POWER = 10
 HOST = "127.0.0.1"
+# Storage policies as a SAIO's: (index, name, replicas); index 0 is the default.
+POLICIES = [(0, "gold", 3), (1, "silver", 2)]
 
 # Tempauth users exactly as in a SAIO's proxy-server.conf:
 # (account, user, key, groups).
@@ -110,6 +118,7 @@ class DevCluster:
         self.slots = slots or {}
         self.proxy_options = proxy_options or {}
         self.proxy_count = proxies
+        self.data_note: str | None = None  # why object data is not on a tmpfs, if it is not
         self.state: dict[str, Any] = {}
         if os.path.exists(self.state_file):
             with open(self.state_file) as f:
@@ -170,7 +179,46 @@ class DevCluster:
         return Ring(self.etc, ring_name=name)
 
     def device_path(self, server: Server) -> str:
-        return os.path.join(self.directory, "srv", server.name)
+        return os.path.join(self.data_dir, server.name)
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.join(self.directory, "srv")
+
+    def data_filesystem(self) -> str:
+        """The type of the filesystem object data is on (``tmpfs``, ``ext4`` ...)."""
+        path = os.path.realpath(self.data_dir)
+        best, kind = "", "unknown"
+        with open("/proc/mounts") as f:
+            for line in f:
+                _dev, point, fstype = line.split()[:3]
+                point = point.replace("\\040", " ")
+                if (path == point or path.startswith(point.rstrip("/") + "/")) \
+                        and len(point) > len(best):
+                    best, kind = point, fstype
+        return kind
+
+    def mount_data(self) -> str | None:
+        """Put object data on a tmpfs (as root); else say why metadata is limited."""
+        os.makedirs(self.data_dir, exist_ok=True)
+        if os.path.ismount(self.data_dir) or self.data_filesystem() in XATTR_FRIENDLY:
+            return None
+        if os.geteuid() == 0:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755",
+                                   "zerocompute-devcluster", self.data_dir],
+                                  capture_output=True, text=True)
+            if done.returncode == 0:
+                return None
+            why = done.stderr.strip() or "mount failed"
+        else:
+            why = "not running as root, so no tmpfs could be mounted"
+        return (f"object data is on {self.data_filesystem()} ({why}): objects whose "
+                "metadata exceeds about 3.6 KB will fail with 503, as they would not on a "
+                "SAIO's XFS")
+
+    def unmount_data(self) -> None:
+        if os.path.ismount(self.data_dir):
+            subprocess.run(["umount", "-l", self.data_dir], capture_output=True)
 
     def log_path(self, server: Server) -> str:
         return os.path.join(self.logs, f"{server.name}.log")
@@ -180,6 +228,7 @@ class DevCluster:
         """Write configs and rings; reuses ports and secrets of an earlier build."""
         os.makedirs(self.etc, exist_ok=True)
         os.makedirs(self.logs, exist_ok=True)
+        self.data_note = self.mount_data()
         if not self.state:
             names = [("proxy", "proxy"), ("account", "account"), ("container", "container")]
             names += [(f"object{n}", "object") for n in range(1, self.object_server_count + 1)]
@@ -219,26 +268,28 @@ class DevCluster:
         return {"account": "sda", "container": "sdc"}.get(server.kind, f"sd{server.name[6:]}")
 
     def _write_swift_conf(self) -> None:
+        policies = "".join(
+            f"\n[storage-policy:{index}]\nname = {name}\n" + ("default = yes\n" if index == 0
+                                                            else "")
+            for index, name, _replicas in POLICIES)
         with open(os.path.join(self.etc, "swift.conf"), "w") as f:
             f.write(f"""[swift-hash]
 swift_hash_path_prefix = {self.state['hash_prefix']}
 swift_hash_path_suffix = {self.state['hash_suffix']}
-
-[storage-policy:0]
-name = gold
-default = yes
-""")
+{policies}""")
 
     def _build_rings(self) -> None:
         from swift.common.ring import RingBuilder
-        groups = {"account": [s for s in self.servers if s.kind == "account"],
-                  "container": [s for s in self.servers if s.kind == "container"],
-                  "object": self.object_servers}
-        for ring_name, members in groups.items():
+        groups = {"account": ([s for s in self.servers if s.kind == "account"], REPLICAS),
+                  "container": ([s for s in self.servers if s.kind == "container"], REPLICAS)}
+        for index, _name, replicas in POLICIES:
+            groups["object" if index == 0 else f"object-{index}"] = (self.object_servers,
+                                                                      replicas)
+        for ring_name, (members, replicas) in groups.items():
             ring_file = os.path.join(self.etc, f"{ring_name}.ring.gz")
             if os.path.exists(ring_file):
                 continue
-            builder = RingBuilder(PART_POWER, min(REPLICAS, len(members)), 1)
+            builder = RingBuilder(PART_POWER, min(replicas, len(members)), 1)
             for i, server in enumerate(members):
                 builder.add_dev({"id": i, "region": 1, "zone": i + 1, "ip": HOST,
                                  "port": server.port, "device": self._device(server),
@@ -256,6 +307,9 @@ user = {getpass.getuser()}
 swift_dir = {self.etc}
 devices = {self.device_path(server)}
 mount_check = false
+# As a SAIO: Swift's functional tests ask for objects of the maximum size,
+# which must not reserve that much space on a small data filesystem.
+disable_fallocate = true
 log_name = {server.name}
 log_level = INFO
 
@@ -291,7 +345,7 @@ use = egg:swift#{server.kind}
             f"user_{account}_{name} = {key} {groups}".rstrip()
             for account, name, key, groups in USERS)
         simple = ["catch_errors", "gatekeeper", "listing_formats", "bulk", "tempurl",
-                  "staticweb", "copy", "slo", "dlo", "versioned_writes", "symlink"]
+                  "staticweb", "copy", "slo", "dlo", "symlink"]
         filters = "\n".join(f"[filter:{name}]\nuse = egg:swift#{name}\n" for name in simple)
         options = "\n".join(f"{k} = {v}" for k, v in self.proxy_options.items())
         return f"""
@@ -316,6 +370,10 @@ secret = {self.secret}
 
 [filter:proxy-logging]
 use = egg:swift#proxy_logging
+
+[filter:versioned_writes]
+use = egg:swift#versioned_writes
+allow_versioned_writes = true
 
 [filter:container-quotas]
 use = egg:swift#container_quotas
@@ -410,7 +468,8 @@ use = egg:swift#account_quotas
             time.sleep(0.05)
         return False
 
-    def stop(self) -> None:
+    def stop(self, wipe: bool = False) -> None:
+        """Stop every server; ``wipe`` also drops the object data (unmounts the tmpfs)."""
         for server in self.servers if self.state else []:
             pid = self.state.get("pids", {}).get(server.name)
             if pid and _pid_alive(pid):
@@ -423,6 +482,8 @@ use = egg:swift#account_quotas
         if self.state:
             self.state["pids"] = {}
             self._save_state()
+        if wipe:
+            self.unmount_data()
 
     def status(self) -> dict[str, str]:
         if not self.state:
