@@ -25,6 +25,7 @@ import getpass
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -232,6 +233,8 @@ class DevCluster:
         if not self.state:
             names = [("proxy", "proxy"), ("account", "account"), ("container", "container")]
             names += [(f"object{n}", "object") for n in range(1, self.object_server_count + 1)]
+            if shutil.which("memcached"):  # optional, as the SAIO's cache
+                names.append(("memcached", "memcached"))
             servers = {name: (kind, port) for (name, kind), port in
                        zip(names, _free_ports(len(names)), strict=True)}
             self.state = {
@@ -247,6 +250,8 @@ class DevCluster:
                 self.state["servers"][f"proxy{number}"] = ("proxy", _free_ports(1)[0])
         self._write_swift_conf()
         for server in self.servers:
+            if server.kind == "memcached":
+                continue
             os.makedirs(os.path.join(self.device_path(server), self._device(server)),
                         exist_ok=True)
             with open(self._conf_path(server), "w") as f:
@@ -348,10 +353,18 @@ use = egg:swift#{server.kind}
                   "staticweb", "copy", "slo", "dlo", "symlink"]
         filters = "\n".join(f"[filter:{name}]\nuse = egg:swift#{name}\n" for name in simple)
         options = "\n".join(f"{k} = {v}" for k, v in self.proxy_options.items())
+        pipeline, cache = PROXY_PIPELINE, ""
+        memcached = self.state["servers"].get("memcached")
+        if memcached:
+            pipeline = pipeline.replace("proxy-logging listing_formats",
+                                        "proxy-logging cache listing_formats", 1)
+            cache = (f"[filter:cache]\nuse = egg:swift#memcache\n"
+                     f"memcache_servers = {HOST}:{memcached[1]}\n")
         return f"""
 [pipeline:main]
-pipeline = {PROXY_PIPELINE}
+pipeline = {pipeline}
 
+{cache}
 [app:proxy-server]
 use = egg:swift#proxy
 allow_account_management = true
@@ -395,10 +408,13 @@ use = egg:swift#account_quotas
 
     def start_server(self, server: Server) -> None:
         log = open(self.log_path(server), "ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "zerocompute.dev.devcluster", "serve",
-             self._conf_path(server), server.section],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        command = [sys.executable, "-m", "zerocompute.dev.devcluster", "serve",
+                   self._conf_path(server), server.section]
+        if server.kind == "memcached":
+            command = [shutil.which("memcached") or "memcached", "-l", HOST,
+                       "-p", str(server.port), "-U", "0", "-m", "64", "-u", getpass.getuser()]
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   start_new_session=True)
         log.close()
         self.state["pids"][server.name] = process.pid
         self._save_state()
@@ -417,6 +433,13 @@ use = egg:swift#account_quotas
         return bool(pid) and _pid_alive(pid)
 
     def answers(self, server: Server) -> bool:
+        if server.kind == "memcached":
+            try:
+                with socket.create_connection((HOST, server.port), timeout=2) as s:
+                    s.sendall(b"version\r\n")
+                    return s.recv(64).startswith(b"VERSION")
+            except OSError:
+                return False
         try:
             with urllib.request.urlopen(f"http://{HOST}:{server.port}/healthcheck",
                                         timeout=2) as resp:
