@@ -147,7 +147,9 @@ def split_input(fd: int, split: tuple[int, int], scratch: str,
     with open(path, "wb") as out:
         offset = first
         while offset < last:
-            copied = os.copy_file_range(fd, out.fileno(), last - offset, offset)
+            # sendfile, not copy_file_range: the object's device (a tmpfs, XFS) and the
+            # scratch directory are often different filesystems (EXDEV).
+            copied = os.sendfile(out.fileno(), fd, offset, last - offset)
             if copied == 0:
                 raise OSError("input shorter than its size")
             offset += copied

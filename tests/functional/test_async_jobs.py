@@ -102,7 +102,8 @@ def test_async_job_answers_at_once_and_any_proxy_reports_it(durable, staged):
     # Read through the *other* proxy: the state lives in Swift, not in proxy 1.
     state = wait_for(durable, location, lambda s: s["status"] != "running")
     assert state["status"] == "succeeded", json.dumps(state, indent=1)
-    assert state["progress"] == {"tasks": 40, "done": 40, "failed": 0}
+    assert state["progress"] == {"tasks": 40, "done": 40, "failed": 0, "retries": 0,
+                                 "bytes_in": sum(len(expected(i)) for i in range(40))}
     assert state["takeovers"] == []
     report = state["report"]
     assert report["id"] == accepted["job"] and report["status"] == "succeeded"
