@@ -20,6 +20,7 @@ import importlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from typing import Any
 
@@ -283,9 +284,56 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- benchmarks -------------------------------------------------------------------------
+# name -> (module in the checkout's tests/perf, its arguments, what it compares)
+BENCHMARKS = {
+    "locality": ("bench_locality", ["--rate", "1gbit"],
+                 "word count and grep: data-local against downloading (1 Gbit/s links)"),
+    "locality-slow-links": ("bench_locality", ["--rate", "250mbit"],
+                            "the same with links scaled to this box's cores per host"),
+    "scale": ("bench_scale", ["--sizes", "1000"], "1,000 tiny tasks against the PUT floor"),
+    "sandbox": ("bench_sandbox", [], "guest start-up and throughput"),
+    "scheduler": ("bench_scheduler", [], "load-aware against random placement (long)"),
+    "mapreduce": ("bench_mapreduce", [], "256 MiB word count with and without a combiner "
+                                         "(long)"),
+}
+QUICK = ["locality", "locality-slow-links", "scale"]
+
+
+def checkout() -> str:
+    """The zerocompute checkout this command runs from (the benchmarks live in it)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isdir(os.path.join(root, "tests", "perf")):
+        raise CliError("the benchmarks live in a zerocompute checkout (tests/perf): run "
+                       "'zerocompute bench' from an editable install of one")
+    return root
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.list:
+        for name, (_module, _args, what) in BENCHMARKS.items():
+            print(f"{name:<20} {what}" + ("  [default]" if name in QUICK else ""))
+        return 0
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        raise CliError(f"no benchmark {unknown[0]!r}; 'zerocompute bench --list' lists them")
+    root = checkout()
+    failed = []
+    for name in args.names or QUICK:
+        module, extra, what = BENCHMARKS[name]
+        print(f"\n== {name}: {what}", flush=True)
+        done = subprocess.run([sys.executable, "-m", f"tests.perf.{module}", *extra],
+                              cwd=root)
+        if done.returncode:
+            failed.append(name)
+    if failed:
+        raise CliError(f"benchmark(s) failed: {', '.join(failed)}")
+    return 0
+
+
 # -- the dev cluster --------------------------------------------------------------------
 def _devcluster(args: argparse.Namespace) -> int:
-    cluster = DevCluster(args.dir)
+    cluster = DevCluster(args.dir, hosts=args.hosts, link_rate=args.link_rate)
     if args.action == "start":
         try:
             cluster.start()
@@ -362,12 +410,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compile a .c file to wasm32-wasi first (needs ziglang)")
     deploy.set_defaults(func=_deploy)
 
+    bench = sub.add_parser("bench", help="benchmarks, each a ratio measured side by side "
+                                         "(default: the quick ones, under 15 minutes)")
+    bench.add_argument("names", nargs="*", help="which (default: " + ", ".join(QUICK) + ")")
+    bench.add_argument("--list", action="store_true", help="list them")
+    bench.set_defaults(func=_bench)
+
     dev = sub.add_parser("devcluster", help="a real Swift cluster on loopback")
     dev.add_argument("action", choices=["start", "stop", "status", "env"])
     dev.add_argument("--dir", default=DEFAULT_DIR, help=f"where it lives (default {DEFAULT_DIR})")
     dev.add_argument("--user", default="test:tester", help="tempauth user for 'env'")
     dev.add_argument("--wipe", action="store_true",
                      help="with stop: drop the object data too (unmount its tmpfs)")
+    dev.add_argument("--hosts", action="store_true",
+                     help="with start: each server in its own network namespace (root)")
+    dev.add_argument("--link-rate", help="with --hosts: tc rate of every link, e.g. 1gbit")
     dev.set_defaults(func=_devcluster)
 
     demo = sub.add_parser("demo", help="word count on a fresh dev cluster")

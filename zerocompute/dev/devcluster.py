@@ -35,6 +35,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from zerocompute.dev.hosts import HostNetwork
+
 DEFAULT_DIR = os.environ.get("ZEROCOMPUTE_DEVCLUSTER_DIR") or os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"zerocompute-devcluster-{os.getuid()}")
 OBJECT_SERVERS = 4
@@ -105,11 +107,14 @@ class DevCluster:
 
     def __init__(self, directory: str = DEFAULT_DIR, object_servers: int = OBJECT_SERVERS,
                  task_slots: int = 2, slots: dict[str, int] | None = None,
-                 proxy_options: dict[str, str] | None = None, proxies: int = 1):
+                 proxy_options: dict[str, str] | None = None, proxies: int = 1,
+                 hosts: bool = False, link_rate: str | None = None):
         """``slots`` overrides ``task_slots`` per object server (``{"object1": 1}``);
         ``proxy_options`` are added to the proxies' ``[filter:zerocompute]``;
         ``proxies`` > 1 runs more proxy processes (``proxy2``, ...), as behind a load
-        balancer: same rings, same secret, same tempauth keys."""
+        balancer: same rings, same secret, same tempauth keys.  ``hosts`` puts every
+        server in a network namespace of its own (:mod:`zerocompute.dev.hosts`), with
+        ``link_rate`` (``"1gbit"``) on every link."""
         self.directory = os.path.abspath(directory)
         self.etc = os.path.join(self.directory, "etc")
         self.logs = os.path.join(self.directory, "log")
@@ -119,6 +124,7 @@ class DevCluster:
         self.slots = slots or {}
         self.proxy_options = proxy_options or {}
         self.proxy_count = proxies
+        self.hosts, self.link_rate = hosts, link_rate
         self.data_note: str | None = None  # why object data is not on a tmpfs, if it is not
         self.state: dict[str, Any] = {}
         if os.path.exists(self.state_file):
@@ -135,11 +141,26 @@ class DevCluster:
         return [s for s in self.servers if s.kind == "object"]
 
     @property
+    def network(self) -> HostNetwork | None:
+        """The several-hosts network, when the cluster was built with ``hosts``."""
+        state = self.state.get("network")
+        return HostNetwork.from_state(state) if state else None
+
+    def address(self, server: Server) -> str:
+        """Where ``server`` listens: 127.0.0.1, or its own namespace's address."""
+        network = self.network
+        if network is None:
+            return HOST
+        if server.kind == "memcached":
+            return network.gateway
+        return network.address(list(self.state["servers"]).index(server.name))
+
+    @property
     def proxy_url(self) -> str:
         return self.url_of("proxy")
 
     def url_of(self, proxy: str) -> str:
-        return f"http://{HOST}:{self.state['servers'][proxy][1]}"
+        return f"http://{self.address(self.server(proxy))}:{self.state['servers'][proxy][1]}"
 
     @property
     def auth_url(self) -> str:
@@ -244,6 +265,7 @@ class DevCluster:
                 "hash_prefix": secrets.token_hex(8),
                 "hash_suffix": secrets.token_hex(8),
                 "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode("ascii"),
+                "network": HostNetwork.new(self.link_rate).to_state() if self.hosts else None,
             }
         for number in range(2, self.proxy_count + 1):
             if f"proxy{number}" not in self.state["servers"]:
@@ -296,7 +318,8 @@ swift_hash_path_suffix = {self.state['hash_suffix']}
                 continue
             builder = RingBuilder(PART_POWER, min(replicas, len(members)), 1)
             for i, server in enumerate(members):
-                builder.add_dev({"id": i, "region": 1, "zone": i + 1, "ip": HOST,
+                builder.add_dev({"id": i, "region": 1, "zone": i + 1,
+                                 "ip": self.address(server),
                                  "port": server.port, "device": self._device(server),
                                  "weight": 100.0, "meta": server.name})
             builder.rebalance()
@@ -305,7 +328,7 @@ swift_hash_path_suffix = {self.state['hash_suffix']}
 
     def _server_conf(self, server: Server) -> str:
         common = f"""[DEFAULT]
-bind_ip = {HOST}
+bind_ip = {self.address(server)}
 bind_port = {server.port}
 workers = 0
 user = {getpass.getuser()}
@@ -359,7 +382,8 @@ use = egg:swift#{server.kind}
             pipeline = pipeline.replace("proxy-logging listing_formats",
                                         "proxy-logging cache listing_formats", 1)
             cache = (f"[filter:cache]\nuse = egg:swift#memcache\n"
-                     f"memcache_servers = {HOST}:{memcached[1]}\n")
+                     f"memcache_servers = {self.address(self.server('memcached'))}:"
+                     f"{memcached[1]}\n")
         return f"""
 [pipeline:main]
 pipeline = {pipeline}
@@ -400,6 +424,8 @@ use = egg:swift#account_quotas
     def start(self, timeout: float = 60.0) -> DevCluster:
         """Start every server that is not running; return once all answer."""
         self.build()
+        if self.network is not None:
+            self.network.up([s.name for s in self.servers])
         for server in self.servers:
             if not self.is_running(server):
                 self.start_server(server)
@@ -410,8 +436,11 @@ use = egg:swift#account_quotas
         log = open(self.log_path(server), "ab")
         command = [sys.executable, "-m", "zerocompute.dev.devcluster", "serve",
                    self._conf_path(server), server.section]
+        network = self.network
+        if network is not None and server.kind != "memcached":
+            command = network.exec_prefix(server.name) + command
         if server.kind == "memcached":
-            command = [shutil.which("memcached") or "memcached", "-l", HOST,
+            command = [shutil.which("memcached") or "memcached", "-l", self.address(server),
                        "-p", str(server.port), "-U", "0", "-m", "64", "-u", getpass.getuser()]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    start_new_session=True)
@@ -435,13 +464,15 @@ use = egg:swift#account_quotas
     def answers(self, server: Server) -> bool:
         if server.kind == "memcached":
             try:
-                with socket.create_connection((HOST, server.port), timeout=2) as s:
+                with socket.create_connection((self.address(server), server.port),
+                                              timeout=2) as s:
                     s.sendall(b"version\r\n")
                     return s.recv(64).startswith(b"VERSION")
             except OSError:
                 return False
         try:
-            with urllib.request.urlopen(f"http://{HOST}:{server.port}/healthcheck",
+            with urllib.request.urlopen(f"http://{self.address(server)}:{server.port}"
+                                        "/healthcheck",
                                         timeout=2) as resp:
                 return resp.status == 200
         except OSError:
@@ -505,6 +536,8 @@ use = egg:swift#account_quotas
         if self.state:
             self.state["pids"] = {}
             self._save_state()
+        if self.state and self.network is not None:
+            self.network.down([s.name for s in self.servers])
         if wipe:
             self.unmount_data()
 
