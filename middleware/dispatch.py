@@ -102,6 +102,14 @@ class TaskState:
     sources: tuple[tuple[str, str], ...] = ()
     split: tuple[int, int] | None = None  # a split input's byte range
     exact: bool = False  # the range is exactly the input (a GET's Range), not lines
+    ec: dict[str, Any] | None = None  # an erasure-coded input (``wire.TaskSpec.ec``)
+
+    @property
+    def holders(self) -> list[dict]:
+        """The nodes that hold the input: its replicas, or every fragment's holder."""
+        if self.ec is not None:
+            return [*self.candidates[0], *self.candidates[1]]
+        return self.candidates[0]
 
     @property
     def attempts(self) -> int:
@@ -120,7 +128,7 @@ class TaskState:
     def spec(self, node: dict) -> wire.TaskSpec:
         return wire.TaskSpec(self.task_id, node["device"], self.partition, self.path,
                              self.policy_index, self.env, self.reduce_partition, self.sources,
-                             self.split, self.exact)
+                             self.split, self.exact, self.ec)
 
 
 @dataclass(eq=False)

@@ -87,7 +87,7 @@ from eventlet.event import Event
 from swift.common.bufferedhttp import http_connect_raw
 from swift.common.exceptions import ConnectionTimeout
 from swift.common.registry import register_swift_info
-from swift.common.storage_policy import POLICIES
+from swift.common.storage_policy import EC_POLICY, POLICIES
 from swift.common.swob import Request, Response, str_to_wsgi
 from swift.common.utils import (
     close_if_possible,
@@ -669,14 +669,21 @@ class MapJob:
             split_env = () if task.split is None else (
                 ("ZEROCOMPUTE_SPLIT_START", str(task.split[0])),
                 ("ZEROCOMPUTE_SPLIT_END", str(task.split[1])))
+            path = f"/{item.path.account}/{item.path.container}/{item.path.obj}"
+            ec = erasure_code(policy_index, partition, path, primaries)
+            if ec is None:
+                candidates = [primaries, handoffs]
+            else:
+                # Data fragments first: a systematic code then decodes without arithmetic.
+                data = [n for n in primaries if n["index"] < ec["k"]]
+                candidates = [data, [n for n in primaries if n not in data], handoffs]
             states.append(TaskState(
-                index=index, task_id=task.task_id, partition=partition,
-                path=f"/{item.path.account}/{item.path.container}/{item.path.obj}",
+                index=index, task_id=task.task_id, partition=partition, path=path,
                 policy_index=policy_index,
                 env=(("ZEROCOMPUTE_INPUT", str(item.path)),
                      ("ZEROCOMPUTE_INPUT_SIZE", str(item.size)),
                      ("ZEROCOMPUTE_TASK", task.task_id), *split_env),
-                candidates=[primaries, handoffs], split=task.split))
+                candidates=candidates, split=task.split, ec=ec))
         return states
 
     def placement(self, path: SwiftPath) -> tuple[int, int, list, list] | None:
@@ -756,13 +763,15 @@ class MapJob:
                result: wire.TaskResult) -> None:
         """What a task's claiming result says, into its report."""
         report.node = node_label(node)
-        report.local = node_key(node) in {node_key(n) for n in state.candidates[0]}
+        report.local = node_key(node) in {node_key(n) for n in state.holders}
         report.exit = result.exit
         report.error = result.invalid or result.error
         report.stderr = result.stderr
         report.ms = result.ms
         report.cpu_ms = round(result.cpu_ms, 3)
         report.bytes_in = result.bytes_in or report.bytes_in
+        report.bytes_local, report.bytes_peer = result.bytes_local, result.bytes_peer
+        report.fragments = result.fragments
         if report.exit is not None and report.exit != 0 and report.error is None:
             report.error = f"guest exited with status {report.exit}"
 
@@ -1212,6 +1221,19 @@ class StepsJob:
                          steps=[r.to_dict(with_tasks=False) for r in reports],
                          proxy_bytes=sum(r.proxy_bytes for r in reports), id=self.job_id,
                          cancelled=self.cancelled)
+
+
+def erasure_code(policy_index: int, partition: int, path: str,
+                 primaries: list[dict]) -> dict[str, Any] | None:
+    """What a task over an erasure-coded object needs to rebuild it (None when the
+    policy is replicated): the policy's code and every fragment holder."""
+    policy = POLICIES.get_by_index(policy_index)
+    if policy is None or policy.policy_type != EC_POLICY:
+        return None
+    return {"k": policy.ec_ndata, "m": policy.ec_nparity, "ec_type": policy.ec_type,
+            "fragment_size": policy.fragment_size, "policy": policy_index,
+            "partition": partition, "path": path,
+            "peers": [[n["ip"], n["port"], n["device"], n["index"]] for n in primaries]}
 
 
 def reuse(report: TaskReport, size: int) -> None:

@@ -124,16 +124,28 @@ def _client_socket(req: Request) -> Any:
     return getattr(req.environ.get("eventlet.input"), "_sock", None)
 
 
-def refuse_input(metadata: dict) -> str | None:
-    """Why an object's data file is not its bytes (None when it is)."""
+def refuse_input(metadata: dict, ec: dict | None = None) -> str | None:
+    """Why an object's data file cannot be its task's input (None when it can: its
+    bytes, or, given the code, one of its fragment archives)."""
     if any(k.lower().startswith("x-object-sysmeta-crypto-") for k in metadata):
         return "encrypted objects cannot be read in place"
     if "X-Static-Large-Object" in metadata or any(
             k.lower() == "x-object-manifest" for k in metadata):
         return "large-object manifests are not supported as inputs"
-    if "X-Object-Sysmeta-Ec-Frag-Index" in metadata:
-        return "erasure-coded fragments cannot be read in place"
+    if "X-Object-Sysmeta-Ec-Frag-Index" in metadata and ec is None:
+        return "erasure-coded fragments cannot be read without the policy's code"
     return None
+
+
+def with_fragment(spec: wire.TaskSpec, metadata: dict) -> wire.TaskSpec:
+    """An erasure-coded task, told which fragment of which version this node holds."""
+    if spec.ec is None:
+        return spec
+    return replace(spec, ec={**spec.ec,
+                             "local_index": int(metadata["X-Object-Sysmeta-Ec-Frag-Index"]),
+                             "timestamp": metadata["X-Timestamp"],
+                             "content_length": int(metadata.get(
+                                 "X-Object-Sysmeta-Ec-Content-Length", 0))})
 
 
 class TaskMiddleware:
@@ -329,11 +341,13 @@ class TaskMiddleware:
                 spec.device, spec.partition, account, container, obj, policy=policy)
             with diskfile.open():
                 metadata = diskfile.get_metadata()
-                refusal = refuse_input(metadata)
+                refusal = refuse_input(metadata, spec.ec)
                 if refusal is not None:
                     result.error = refusal
                     return result, None
-                result.bytes_in = int(metadata.get("Content-Length", 0))
+                spec = with_fragment(spec, metadata)
+                result.bytes_in = int(spec.ec["content_length"] if spec.ec
+                                      else metadata.get("Content-Length", 0))
                 # The open DiskFile pins this version of the object: the executor gets
                 # the same descriptor, so a concurrent overwrite does not change its input.
                 return self.run_guest(group, spec, diskfile._fp.fileno(), result, client)
@@ -355,6 +369,8 @@ class TaskMiddleware:
             raise
         if spec.split is None:  # a split's executor counted the bytes its lines take
             ran.bytes_in = result.bytes_in
+        if spec.ec is None and group.kind == "map":
+            ran.bytes_local = ran.bytes_in
         if ran.completed:
             self.service_ms = update_service_ms(self.service_ms, ran.ms, self.completed)
             self.completed += 1

@@ -36,7 +36,7 @@ from typing import Any
 import eventlet
 
 from zerocompute import shuffle
-from zerocompute.sandbox import python, shuffle_io
+from zerocompute.sandbox import ec, python, shuffle_io
 from zerocompute.sandbox.shuffle_io import SECRET_ENV
 from zerocompute.sandbox.wasm import (
     ExecutableStore,
@@ -102,13 +102,25 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
     except InvalidExecutable as err:
         return TaskResult(spec.task, invalid=str(err))
     stdin = f"/proc/self/fd/{fds[0]}"
+    input_fd = fds[0]
     limits = GuestLimits.from_task(task.limits)
     bytes_in = 0
+    rebuilt = None
     with contextlib.ExitStack() as cleanup:
+        if spec.ec is not None:
+            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
+                dir=os.path.join(cache_dir, "scratch"), prefix="ec-"))
+            stdin = os.path.join(scratch, "object")
+            try:
+                with open(stdin, "wb") as out:
+                    rebuilt = ec.rebuild(fds[0], int(spec.ec["local_index"]), spec.ec, out)
+            except ec.ECError as err:
+                return TaskResult(spec.task, retry=f"erasure-coded input: {err}")
+            input_fd = cleanup.enter_context(open(stdin, "rb")).fileno()
         if spec.split is not None:
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
                 dir=os.path.join(cache_dir, "scratch"), prefix="split-"))
-            stdin, bytes_in = split_input(fds[0], spec.split, scratch, spec.exact)
+            stdin, bytes_in = split_input(input_fd, spec.split, scratch, spec.exact)
         if task.kind == "reduce":
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
                 dir=os.path.join(cache_dir, "scratch"), prefix="reduce-"))
@@ -124,6 +136,9 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
         cpu_ms = (_cpu_seconds() - cpu_before) * 1000
     result = TaskResult(spec.task, exit=ran.exit, error=ran.error, cpu_ms=cpu_ms,
                         stdout_bytes=ran.stdout_bytes, bytes_in=bytes_in,
+                        bytes_local=rebuilt.local_bytes if rebuilt else 0,
+                        bytes_peer=rebuilt.peer_bytes if rebuilt else 0,
+                        fragments=rebuilt.fragments if rebuilt else None,
                         stderr=ran.stderr_tail.decode("utf-8", "replace"), ms=ran.ms)
     if task.shuffle and task.kind == "map" and result.exit == 0 and not result.error:
         combine = None

@@ -34,6 +34,11 @@ class TaskReport:
     exit: int | None = None
     bytes_in: int = 0
     bytes_out: int = 0
+    # Of the input: read from the node's own disk, and fetched from other nodes (the
+    # other fragments of an erasure-coded object).
+    bytes_local: int = 0
+    bytes_peer: int = 0
+    fragments: list[int] | None = None  # an erasure-coded input: the fragments read
     ms: float = 0.0  # the guest's own run time
     cpu_ms: float = 0.0  # the CPU time the guest used
     wall_ms: float = 0.0  # from first dispatch to the output written, as the proxy saw it

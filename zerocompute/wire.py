@@ -107,6 +107,10 @@ class TaskSpec:
     # A split of a large input: the byte range [start, end) whose lines it reads.
     split: tuple[int, int] | None = None
     exact: bool = False  # the split is exactly those bytes (a GET's Range), not lines
+    # An erasure-coded input: the policy's code (k, m, ec_type, fragment_size), the
+    # object's partition and path, and every fragment holder [ip, port, device, index]
+    # (``zerocompute.sandbox.ec``).
+    ec: dict[str, Any] | None = None
 
     @property
     def disk_path(self) -> str:
@@ -145,7 +149,8 @@ class TaskGroup:
                                int(t.get("reduce_partition", -1)),
                                tuple((str(n), str(m)) for n, m in t.get("sources", ())),
                                (int(t["split"][0]), int(t["split"][1]))
-                               if t.get("split") else None, bool(t.get("exact", False)))
+                               if t.get("split") else None, bool(t.get("exact", False)),
+                               dict(t["ec"]) if isinstance(t.get("ec"), dict) else None)
                       for t in doc["tasks"])
         shuffle = doc.get("shuffle")
         return cls(job=str(doc["job"]), exec_etag=str(doc["exec_etag"]),
@@ -233,6 +238,11 @@ class TaskResult:
     ms: float = 0.0  # the guest's run time
     cpu_ms: float = 0.0  # the CPU time it used
     bytes_in: int = 0
+    # Of the input: bytes read from this node's disk, and fetched from other nodes
+    # (an erasure-coded object's other fragments).
+    bytes_local: int = 0
+    bytes_peer: int = 0
+    fragments: list[int] | None = None  # an erasure-coded input: the fragments it used
     stdout_bytes: int = 0
     retry: str | None = None  # the task could not run here: try another replica
     invalid: str | None = None  # the executable cannot run anywhere

@@ -45,8 +45,13 @@ XATTR_FRIENDLY = ("tmpfs", "xfs")
 REPLICAS = 3
 PART_POWER = 10
 HOST = "127.0.0.1"
-# Storage policies as a SAIO's: (index, name, replicas); index 0 is the default.
-POLICIES = [(0, "gold", 3), (1, "silver", 2)]
+# Storage policies as a SAIO's: (index, name, replicas, erasure coding); index 0 is
+# the default.  The EC policy's fragments (4 data + 2 parity) need more devices than
+# there are object servers: each has a second device in its ring.
+EC_POLICY = {"policy_type": "erasure_coding", "ec_type": "liberasurecode_rs_vand",
+             "ec_num_data_fragments": 4, "ec_num_parity_fragments": 2,
+             "ec_object_segment_size": 1048576}
+POLICIES = [(0, "gold", 3, None), (1, "silver", 2, None), (2, "ec42", 6, EC_POLICY)]
 
 # Tempauth users exactly as in a SAIO's proxy-server.conf:
 # (account, user, key, groups).
@@ -274,8 +279,8 @@ class DevCluster:
         for server in self.servers:
             if server.kind == "memcached":
                 continue
-            os.makedirs(os.path.join(self.device_path(server), self._device(server)),
-                        exist_ok=True)
+            for device in self._devices(server):
+                os.makedirs(os.path.join(self.device_path(server), device), exist_ok=True)
             with open(self._conf_path(server), "w") as f:
                 f.write(self._server_conf(server))
         self._build_rings()
@@ -294,11 +299,18 @@ class DevCluster:
     def _device(server: Server) -> str:
         return {"account": "sda", "container": "sdc"}.get(server.kind, f"sd{server.name[6:]}")
 
+    def _devices(self, server: Server) -> list[str]:
+        """Every device of a server: an object server's second one is the EC ring's."""
+        if server.kind != "object":
+            return [self._device(server)]
+        return [self._device(server), f"sd{int(server.name[6:]) + self.object_server_count}"]
+
     def _write_swift_conf(self) -> None:
         policies = "".join(
-            f"\n[storage-policy:{index}]\nname = {name}\n" + ("default = yes\n" if index == 0
-                                                            else "")
-            for index, name, _replicas in POLICIES)
+            f"\n[storage-policy:{index}]\nname = {name}\n"
+            + ("default = yes\n" if index == 0 else "")
+            + "".join(f"{k} = {v}\n" for k, v in (ec or {}).items())
+            for index, name, _replicas, ec in POLICIES)
         with open(os.path.join(self.etc, "swift.conf"), "w") as f:
             f.write(f"""[swift-hash]
 swift_hash_path_prefix = {self.state['hash_prefix']}
@@ -309,18 +321,25 @@ swift_hash_path_suffix = {self.state['hash_suffix']}
         from swift.common.ring import RingBuilder
         groups = {"account": ([s for s in self.servers if s.kind == "account"], REPLICAS),
                   "container": ([s for s in self.servers if s.kind == "container"], REPLICAS)}
-        for index, _name, replicas in POLICIES:
-            groups["object" if index == 0 else f"object-{index}"] = (self.object_servers,
-                                                                      replicas)
+        ec_rings = set()
+        for index, _name, replicas, ec in POLICIES:
+            ring_name = "object" if index == 0 else f"object-{index}"
+            groups[ring_name] = (self.object_servers, replicas)
+            if ec:
+                ec_rings.add(ring_name)
         for ring_name, (members, replicas) in groups.items():
             ring_file = os.path.join(self.etc, f"{ring_name}.ring.gz")
             if os.path.exists(ring_file):
                 continue
-            builder = RingBuilder(PART_POWER, min(replicas, len(members)), 1)
-            for i, server in enumerate(members):
-                builder.add_dev({"id": i, "region": 1, "zone": i + 1,
+            devices = [(server, device) for server in members
+                       for device in (self._devices(server) if ring_name in ec_rings
+                                      else [self._device(server)])]
+            builder = RingBuilder(PART_POWER, min(replicas, len(devices)), 1)
+            for i, (server, device) in enumerate(devices):
+                builder.add_dev({"id": i, "region": 1,
+                                 "zone": members.index(server) + 1,
                                  "ip": self.address(server),
-                                 "port": server.port, "device": self._device(server),
+                                 "port": server.port, "device": device,
                                  "weight": 100.0, "meta": server.name})
             builder.rebalance()
             builder.save(os.path.join(self.etc, f"{ring_name}.builder"))
