@@ -292,12 +292,14 @@ BENCHMARKS = {
     "locality-slow-links": ("bench_locality", ["--rate", "250mbit"],
                             "the same with links scaled to this box's cores per host"),
     "scale": ("bench_scale", ["--sizes", "1000"], "1,000 tiny tasks against the PUT floor"),
+    "policies": ("bench_policies", [], "word count over erasure-coded against replicated "
+                                       "objects"),
     "sandbox": ("bench_sandbox", [], "guest start-up and throughput"),
     "scheduler": ("bench_scheduler", [], "load-aware against random placement (long)"),
     "mapreduce": ("bench_mapreduce", [], "256 MiB word count with and without a combiner "
                                          "(long)"),
 }
-QUICK = ["locality", "locality-slow-links", "scale"]
+QUICK = ["locality", "locality-slow-links", "scale", "policies"]
 
 
 def checkout() -> str:

@@ -13,7 +13,7 @@ from zerocompute.dev.hosts import available
 from zerocompute.guests import build_c_guest, source_path
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
-OBJECTS, SIZE = 8, 1 << 20
+OBJECTS, SIZE = 8, 4 << 20
 
 
 @pytest.fixture(scope="module")
@@ -85,4 +85,5 @@ def test_a_data_local_job_moves_almost_nothing_across_the_links(hosts, loaded):
     download_bytes = crossed(hosts, before, objects)
     proxy_bytes = crossed(hosts, before, ["proxy"])
     assert download_bytes >= total and proxy_bytes >= 2 * total  # in from a node, out
-    assert job_bytes < 0.05 * total, (job_bytes, total)
+    # The executable (once per server), task frames, outputs and container updates.
+    assert job_bytes < 0.02 * total, (job_bytes, total)
