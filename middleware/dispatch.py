@@ -103,6 +103,7 @@ class TaskState:
     split: tuple[int, int] | None = None  # a split input's byte range
     exact: bool = False  # the range is exactly the input (a GET's Range), not lines
     ec: dict[str, Any] | None = None  # an erasure-coded input (``wire.TaskSpec.ec``)
+    edges: tuple[int, str] | None = None  # a large object's segment (``wire.TaskSpec``)
 
     @property
     def holders(self) -> list[dict]:
@@ -128,7 +129,7 @@ class TaskState:
     def spec(self, node: dict) -> wire.TaskSpec:
         return wire.TaskSpec(self.task_id, node["device"], self.partition, self.path,
                              self.policy_index, self.env, self.reduce_partition, self.sources,
-                             self.split, self.exact, self.ec)
+                             self.split, self.exact, self.ec, self.edges)
 
 
 @dataclass(eq=False)

@@ -70,6 +70,7 @@ Place the filter after the auth middleware::
 
 from __future__ import annotations
 
+import base64
 import collections
 import hashlib
 import itertools
@@ -79,7 +80,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import eventlet
 from eventlet import GreenPool
@@ -124,7 +125,16 @@ from zerocompute.middleware.dispatch import (
     node_label,
 )
 from zerocompute.middleware.durable import AsyncJobs
-from zerocompute.planning import InputObject, MapTask, listing_prefix, match_listing, plan_map_tasks
+from zerocompute.planning import (
+    EDGE_BYTES,
+    InputObject,
+    MapTask,
+    Segment,
+    listing_prefix,
+    match_listing,
+    plan_map_tasks,
+    segment_edges,
+)
 from zerocompute.report import (
     REPORT_NAME,
     SUCCEEDED,
@@ -480,7 +490,8 @@ class JobMiddleware:
         if not pattern.has_wildcard:
             resp = self.subrequest(req, "HEAD", pattern.path)
             self.check_access(resp, pattern, field, "input")
-            return [InputObject(pattern, resp.content_length or 0, pattern.obj)]
+            return [InputObject(pattern, resp.content_length or 0, pattern.obj,
+                                self.segments_of(req, pattern, resp.headers, field))]
         prefix = listing_prefix(pattern)
         found: list[InputObject] = []
         marker = ""
@@ -491,11 +502,60 @@ class JobMiddleware:
             self.check_access(resp, SwiftPath(pattern.account, pattern.container), field,
                                "container")
             listing = json.loads(resp.body or b"[]") if resp.status_int == 200 else []
-            found.extend(match_listing(pattern, ((item["name"], item["bytes"])
-                                                 for item in listing if "name" in item)))
+            matched = match_listing(pattern, ((item["name"], item["bytes"])
+                                              for item in listing if "name" in item))
+            # A manifest is listed as an SLO (slo_etag) or as an empty object (DLO).
+            maybe_large = {item["name"] for item in listing
+                           if "name" in item and ("slo_etag" in item or item["bytes"] == 0)}
+            for item in matched:
+                if item.path.obj in maybe_large:
+                    head = self.subrequest(req, "HEAD", item.path.path)
+                    self.check_access(head, item.path, field, "input")
+                    segments = self.segments_of(req, item.path, head.headers, field)
+                    if segments:
+                        item = replace(item, size=head.content_length or 0, segments=segments)
+                found.append(item)
             if len(listing) < LISTING_LIMIT:
                 return found
             marker = listing[-1].get("name") or listing[-1]["subdir"]
+
+    def segments_of(self, req: Request, path: SwiftPath, headers: Any,
+                    field: str) -> tuple[Segment, ...]:
+        """A large object's segments with their edges (``()`` for a plain object), read as
+        the user: an SLO's manifest, or a DLO's segment listing, and a few bytes at each
+        segment boundary (``planning.segment_edges``)."""
+        if config_true_value(headers.get("X-Static-Large-Object")):
+            resp = self.subrequest(req, "GET", path.path, "multipart-manifest=get")
+            self.check_access(resp, path, field, "input")
+            parts = []
+            for item in json.loads(resp.body):
+                if item.get("sub_slo") or "range" in item or "data" in item:
+                    raise ManifestError(f"{path}: an SLO with nested SLOs, ranges or inline "
+                                        "data cannot be an input yet", field)
+                container, _, obj = item["name"].lstrip("/").partition("/")
+                parts.append((SwiftPath(path.account, container, obj), int(item["bytes"])))
+        elif headers.get("X-Object-Manifest"):
+            container, _, prefix = unquote(headers["X-Object-Manifest"]).partition("/")
+            pattern = SwiftPath(path.account, container, prefix + "*")
+            parts = [(found.path, found.size)
+                     for found in self.expand_input(req, pattern, field)]
+        else:
+            return ()
+        if not parts:
+            raise ManifestError(f"{path} is a large object without segments", field)
+        last_bytes, heads = [], []
+        for number, (segment, size) in enumerate(parts):
+            last_bytes.append(self.read_range(req, segment, f"bytes={size - 1}-{size - 1}",
+                                              field) if size else b"")
+            heads.append(self.read_range(req, segment, f"bytes=0-{EDGE_BYTES - 1}", field)
+                         if number and size else b"")
+        return segment_edges([p for p, _ in parts], [s for _, s in parts], last_bytes, heads,
+                             str(path))
+
+    def read_range(self, req: Request, path: SwiftPath, byte_range: str, field: str) -> bytes:
+        resp = self.subrequest(req, "GET", path.path, headers={"Range": byte_range})
+        self.check_access(resp, path, field, "segment")
+        return resp.body
 
     def prepare_output(self, req: Request, output: SwiftPath) -> None:
         """Create the output container if needed; forget a previous run's ``_SUCCESS``."""
@@ -677,13 +737,15 @@ class MapJob:
                 # Data fragments first: a systematic code then decodes without arithmetic.
                 data = [n for n in primaries if n["index"] < ec["k"]]
                 candidates = [data, [n for n in primaries if n not in data], handoffs]
+            edges = None if task.segment is None else (
+                task.segment.skip, base64.b64encode(task.segment.carry).decode("ascii"))
             states.append(TaskState(
                 index=index, task_id=task.task_id, partition=partition, path=path,
                 policy_index=policy_index,
                 env=(("ZEROCOMPUTE_INPUT", str(item.path)),
                      ("ZEROCOMPUTE_INPUT_SIZE", str(item.size)),
                      ("ZEROCOMPUTE_TASK", task.task_id), *split_env),
-                candidates=candidates, split=task.split, ec=ec))
+                candidates=candidates, split=task.split, ec=ec, edges=edges))
         return states
 
     def placement(self, path: SwiftPath) -> tuple[int, int, list, list] | None:

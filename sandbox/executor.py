@@ -20,6 +20,7 @@ guest: the parent's reads go through the hub (``trampoline``).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import math
 import os
@@ -121,6 +122,10 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
                 dir=os.path.join(cache_dir, "scratch"), prefix="split-"))
             stdin, bytes_in = split_input(input_fd, spec.split, scratch, spec.exact)
+        elif spec.edges is not None:
+            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
+                dir=os.path.join(cache_dir, "scratch"), prefix="segment-"))
+            stdin, bytes_in = segment_input(input_fd, spec.edges, scratch)
         if task.kind == "reduce":
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
                 dir=os.path.join(cache_dir, "scratch"), prefix="reduce-"))
@@ -169,6 +174,21 @@ def split_input(fd: int, split: tuple[int, int], scratch: str,
                 raise OSError("input shorter than its size")
             offset += copied
     return path, last - first
+
+
+def segment_input(fd: int, edges: tuple[int, str], scratch: str) -> tuple[str, int]:
+    """A large object's segment as its task reads it: without the end of the line the
+    segment before began, with the rest of its own last line from the segment after
+    (``zerocompute.planning.Segment``).  Its path, and its size."""
+    skip, carry = edges[0], base64.b64decode(edges[1])
+    size = os.fstat(fd).st_size
+    path = os.path.join(scratch, "input")
+    with open(path, "wb") as out:
+        offset = min(skip, size)
+        while offset < size:
+            offset += os.sendfile(out.fileno(), fd, offset, size - offset)
+        out.write(carry)
+    return path, max(0, size - skip) + len(carry)
 
 
 class Combiner:

@@ -14,6 +14,26 @@ from dataclasses import dataclass, replace
 from zerocompute.manifest import WILDCARD, Manifest, ManifestError, SwiftPath
 from zerocompute.shuffle import split_ranges
 
+# How far past a segment boundary the proxy looks for the end of the line that
+# crosses it; a longer line crossing a boundary is refused.
+EDGE_BYTES = 65536
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a large object (SLO or DLO), read by a task of its own.
+
+    The large object's lines are read once each, by the segment they begin in
+    (the rule of split inputs): a segment skips ``skip`` bytes (the end of a line
+    begun in the segment before it) and reads ``carry`` (the rest of its own last
+    line, from the segment after it) once its bytes are done.
+    """
+
+    path: SwiftPath
+    size: int
+    skip: int = 0
+    carry: bytes = b""
+
 
 @dataclass(frozen=True)
 class InputObject:
@@ -22,6 +42,7 @@ class InputObject:
     path: SwiftPath
     size: int
     matched: str
+    segments: tuple[Segment, ...] = ()  # a large object's segments, in order
 
 
 @dataclass(frozen=True)
@@ -30,6 +51,33 @@ class MapTask:
     input: InputObject
     output: SwiftPath | None  # None: gathered into the job's one output, or shuffled
     split: tuple[int, int] | None = None  # the byte range of a split input
+    segment: Segment | None = None  # a large object's segment: the task's input
+
+
+def line_to_newline(head: bytes, where: str) -> bytes:
+    """The start of a segment up to and including its first newline."""
+    found = head.find(b"\n")
+    if found < 0:
+        raise ManifestError(f"a line of more than {len(head)} bytes crosses a segment "
+                            f"boundary of {where}", "map.inputs")
+    return head[:found + 1]
+
+
+def segment_edges(paths: list[SwiftPath], sizes: list[int], last_bytes: list[bytes],
+                  heads: list[bytes], where: str) -> tuple[Segment, ...]:
+    """The segments of a large object with their edges, from each segment's last byte
+    and the first bytes (up to ``EDGE_BYTES``) of each one but the first."""
+    segments = []
+    for j, (path, size) in enumerate(zip(paths, sizes, strict=True)):
+        ends_line = size == 0 or last_bytes[j] == b"\n"
+        skip = 0
+        if j > 0 and not (sizes[j - 1] == 0 or last_bytes[j - 1] == b"\n"):
+            skip = len(line_to_newline(heads[j], where))
+        carry = b""
+        if j + 1 < len(paths) and not ends_line:
+            carry = line_to_newline(heads[j + 1], where)
+        segments.append(Segment(path, size, skip, carry))
+    return tuple(segments)
 
 
 def listing_prefix(pattern: SwiftPath) -> str:
@@ -67,6 +115,11 @@ def _split_tasks(manifest: Manifest, inputs: list[InputObject]) -> list[MapTask]
     """One task per input, or per split of an input larger than ``map.split_size``."""
     tasks: list[MapTask] = []
     for item in inputs:
+        for segment in item.segments:
+            part = InputObject(segment.path, segment.size, item.matched)
+            tasks.append(MapTask(f"m{len(tasks):05d}", part, None, segment=segment))
+        if item.segments:
+            continue
         split_size = manifest.map.split_size
         ranges = split_ranges(item.size, split_size) if split_size else [None]
         for split in ranges:
@@ -97,6 +150,10 @@ def plan_map_tasks(manifest: Manifest,
     tasks: list[MapTask] = []
     writers: dict[SwiftPath, SwiftPath] = {}
     for n, item in enumerate(unique.values()):
+        if item.segments:
+            raise ManifestError(f"{item.path} is a large object of {len(item.segments)} "
+                                "segments, each read by a task of its own: gather their "
+                                "outputs into one object or reduce them", "output")
         out = output_for(manifest.output, item)
         if out in unique:
             raise ManifestError(f"output {out} would overwrite an input of this job", "output")

@@ -111,6 +111,9 @@ class TaskSpec:
     # object's partition and path, and every fragment holder [ip, port, device, index]
     # (``zerocompute.sandbox.ec``).
     ec: dict[str, Any] | None = None
+    # A segment of a large object: the bytes to skip at its start (a line begun in the
+    # segment before), and the rest of its last line (base64), from the segment after.
+    edges: tuple[int, str] | None = None
 
     @property
     def disk_path(self) -> str:
@@ -150,7 +153,9 @@ class TaskGroup:
                                tuple((str(n), str(m)) for n, m in t.get("sources", ())),
                                (int(t["split"][0]), int(t["split"][1]))
                                if t.get("split") else None, bool(t.get("exact", False)),
-                               dict(t["ec"]) if isinstance(t.get("ec"), dict) else None)
+                               dict(t["ec"]) if isinstance(t.get("ec"), dict) else None,
+                               (int(t["edges"][0]), str(t["edges"][1]))
+                               if t.get("edges") else None)
                       for t in doc["tasks"])
         shuffle = doc.get("shuffle")
         return cls(job=str(doc["job"]), exec_etag=str(doc["exec_etag"]),

@@ -96,3 +96,56 @@ def test_ec_job_completes_while_a_fragment_holder_is_dead(fragile, wordcount_was
         assert not on_victim & set(task["fragments"]), task
     t3 = next(t for t in report["tasks"] if t["input"].endswith("/t3"))
     assert 0 not in t3["fragments"] and max(t3["fragments"]) >= 4  # a parity fragment
+
+
+def mapreduce(inputs, output):
+    return {"map": {"exec": "swift://~/apps/wordcount.wasm", "args": ["map"],
+                    "inputs": [inputs]},
+            "reduce": {"exec": "swift://~/apps/wordcount.wasm", "args": ["reduce"],
+                       "partitions": 2},
+            "output": f"swift://~/{output}/"}
+
+
+def test_large_objects_are_read_segment_by_segment_with_the_same_result(cluster, swift,
+                                                                         wordcount_wasm):
+    swift.put_container("apps")
+    swift.put_object("apps", "wordcount.wasm", wordcount_wasm)
+    data = make_text(11, 30_000)
+    cuts = [len(data) * i // 6 + 7 * i for i in range(6)] + [len(data)]  # mid-line cuts
+    swift.put_container("lo-plain")
+    swift.put_object("lo-plain", "book", data)
+    swift.put_container("lo-ec", headers={"X-Storage-Policy": "ec42"})
+    swift.put_object("lo-ec", "book", data)
+    swift.put_container("lo-segs")
+    swift.put_container("lo-ec-segs", headers={"X-Storage-Policy": "ec42"})
+    for i in range(6):
+        swift.put_object("lo-segs", f"slo/{i:02d}", data[cuts[i]:cuts[i + 1]])
+        swift.put_object("lo-ec-segs", f"dlo/{i:02d}", data[cuts[i]:cuts[i + 1]])
+    swift.put_container("lo-large")
+    swift.put_object("lo-large", "book.slo", json.dumps(
+        [{"path": f"/lo-segs/slo/{i:02d}"} for i in range(6)]),
+        query_string="multipart-manifest=put")
+    swift.put_object("lo-large", "book.dlo", b"",
+                     headers={"X-Object-Manifest": "lo-ec-segs/dlo/"})
+    assert swift.get_object("lo-large", "book.slo")[1] == data
+
+    reports = {}
+    for name, inputs in (("plain", "swift://~/lo-plain/book"), ("ec", "swift://~/lo-ec/book"),
+                         ("slo", "swift://~/lo-large/book.slo"),
+                         ("dlo", "swift://~/lo-large/book.dlo")):
+        reports[name] = report = submit_job(swift, mapreduce(inputs, f"lo-out-{name}"))
+        assert report["status"] == "succeeded", json.dumps(report, indent=1)
+    expected = expected_counts(data)
+    for name in reports:
+        parts = b"".join(swift.get_object(f"lo-out-{name}", f"part-{n:05d}")[1]
+                         for n in range(2))
+        assert sorted(parts.splitlines()) == sorted(expected.splitlines()), name
+    # One map task per segment, each beside its segment (the DLO's are erasure-coded),
+    # and together they read the object once: every line by exactly one of them.
+    for name, container, prefix in (("slo", "lo-segs", "slo/"), ("dlo", "lo-ec-segs", "dlo/")):
+        maps = [t for t in reports[name]["tasks"] if t["kind"] == "map"]
+        assert [t["input"] for t in maps] == [
+            f"swift://AUTH_test/{container}/{prefix}{i:02d}" for i in range(6)]
+        assert all(t["local"] for t in maps)
+        assert sum(t["bytes_in"] for t in maps) == len(data)
+    assert all(t["bytes_peer"] > 0 for t in reports["dlo"]["tasks"] if t["kind"] == "map")

@@ -95,3 +95,76 @@ def test_inputs_larger_than_the_split_size_become_several_tasks():
     assert [(t.task_id, t.input.path.obj, t.split) for t in tasks] == [
         ("m00000", "big", (0, 10)), ("m00001", "big", (10, 20)), ("m00002", "big", (20, 25)),
         ("m00003", "small", None)]
+
+
+# -- large objects: segments and their edges ---------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from zerocompute.planning import EDGE_BYTES, Segment, segment_edges  # noqa: E402
+
+
+def edges_of(data: bytes, cuts: list[int]) -> tuple[Segment, ...]:
+    bounds = [0, *cuts, len(data)]
+    parts = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    paths = [SwiftPath("AUTH_a", "segs", f"{i:03d}") for i in range(len(parts))]
+    return segment_edges(paths, [len(p) for p in parts], [p[-1:] for p in parts],
+                         [p[:EDGE_BYTES] for p in parts], "swift://AUTH_a/c/big"), parts
+
+
+def read_by_tasks(segments, parts) -> list[bytes]:
+    """What each segment's task reads (``sandbox.executor.segment_input``)."""
+    return [part[s.skip:] + s.carry for s, part in zip(segments, parts, strict=True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")),
+                      min_size=1, max_size=40),
+       cuts=st.lists(st.integers(min_value=1, max_value=2000), max_size=8),
+       final_newline=st.booleans())
+def test_every_line_of_a_large_object_is_read_once_whatever_the_segments(
+        lines, cuts, final_newline):
+    data = b"\n".join(lines) + (b"\n" if final_newline else b"")
+    cuts = sorted({c for c in cuts if 0 < c < len(data)})
+    try:
+        segments, parts = edges_of(data, cuts)
+    except ManifestError:
+        # Only when a segment after the first holds no newline at all.
+        assert any(b"\n" not in part for part in edges_of_parts(data, cuts)[1:])
+        return
+    read = read_by_tasks(segments, parts)
+    assert b"".join(read) == data
+    # Each task reads whole lines: each but the last ends with one.
+    for chunk in read[:-1]:
+        assert chunk == b"" or chunk.endswith(b"\n")
+
+
+def edges_of_parts(data, cuts):
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def test_segment_edges_of_a_simple_object():
+    segments, parts = edges_of(b"one\ntwo\nthree\n", [5, 8])  # "one\nt", "wo\n", "three\n"
+    assert [(s.skip, s.carry) for s in segments] == [(0, b"wo\n"), (3, b""), (0, b"")]
+    assert read_by_tasks(segments, parts) == [b"one\ntwo\n", b"", b"three\n"]
+
+
+def test_a_line_longer_than_the_edge_crossing_a_boundary_is_refused():
+    data = b"x" * 10 + b"y" * (EDGE_BYTES + 10) + b"\n"
+    with pytest.raises(ManifestError, match="crosses a segment boundary"):
+        edges_of(data, [10 + 5])
+
+
+def test_a_map_only_job_with_one_output_per_input_refuses_a_large_object():
+    big_manifest = manifest([path("*")], path("*.o", "out"))
+    big = InputObject(path("big"), 20, "big",
+                      (Segment(SwiftPath("AUTH_a", "s", "0"), 10),
+                       Segment(SwiftPath("AUTH_a", "s", "1"), 10)))
+    with pytest.raises(ManifestError, match="large object of 2 segments") as err:
+        plan_map_tasks(big_manifest, [[big]])
+    assert err.value.field == "output"
+    gathered = manifest([path("*")], path("all.txt", "out"))
+    tasks = plan_map_tasks(gathered, [[big]])
+    assert [t.input.path.obj for t in tasks] == ["0", "1"]
+    assert [t.segment for t in tasks] == list(big.segments)
