@@ -104,10 +104,16 @@ class TaskState:
     exact: bool = False  # the range is exactly the input (a GET's Range), not lines
     ec: dict[str, Any] | None = None  # an erasure-coded input (``wire.TaskSpec.ec``)
     edges: tuple[int, str] | None = None  # a large object's segment (``wire.TaskSpec``)
+    # An input no node can read in place (encrypted): its size, and what opens its
+    # plaintext (through the proxy's read path) as (length, chunks) to stream to a node.
+    stream_bytes: int = -1
+    opener: Callable[[], tuple[int, Any]] | None = None
 
     @property
     def holders(self) -> list[dict]:
         """The nodes that hold the input: its replicas, or every fragment's holder."""
+        if self.opener is not None:
+            return []  # streamed to whichever node runs it: never local
         if self.ec is not None:
             return [*self.candidates[0], *self.candidates[1]]
         return self.candidates[0]
@@ -129,7 +135,7 @@ class TaskState:
     def spec(self, node: dict) -> wire.TaskSpec:
         return wire.TaskSpec(self.task_id, node["device"], self.partition, self.path,
                              self.policy_index, self.env, self.reduce_partition, self.sources,
-                             self.split, self.exact, self.ec, self.edges)
+                             self.split, self.exact, self.ec, self.edges, self.stream_bytes)
 
 
 @dataclass(eq=False)
@@ -239,10 +245,31 @@ class Dispatcher:
             resp = self._send(node, group, executables[needed], stream)
         return resp
 
+    def open_streamed(self, node: dict, group: wire.TaskGroup, executables: dict[str, bytes],
+                      stream: Stream, opener: Callable[[], tuple[int, Any]]) -> Any:
+        """Send a group of one task whose input follows it in the body (streamed).
+
+        The node gets the executables first, through a group of no task (the usual
+        412 exchange): once the input is on its way there is no going back.
+        """
+        ready = self.open_group(node, replace(group, tasks=()), executables, stream)
+        ready.read()
+        ready.connection.close()
+        if ready.status != 200 or stream.cancelled:
+            return ready
+        length, chunks = opener()
+        try:
+            return self._send(node, group, b"", stream, (length, chunks))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
     def _send(self, node: dict, group: wire.TaskGroup, executable: bytes,
-              stream: Stream | None) -> Any:
+              stream: Stream | None, source: tuple[int, Any] | None = None) -> Any:
         body, headers = wire.sign_group(self.secret, group)
-        headers["Content-Length"] = str(len(body) + len(executable))
+        streamed = source[0] if source else 0
+        headers["Content-Length"] = str(len(body) + len(executable) + streamed)
         with ConnectionTimeout(self.conn_timeout):
             conn = http_connect_raw(node["ip"], node["port"], wire.METHOD, wire.TASKS_PATH,
                                     headers=headers)
@@ -251,9 +278,16 @@ class Dispatcher:
             if stream.cancelled:
                 stream.cancel()
         if stream is not None:
-            stream.bytes += len(body) + len(executable)
+            stream.bytes += len(body) + len(executable) + streamed
         try:
             conn.send(body + executable)
+            if source is not None:
+                sent = 0
+                for chunk in source[1]:
+                    conn.send(chunk)
+                    sent += len(chunk)
+                if sent != streamed:
+                    raise OSError(f"streamed input was {sent} bytes, not {streamed}")
             with Timeout(float(group.limits["time_s"]) + wire.PREPARE_TIMEOUT_S
                          + FRAME_GRACE_S):
                 resp = conn.getresponse()
@@ -396,9 +430,10 @@ class JobRun:
             return None
         group = [first]
         for state in self.by_node[key].values():
-            if len(group) >= size:
-                break
-            if state is not first and any(node_key(n) == key for n in state.untried(now)):
+            if len(group) >= size or first.opener is not None:
+                break  # a streamed input travels alone
+            if state is not first and state.opener is None \
+                    and any(node_key(n) == key for n in state.untried(now)):
                 group.append(state)
         for state in group:
             self._dequeue(state)
@@ -448,8 +483,14 @@ class JobRun:
     def _run_stream(self, stream: Stream) -> None:
         error, retry_after = "", None
         try:
-            resp = self.dispatcher.open_group(stream.node, self._group_for(stream),
-                                              self.executables, stream)
+            group = self._group_for(stream)
+            opener = stream.tasks[0].opener
+            if opener is not None:
+                resp = self.dispatcher.open_streamed(stream.node, group, self.executables,
+                                                     stream, opener)
+            else:
+                resp = self.dispatcher.open_group(stream.node, group, self.executables,
+                                                  stream)
         except (Exception, Timeout) as err:  # noqa: BLE001 - any node failure means retry
             self._stream_over(stream, _describe(err))
             return

@@ -62,6 +62,10 @@ Place the filter after the auth middleware::
     # heartbeat_s = 10
     # A map's sort buffer on its node, beyond which it spills sorted runs to disk.
     # shuffle_buffer_bytes = 67108864
+    # An input encrypted at rest is read through this pipeline (decrypted) and
+    # streamed to an object server's guest through a pipe, never to its disk;
+    # false: such inputs fail their task.
+    # stream_encrypted_inputs = true
     # Asynchronous jobs: the running proxy's lease on a job's state (renewed
     # every third of it), and how often it looks for a cancel.
     # job_lease_s = 30
@@ -181,6 +185,7 @@ class JobFilterConfig:
     heartbeat_s: float
     shuffle_buffer_bytes: int = 64 << 20
     max_jobs_per_account: int = 8
+    stream_encrypted_inputs: bool = True
     job_lease_s: float = 30.0
     job_poll_s: float = 1.0
 
@@ -214,6 +219,8 @@ class JobFilterConfig:
                 conf.get("shuffle_buffer_bytes", 64 << 20)),
             max_jobs_per_account=config_positive_int_value(
                 conf.get("max_jobs_per_account", 8)),
+            stream_encrypted_inputs=config_true_value(
+                conf.get("stream_encrypted_inputs", "true")),
             job_lease_s=positive_float(conf.get("job_lease_s", 30), "job_lease_s"),
             job_poll_s=positive_float(conf.get("job_poll_s", 1), "job_poll_s"),
         )
@@ -640,6 +647,7 @@ class MapJob:
         self.cancelled: str | None = None
         self.runs: list[JobRun] = []  # the phases running now
         self.retried = 0  # failed attempts of the phases that have ended
+        self.sent_to: dict[str, dict] = {}  # every node a group of this job went to
 
     def run(self) -> JobReport:
         started = time.perf_counter()
@@ -818,7 +826,62 @@ class MapJob:
                 report.exit = None
             if state.first_sent is not None and not report.wall_ms:
                 report.wall_ms = round((time.monotonic() - state.first_sent) * 1000, 3)
+        self.sent_to.update(run.nodes)
+        self.stream_encrypted(states, template, executables, on_result, reports)
         return run
+
+    # -- encrypted inputs ---------------------------------------------------------------
+    def stream_encrypted(self, states: list[TaskState], template: wire.TaskGroup,
+                         executables: dict[str, bytes], on_result,
+                         reports: list[TaskReport]) -> None:
+        """Run again, streamed through the proxy's read path (which decrypts), the tasks
+        whose object servers found their input encrypted at rest."""
+        refused = [s for s in states if s.opener is None
+                   and reports[s.index].error == wire.ENCRYPTED_INPUT]
+        if not refused or self.cancelled:
+            return
+        again = []
+        for state in refused:
+            report = reports[state.index]
+            if not self.config.stream_encrypted_inputs:
+                report.error = (f"{wire.ENCRYPTED_INPUT}, and this cluster does not read them "
+                                "through the proxy (stream_encrypted_inputs = false)")
+            elif state.split is not None or state.edges is not None:
+                report.error = (f"{wire.ENCRYPTED_INPUT}: splits and segments of encrypted "
+                                "objects are not supported yet")
+            else:
+                report.retries.append(Attempt(report.node or "", wire.ENCRYPTED_INPUT))
+                report.error, report.exit, report.node = None, None, None
+                again.append(self.streamed(state))
+        if again:
+            self.run_phase(again, template, executables, on_result, reports)
+
+    def streamed(self, state: TaskState) -> TaskState:
+        """``state`` as a task whose plaintext the proxy streams to any object server."""
+        account, container, obj = state.path.lstrip("/").split("/", 2)
+        target = SwiftPath(account, container, obj)
+        size = self.tasks[state.index].input.size
+        nodes = list({node_key(n): n for n in self.object_servers()}.values())
+        self.middleware.dispatcher.rng.shuffle(nodes)
+        return replace(state, candidates=[nodes, []], tried=set(), busy_until={}, failed=[],
+                       live={}, first_sent=None, running_since=None, backed_up=False,
+                       done=False, node=None, error=None, ec=None, stream_bytes=size,
+                       opener=lambda: self.open_plaintext(target, size))
+
+    def open_plaintext(self, target: SwiftPath, size: int) -> tuple[int, Any]:
+        """The object's bytes through the rest of the pipeline, as the user (decrypted)."""
+        resp = self.middleware.subrequest(self.req, "GET", target.path)
+        if not resp.is_success or resp.content_length != size:
+            close_if_possible(resp.app_iter)
+            raise OSError(f"reading {target} through the proxy: {resp.status}, "
+                          f"{resp.content_length} bytes (expected {size})")
+        return size, resp.app_iter
+
+    def object_servers(self) -> list[dict]:
+        """Every device of the object ring the inputs live in."""
+        policy_index = next(iter(self._policies.values()), 0)
+        ring = POLICIES.get_object_ring(policy_index, self.config.swift_dir)
+        return [dev for dev in ring.devs if dev]
 
     @staticmethod
     def record(report: TaskReport, state: TaskState, node: dict,
@@ -939,7 +1002,6 @@ class MapReduceJob(MapJob):
         self.partitions = len(self.slots)
         self.map_outputs: dict[int, tuple[dict, list[int]]] = {}  # map -> (node, sizes)
         self.lost: dict[int, list[str]] = {}  # reduce partition -> maps it could not fetch
-        self.map_nodes: dict[str, dict] = {}  # every node a map was sent to
         self.reduce_reports = [
             TaskReport(kind="reduce", task=self.reduce_task_id(out, n),
                        input=f"partition {n}" + (f" of {out.name}" if out.name else ""),
@@ -1016,11 +1078,8 @@ class MapReduceJob(MapJob):
                 report.error = None
 
     def run_maps(self, states: list[TaskState], template: wire.TaskGroup) -> None:
-        run = self.run_phase(states, template, self.map_executables, self.take_map_result,
-                             self.reports)
-        if run is not None:
-            # Backup losers and broken attempts may have left partitions there too.
-            self.map_nodes.update(run.nodes)
+        self.run_phase(states, template, self.map_executables, self.take_map_result,
+                       self.reports)
 
     def run_reduces(self, partitions: list[int]) -> None:
         """The reduces of ``partitions``, each output's with its own reducer, at once."""
@@ -1068,12 +1127,6 @@ class MapReduceJob(MapJob):
                                               ("ZEROCOMPUTE_OUTPUT", out.name)),
                          candidates=[nodes, []], reduce_partition=number, sources=sources)
 
-    def object_servers(self) -> list[dict]:
-        """Every device of the object ring the inputs live in."""
-        policy_index = next(iter(self._policies.values()), 0)
-        ring = POLICIES.get_object_ring(policy_index, self.config.swift_dir)
-        return [dev for dev in ring.devs if dev]
-
     def take_map_result(self, state: TaskState, node: dict, result: wire.TaskResult,
                         stream: Any) -> None:
         report = self.reports[state.index]
@@ -1112,7 +1165,8 @@ class MapReduceJob(MapJob):
         object servers reap what is left after ``shuffle_max_age_s``)."""
         path = wire.shuffle_path(self.shuffle_id)
         pile = eventlet.GreenPile(16)
-        for node in self.map_nodes.values():
+        # Backup losers and broken attempts may have left partitions there too.
+        for node in self.sent_to.values():
             pile.spawn(self._delete_shuffle, node, path)
         list(pile)
 

@@ -59,6 +59,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import eventlet
 from eventlet.semaphore import Semaphore
 from swift.common.exceptions import (
     DiskFileDeleted,
@@ -119,6 +120,34 @@ class TaskFilterConfig:
                        conf.get("shuffle_max_age_s", 86400)))
 
 
+def pump_into_pipe(source: Any, fd: int, length: int) -> int:
+    """Copy ``length`` bytes of ``source`` into the pipe ``fd`` without blocking the hub,
+    then close it; bytes the guest did not read are drained, so that the proxy's send
+    ends.  The number of bytes the guest was given."""
+    from eventlet.hubs import trampoline
+
+    os.set_blocking(fd, False)
+    left, given, reading = length, 0, True
+    try:
+        while left > 0:
+            chunk = source.read(min(left, _READ_CHUNK))
+            if not chunk:
+                break
+            left -= len(chunk)
+            view = memoryview(chunk)
+            while reading and view:
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    trampoline(fd, write=True)
+                except BrokenPipeError:
+                    reading = False  # the guest is done with its stdin
+            given += len(chunk) - len(view)
+    finally:
+        os.close(fd)
+    return given
+
+
 def _client_socket(req: Request) -> Any:
     """The requester's socket under eventlet.wsgi (None elsewhere, e.g. in tests)."""
     return getattr(req.environ.get("eventlet.input"), "_sock", None)
@@ -128,7 +157,7 @@ def refuse_input(metadata: dict, ec: dict | None = None) -> str | None:
     """Why an object's data file cannot be its task's input (None when it can: its
     bytes, or, given the code, one of its fragment archives)."""
     if any(k.lower().startswith("x-object-sysmeta-crypto-") for k in metadata):
-        return "encrypted objects cannot be read in place"
+        return wire.ENCRYPTED_INPUT
     if "X-Static-Large-Object" in metadata or any(
             k.lower() == "x-object-manifest" for k in metadata):
         return "large-object manifests are not supported as inputs"
@@ -262,15 +291,23 @@ class TaskMiddleware:
             return HTTPBadRequest(body=b"bad task group length\n")
         if not 0 < group_length <= min(body_length, wire.MAX_GROUP_BYTES):
             return HTTPForbidden(body=b"task signature refused\n")
-        # Read the whole body even when the executable is cached: a hang-up of
-        # the proxy is seen only once nothing unread is left before it.
-        body = req.body_file.read(body_length)
+        head = req.body_file.read(group_length)
         try:
             group = wire.verify_group(self.config.secret, req.method, req.path_info,
-                                      req.headers, body[:group_length])
+                                      req.headers, head)
         except wire.BadSignature as err:
             self.logger.warning("zerocompute: refused unsigned task group: %s", err)
             return HTTPForbidden(body=b"task signature refused\n")
+        # An input streamed by the proxy (signed: its length is in the group) follows
+        # the executable and stays unread until its task runs.
+        streamed = [t for t in group.tasks if t.stream_bytes >= 0]
+        stream_bytes = streamed[0].stream_bytes if streamed else 0
+        if streamed and (len(group.tasks) != 1 or group.kind != "map") \
+                or body_length - group_length < stream_bytes:
+            return HTTPBadRequest(body=b"a streamed input travels alone, after the group\n")
+        # Read the rest of the body even when the executable is cached: a hang-up of
+        # the proxy is seen only once nothing unread is left before it.
+        body = head + req.body_file.read(body_length - group_length - stream_bytes)
         if self.replayed(req.headers[wire.SIGNATURE_HEADER]):
             self.logger.warning("zerocompute: refused a replayed task group of job %r",
                                 group.job)
@@ -288,7 +325,8 @@ class TaskMiddleware:
             return HTTPRequestEntityTooLarge(body=b"too many tasks in one group\n")
         self.reap_shuffle()
         return Response(status=200, content_type="application/octet-stream",
-                        app_iter=GroupRun(self, group, _client_socket(req)))
+                        app_iter=GroupRun(self, group, _client_socket(req),
+                                          req.body_file if streamed else None))
 
     def replayed(self, signature: str) -> bool:
         """Whether this signed group was received before (while it is fresh enough to
@@ -318,10 +356,12 @@ class TaskMiddleware:
         return missing
 
     def run_task(self, group: wire.TaskGroup, spec: wire.TaskSpec, client: Any,
-                 ) -> tuple[wire.TaskResult, int | None]:
+                 source: Any = None) -> tuple[wire.TaskResult, int | None]:
         """Run one task of a group: its result and, when it produced output, the
         descriptor of its (already unlinked) stdout file."""
         result = wire.TaskResult(task=spec.task)
+        if spec.stream_bytes >= 0:
+            return self.run_streamed(group, spec, client, source, result)
         if group.kind == "reduce":
             # Its input is fetched from the maps' nodes by the executor.
             with open(os.devnull, "rb") as nothing:
@@ -357,6 +397,20 @@ class TaskMiddleware:
             result.retry = "507 device unavailable"
         return result, None
 
+    def run_streamed(self, group: wire.TaskGroup, spec: wire.TaskSpec, client: Any,
+                     source: Any, result: wire.TaskResult) -> tuple[wire.TaskResult, int | None]:
+        """A task whose input the proxy streams (an encrypted object's plaintext): the
+        guest reads it from a pipe, so it never touches this node's disk."""
+        read_end, write_end = os.pipe()
+        pump = eventlet.spawn(pump_into_pipe, source, write_end, spec.stream_bytes)
+        try:
+            ran, stdout_fd = self.run_guest(group, spec, read_end, result, client)
+        finally:
+            os.close(read_end)
+            pumped = pump.wait()
+        ran.bytes_in = ran.bytes_peer = pumped
+        return ran, stdout_fd
+
     def run_guest(self, group: wire.TaskGroup, spec: wire.TaskSpec, input_fd: int,
                   result: wire.TaskResult, client: Any) -> tuple[wire.TaskResult, int | None]:
         stdout_fd, stdout_path = tempfile.mkstemp(dir=self.scratch_dir, prefix="out-")
@@ -369,7 +423,7 @@ class TaskMiddleware:
             raise
         if spec.split is None:  # a split's executor counted the bytes its lines take
             ran.bytes_in = result.bytes_in
-        if spec.ec is None and group.kind == "map":
+        if spec.ec is None and spec.stream_bytes < 0 and group.kind == "map":
             ran.bytes_local = ran.bytes_in
         if ran.completed:
             self.service_ms = update_service_ms(self.service_ms, ran.ms, self.completed)
@@ -407,10 +461,12 @@ class GroupRun:
     Closed early (the proxy hung up), it runs nothing more.
     """
 
-    def __init__(self, server: TaskMiddleware, group: wire.TaskGroup, client: Any):
+    def __init__(self, server: TaskMiddleware, group: wire.TaskGroup, client: Any,
+                 source: Any = None):
         self.server = server
         self.group = group
         self.client = client
+        self.source = source  # the request body still to read: a streamed input
         self.left = len(group.tasks)
         server.groups += 1
         server.pending += self.left
@@ -423,7 +479,8 @@ class GroupRun:
                     return
                 self.left -= 1
                 self.server.pending -= 1
-                result, stdout_fd = self.server.run_task(self.group, spec, self.client)
+                result, stdout_fd = self.server.run_task(self.group, spec, self.client,
+                                                         self.source)
                 result.load = self.server.load_header()
                 yield from self._frame(result, stdout_fd)
         finally:

@@ -60,6 +60,10 @@ GROUP_LENGTH_HEADER = "X-Zerocompute-Group-Length"
 NEED_EXECUTABLE_HEADER = "X-Zerocompute-Need-Executable"
 LOAD_HEADER = "X-Zerocompute-Load"
 
+# What an object server answers for an input whose .data file is ciphertext (Swift's
+# at-rest encryption): the proxy then streams the object's plaintext to a node.
+ENCRYPTED_INPUT = "encrypted objects cannot be read in place"
+
 MAX_AGE_S = 300
 # The longest an object server may take to prepare a module (compiling the
 # Python runtime takes seconds, more on a busy host) before the guest starts.
@@ -114,6 +118,9 @@ class TaskSpec:
     # A segment of a large object: the bytes to skip at its start (a line begun in the
     # segment before), and the rest of its last line (base64), from the segment after.
     edges: tuple[int, str] | None = None
+    # An input the node cannot read in place (encrypted at rest): the proxy streams
+    # its plaintext, this many bytes, after the group in the request body.
+    stream_bytes: int = -1
 
     @property
     def disk_path(self) -> str:
@@ -155,7 +162,8 @@ class TaskGroup:
                                if t.get("split") else None, bool(t.get("exact", False)),
                                dict(t["ec"]) if isinstance(t.get("ec"), dict) else None,
                                (int(t["edges"][0]), str(t["edges"][1]))
-                               if t.get("edges") else None)
+                               if t.get("edges") else None,
+                               int(t.get("stream_bytes", -1)))
                       for t in doc["tasks"])
         shuffle = doc.get("shuffle")
         return cls(job=str(doc["job"]), exec_etag=str(doc["exec_etag"]),

@@ -72,6 +72,7 @@ class FakeResponse:
         else:
             out = f"out-{spec.task}-{spec.device}".encode()
             result = wire.TaskResult(spec.task, exit=self.behaviour.get("exit", 0),
+                                     error=self.behaviour.get("error"),
                                      ms=self.behaviour.get("ms", 1.0), stdout_bytes=len(out))
         head = result.frame_head()
         self.body = io.BytesIO(out)

@@ -450,3 +450,15 @@ def test_a_job_taken_over_acts_only_within_its_grant(swift_dir, cluster):
     assert authorize(Request.blank("/v1/AUTH_b/in/x")).status_int == 403
     assert authorize(Request.blank("/v1/AUTH_a")).status_int == 403
     assert "REMOTE_USER" not in env
+
+
+def test_encrypted_inputs_are_refused_clearly_when_the_operator_says_so(swift_dir, cluster):
+    cluster.config = config(swift_dir, stream_encrypted_inputs=False)
+    cluster.dispatcher.behaviour = {p: {"exit": None, "error": wire.ENCRYPTED_INPUT}
+                                    for p in (1, 2, 3)}
+    resp, report = post(cluster, manifest())
+    assert report["status"] == "failed"
+    for task in report["tasks"]:
+        assert task["error"] == (f"{wire.ENCRYPTED_INPUT}, and this cluster does not read "
+                                 "them through the proxy (stream_encrypted_inputs = false)")
+    assert cluster.app.puts() == ["/v1/AUTH_a/out/_report.json"]  # no output, no _SUCCESS

@@ -113,13 +113,15 @@ class DevCluster:
     def __init__(self, directory: str = DEFAULT_DIR, object_servers: int = OBJECT_SERVERS,
                  task_slots: int = 2, slots: dict[str, int] | None = None,
                  proxy_options: dict[str, str] | None = None, proxies: int = 1,
-                 hosts: bool = False, link_rate: str | None = None):
+                 hosts: bool = False, link_rate: str | None = None,
+                 encryption: bool = False):
         """``slots`` overrides ``task_slots`` per object server (``{"object1": 1}``);
         ``proxy_options`` are added to the proxies' ``[filter:zerocompute]``;
         ``proxies`` > 1 runs more proxy processes (``proxy2``, ...), as behind a load
         balancer: same rings, same secret, same tempauth keys.  ``hosts`` puts every
         server in a network namespace of its own (:mod:`zerocompute.dev.hosts`), with
-        ``link_rate`` (``"1gbit"``) on every link."""
+        ``link_rate`` (``"1gbit"``) on every link.  ``encryption`` adds Swift's keymaster
+        and encryption middleware to the proxies: every object is encrypted at rest."""
         self.directory = os.path.abspath(directory)
         self.etc = os.path.join(self.directory, "etc")
         self.logs = os.path.join(self.directory, "log")
@@ -130,6 +132,7 @@ class DevCluster:
         self.proxy_options = proxy_options or {}
         self.proxy_count = proxies
         self.hosts, self.link_rate = hosts, link_rate
+        self.encryption = encryption
         self.data_note: str | None = None  # why object data is not on a tmpfs, if it is not
         self.state: dict[str, Any] = {}
         if os.path.exists(self.state_file):
@@ -271,6 +274,8 @@ class DevCluster:
                 "hash_suffix": secrets.token_hex(8),
                 "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode("ascii"),
                 "network": HostNetwork.new(self.link_rate).to_state() if self.hosts else None,
+                "encryption_root_secret": base64.b64encode(os.urandom(32)).decode("ascii")
+                if self.encryption else None,
             }
         for number in range(2, self.proxy_count + 1):
             if f"proxy{number}" not in self.state["servers"]:
@@ -403,6 +408,13 @@ use = egg:swift#{server.kind}
             cache = (f"[filter:cache]\nuse = egg:swift#memcache\n"
                      f"memcache_servers = {self.address(self.server('memcached'))}:"
                      f"{memcached[1]}\n")
+        secret = self.state.get("encryption_root_secret")
+        if secret:  # as Swift's docs place them: just before the final proxy-logging
+            pipeline = pipeline.replace("symlink proxy-logging proxy-server",
+                                        "symlink keymaster encryption proxy-logging proxy-server")
+            cache += (f"[filter:keymaster]\nuse = egg:swift#keymaster\n"
+                      f"encryption_root_secret = {secret}\n\n"
+                      f"[filter:encryption]\nuse = egg:swift#encryption\n")
         return f"""
 [pipeline:main]
 pipeline = {pipeline}
