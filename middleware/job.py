@@ -729,6 +729,15 @@ class MapJob:
             if self.reports[index].reused:
                 continue
             item = task.input
+            if task.whole:  # a large object read whole: nowhere local, streamed
+                path = f"/{item.path.account}/{item.path.container}/{item.path.obj}"
+                states.append(self.streamed(TaskState(
+                    index=index, task_id=task.task_id, partition=0, path=path,
+                    policy_index=0, env=(("ZEROCOMPUTE_INPUT", str(item.path)),
+                                         ("ZEROCOMPUTE_INPUT_SIZE", str(item.size)),
+                                         ("ZEROCOMPUTE_TASK", task.task_id)),
+                    candidates=[[], []])))
+                continue
             placement = self.placement(item.path)
             if placement is None:
                 self.reports[index].error = "cannot locate the input in the ring"

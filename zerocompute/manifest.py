@@ -35,7 +35,10 @@ MAX_STEPS = 16
 # How key/value records travel between guests (the guest SDK's forms).
 RECORD_FORMS = ("text", "framed")
 _STAGE_KEYS = {"exec", "args", "env"}
-_MAP_KEYS = _STAGE_KEYS | {"inputs", "split_size"}
+_MAP_KEYS = _STAGE_KEYS | {"inputs", "split_size", "large_objects"}
+# How a large object (SLO/DLO) input is read: a task per segment, beside each, or the
+# whole object by one task, streamed through the proxy.
+LARGE_OBJECT_MODES = ("segments", "whole")
 _REDUCE_KEYS = _STAGE_KEYS | {"partitions"}
 MAX_PARTITIONS = 1024
 
@@ -146,6 +149,7 @@ class Stage:
 class MapStage(Stage):
     inputs: tuple[SwiftPath, ...] = field(default_factory=tuple)
     split_size: int | None = None  # inputs larger than this are read by several tasks
+    large_objects: str = "segments"  # or "whole": one task, streamed through the proxy
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,9 @@ def _parse_map(value: Any, own_account: str,
     split_size = value.get("split_size")
     if split_size is not None:
         split_size = _parse_number(split_size, "map.split_size", int)
+    large_objects = value.get("large_objects", "segments")
+    _require(large_objects in LARGE_OBJECT_MODES,
+             f"must be one of {', '.join(LARGE_OBJECT_MODES)}", "map.large_objects")
     raw_inputs = value["inputs"] if "inputs" in value else [str(p) for p in inherited]
     if isinstance(raw_inputs, str):
         raw_inputs = [raw_inputs]
@@ -267,6 +274,7 @@ def _parse_map(value: Any, own_account: str,
         env=_parse_env(value.get("env", {}), "map.env"),
         inputs=tuple(inputs),
         split_size=split_size,
+        large_objects=large_objects,
     )
 
 

@@ -52,6 +52,7 @@ class MapTask:
     output: SwiftPath | None  # None: gathered into the job's one output, or shuffled
     split: tuple[int, int] | None = None  # the byte range of a split input
     segment: Segment | None = None  # a large object's segment: the task's input
+    whole: bool = False  # a large object read whole, streamed through the proxy
 
 
 def line_to_newline(head: bytes, where: str) -> bytes:
@@ -115,6 +116,9 @@ def _split_tasks(manifest: Manifest, inputs: list[InputObject]) -> list[MapTask]
     """One task per input, or per split of an input larger than ``map.split_size``."""
     tasks: list[MapTask] = []
     for item in inputs:
+        if item.segments and manifest.map.large_objects == "whole":
+            tasks.append(MapTask(f"m{len(tasks):05d}", item, None, whole=True))
+            continue
         for segment in item.segments:
             part = InputObject(segment.path, segment.size, item.matched)
             tasks.append(MapTask(f"m{len(tasks):05d}", part, None, segment=segment))
@@ -149,8 +153,9 @@ def plan_map_tasks(manifest: Manifest,
         return _split_tasks(manifest, list(unique.values()))
     tasks: list[MapTask] = []
     writers: dict[SwiftPath, SwiftPath] = {}
+    whole = manifest.map.large_objects == "whole"
     for n, item in enumerate(unique.values()):
-        if item.segments:
+        if item.segments and not whole:
             raise ManifestError(f"{item.path} is a large object of {len(item.segments)} "
                                 "segments, each read by a task of its own: gather their "
                                 "outputs into one object or reduce them", "output")
@@ -161,5 +166,5 @@ def plan_map_tasks(manifest: Manifest,
             raise ManifestError(f"inputs {writers[out]} and {item.path} would both write {out}",
                                 "output")
         writers[out] = item.path
-        tasks.append(MapTask(f"m{n:05d}", item, out))
+        tasks.append(MapTask(f"m{n:05d}", item, out, whole=bool(item.segments)))
     return tasks

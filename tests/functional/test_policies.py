@@ -149,3 +149,14 @@ def test_large_objects_are_read_segment_by_segment_with_the_same_result(cluster,
         assert all(t["local"] for t in maps)
         assert sum(t["bytes_in"] for t in maps) == len(data)
     assert all(t["bytes_peer"] > 0 for t in reports["dlo"]["tasks"] if t["kind"] == "map")
+    # Or each large object whole, by one task: streamed through the proxy (so not local).
+    whole = submit_job(swift, {"map": {"exec": "swift://~/apps/wordcount.wasm",
+                                       "args": ["count"], "inputs": ["swift://~/lo-large/*"],
+                                       "large_objects": "whole"},
+                               "output": "swift://~/lo-whole/*.wc"})
+    assert whole["status"] == "succeeded", json.dumps(whole, indent=1)
+    assert len(whole["tasks"]) == 2
+    for task in whole["tasks"]:
+        assert not task["local"] and task["bytes_peer"] == task["bytes_in"] == len(data)
+    for name in ("book.slo", "book.dlo"):
+        assert swift.get_object("lo-whole", f"{name}.wc")[1] == expected_counts(data)

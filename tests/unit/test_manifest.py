@@ -216,3 +216,15 @@ def test_fuzzed_manifests_fail_only_with_a_manifest_error():
         except ManifestError as err:
             assert err.status in (400, 413) and err.to_dict()["error"]
     assert parsed < 400, "most fuzzed manifests are malformed"
+
+
+def test_large_objects_are_read_by_segment_unless_asked_whole():
+    assert parse(good()).map.large_objects == "segments"
+    doc = good()
+    doc["map"]["large_objects"] = "whole"
+    assert parse(doc).map.large_objects == "whole"
+    for bad in ("all", 1, None, ["whole"]):
+        doc["map"]["large_objects"] = bad
+        with pytest.raises(ManifestError) as err:
+            parse(doc)
+        assert err.value.field == "map.large_objects"
