@@ -1356,7 +1356,8 @@ def erasure_code(policy_index: int, partition: int, path: str,
     if policy is None or policy.policy_type != EC_POLICY:
         return None
     return {"k": policy.ec_ndata, "m": policy.ec_nparity, "ec_type": policy.ec_type,
-            "fragment_size": policy.fragment_size, "policy": policy_index,
+            "fragment_size": policy.fragment_size, "segment_size": policy.ec_segment_size,
+            "policy": policy_index,
             "partition": partition, "path": path,
             "peers": [[n["ip"], n["port"], n["device"], n["index"]] for n in primaries]}
 

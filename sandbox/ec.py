@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
+from zerocompute.shuffle import line_aligned
+
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 
@@ -66,19 +68,21 @@ def _driver(ec: dict[str, Any]):
     return ECDriver(k=int(ec["k"]), m=int(ec["m"]), ec_type=str(ec["ec_type"]))
 
 
-def _fetch(peer: list, ec: dict[str, Any]) -> _Archive | None:
-    """A peer's archive of the same version of the object, or None."""
+def _fetch(peer: list, ec: dict[str, Any], offset: int = 0) -> _Archive | None:
+    """A peer's archive of the same version of the object (from ``offset``), or None."""
     ip, port, device, _index = peer
     path = f"/{device}/{ec['partition']}{quote(ec['path'])}"
     connection = http.client.HTTPConnection(ip, int(port), timeout=CONNECT_TIMEOUT_S)
+    headers = {"X-Backend-Storage-Policy-Index": str(ec["policy"]),
+               "User-Agent": "zerocompute-ec"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     try:
-        connection.request("GET", path, headers={
-            "X-Backend-Storage-Policy-Index": str(ec["policy"]),
-            "User-Agent": "zerocompute-ec"})
+        connection.request("GET", path, headers=headers)
         connection.sock.settimeout(READ_TIMEOUT_S)
         resp = connection.getresponse()
         index = resp.getheader("X-Object-Sysmeta-Ec-Frag-Index")
-        if resp.status != 200 or index is None \
+        if resp.status != (206 if offset else 200) or index is None \
                 or resp.getheader("X-Backend-Timestamp") != ec["timestamp"]:
             connection.close()
             return None
@@ -88,7 +92,7 @@ def _fetch(peer: list, ec: dict[str, Any]) -> _Archive | None:
         return None
 
 
-def _sources(local: _Archive, ec: dict[str, Any]) -> list[_Archive]:
+def _sources(local: _Archive, ec: dict[str, Any], offset: int = 0) -> list[_Archive]:
     """``k`` archives of distinct fragments: this node's, then data fragments, then parity."""
     k = int(ec["k"])
     sources = [local]
@@ -99,7 +103,7 @@ def _sources(local: _Archive, ec: dict[str, Any]) -> list[_Archive]:
             break
         if any(s.index == int(peer[3]) for s in sources):
             continue
-        archive = _fetch(peer, ec)
+        archive = _fetch(peer, ec, offset)
         if archive is not None and all(s.index != archive.index for s in sources):
             sources.append(archive)
         elif archive is not None:
@@ -111,29 +115,82 @@ def _sources(local: _Archive, ec: dict[str, Any]) -> list[_Archive]:
     return sources
 
 
+class Rebuilder:
+    """The object's segments, decoded one at a time from ``first_segment`` on."""
+
+    def __init__(self, local_fd: int, local_index: int, ec: dict[str, Any],
+                 first_segment: int = 0):
+        self.driver = _driver(ec)
+        self.fragment_size = int(ec["fragment_size"])
+        offset = first_segment * self.fragment_size
+        self.own = os.fdopen(os.dup(local_fd), "rb")
+        self.own.seek(offset)
+        self.local = _Archive(local_index, self.own)
+        try:
+            self.sources = _sources(self.local, ec, offset)
+        except BaseException:
+            self.own.close()
+            raise
+
+    def segments(self) -> Any:
+        while True:
+            fragments = [source.read(self.fragment_size) for source in self.sources]
+            if not fragments[0]:
+                return
+            if any(len(f) != len(fragments[0]) for f in fragments):
+                raise ECError("fragment archives of different lengths")
+            yield self.driver.decode(fragments)
+
+    def done(self, size: int) -> Rebuilt:
+        return Rebuilt(size, self.local.read_bytes,
+                       sum(s.read_bytes for s in self.sources[1:]),
+                       [s.index for s in self.sources])
+
+    def close(self) -> None:
+        for source in self.sources[1:]:
+            source.close()
+        self.own.close()
+
+
 def rebuild(local_fd: int, local_index: int, ec: dict[str, Any], out: BinaryIO) -> Rebuilt:
     """Write the object whose fragment archive ``local_fd`` is into ``out``."""
-    driver = _driver(ec)
-    fragment_size = int(ec["fragment_size"])
-    with os.fdopen(os.dup(local_fd), "rb") as own:
-        own.seek(0)
-        local = _Archive(local_index, own)
-        sources = _sources(local, ec)
-        try:
-            size = 0
-            while True:
-                fragments = [source.read(fragment_size) for source in sources]
-                if not fragments[0]:
-                    break
-                if any(len(f) != len(fragments[0]) for f in fragments):
-                    raise ECError("fragment archives of different lengths")
-                segment = driver.decode(fragments)
-                out.write(segment)
-                size += len(segment)
-        finally:
-            for source in sources[1:]:
-                source.close()
+    rebuilder = Rebuilder(local_fd, local_index, ec)
+    try:
+        size = 0
+        for segment in rebuilder.segments():
+            out.write(segment)
+            size += len(segment)
+    finally:
+        rebuilder.close()
     if size != int(ec["content_length"]):
         raise ECError(f"rebuilt {size} bytes, the object has {ec['content_length']}")
-    return Rebuilt(size, local.read_bytes, sum(s.read_bytes for s in sources[1:]),
-                   [s.index for s in sources])
+    return rebuilder.done(size)
+
+
+def rebuild_range(local_fd: int, local_index: int, ec: dict[str, Any],
+                  split: tuple[int, int], exact: bool, out: BinaryIO) -> tuple[int, Rebuilt]:
+    """A split of the object (``shuffle.line_aligned``'s lines, or ``exact`` bytes), from
+    only the segments that hold it: its size, and what was read."""
+    segment_size = int(ec["segment_size"])
+    size = int(ec["content_length"])
+    start, end = min(split[0], size), min(split[1], size)
+    first = max(0, start - 1) // segment_size
+    base = first * segment_size
+    data = bytearray()
+    rebuilder = Rebuilder(local_fd, local_index, ec, first)
+    try:
+        for segment in rebuilder.segments():
+            data += segment
+            covered = base + len(data)
+            if covered >= end and (exact or covered >= size
+                                   or b"\n" in data[max(0, end - 1 - base):]):
+                break
+    finally:
+        rebuilder.close()
+    if exact:
+        lo, hi = start, end
+    else:
+        lo, hi = line_aligned(lambda at, n: bytes(data[at - base:at - base + n]),
+                              min(size, base + len(data)), start, end)
+    out.write(data[lo - base:hi - base])
+    return hi - lo, rebuilder.done(hi - lo)

@@ -112,13 +112,18 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
                 dir=os.path.join(cache_dir, "scratch"), prefix="ec-"))
             stdin = os.path.join(scratch, "object")
+            local_index = int(spec.ec["local_index"])
             try:
                 with open(stdin, "wb") as out:
-                    rebuilt = ec.rebuild(fds[0], int(spec.ec["local_index"]), spec.ec, out)
+                    if spec.split is not None:  # only the segments that hold the split
+                        bytes_in, rebuilt = ec.rebuild_range(fds[0], local_index, spec.ec,
+                                                             spec.split, spec.exact, out)
+                    else:
+                        rebuilt = ec.rebuild(fds[0], local_index, spec.ec, out)
             except ec.ECError as err:
                 return TaskResult(spec.task, retry=f"erasure-coded input: {err}")
             input_fd = cleanup.enter_context(open(stdin, "rb")).fileno()
-        if spec.split is not None:
+        if spec.split is not None and spec.ec is None:
             scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
                 dir=os.path.join(cache_dir, "scratch"), prefix="split-"))
             stdin, bytes_in = split_input(input_fd, spec.split, scratch, spec.exact)

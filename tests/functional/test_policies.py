@@ -160,3 +160,25 @@ def test_large_objects_are_read_segment_by_segment_with_the_same_result(cluster,
         assert not task["local"] and task["bytes_peer"] == task["bytes_in"] == len(data)
     for name in ("book.slo", "book.dlo"):
         assert swift.get_object("lo-whole", f"{name}.wc")[1] == expected_counts(data)
+
+
+def test_splits_of_an_erasure_coded_object_decode_only_their_segments(cluster, swift,
+                                                                       wordcount_wasm):
+    swift.put_container("apps")
+    swift.put_object("apps", "wordcount.wasm", wordcount_wasm)
+    swift.put_container("split-ec", headers={"X-Storage-Policy": "ec42"})
+    data = make_text(5, 600_000)  # about 4 MiB: four segments
+    swift.put_object("split-ec", "big", data)
+    job = mapreduce("swift://~/split-ec/big", "split-ec-out")
+    job["map"]["split_size"] = 512 * 1024
+    report = submit_job(swift, job)
+    assert report["status"] == "succeeded", json.dumps(report, indent=1)
+    parts = b"".join(swift.get_object("split-ec-out", f"part-{n:05d}")[1] for n in range(2))
+    assert sorted(parts.splitlines()) == sorted(expected_counts(data).splitlines())
+    maps = [t for t in report["tasks"] if t["kind"] == "map"]
+    assert len(maps) == -(-len(data) // (512 * 1024))
+    assert sum(t["bytes_in"] for t in maps) == len(data)  # every line once
+    for task in maps:
+        # One or two 1 MiB segments' worth of fragments, never the whole object.
+        read = task["bytes_local"] + task["bytes_peer"]
+        assert read <= 2 * (1 << 20) + 4096, task
