@@ -1260,7 +1260,11 @@ class RunOnGet:
 
         def keep(state: TaskState, node: dict, result: wire.TaskResult, stream: Any) -> None:
             job.record(job.reports[0], state, node, result)
-            outputs.append(read_output(stream, result.stdout_bytes))
+            output = read_output(stream, result.stdout_bytes)
+            if job.reports[0].ok:
+                outputs.append(output)
+            else:  # e.g. an encrypted object, about to be streamed instead
+                output.close()
         states = job.task_states()
         for state in states:
             state.exact = span is not None

@@ -58,3 +58,22 @@ def test_encrypted_inputs_are_streamed_decrypted_and_never_stored_in_the_clear(
     assert report["bytes"]["through_proxy"] >= sum(map(len, texts.values()))
     # The plaintext went through a pipe: no object server wrote it anywhere.
     assert on_disk(encrypted, MARKER) == []
+
+
+def test_execution_on_get_over_an_encrypted_object(encrypted, wordcount_wasm):
+    import urllib.request
+
+    swift = encrypted.connection()
+    swift.put_container("apps")
+    swift.put_object("apps", "wordcount.wasm", wordcount_wasm)
+    swift.put_container("vault")
+    data = MARKER + b" delta epsilon\n" * 500
+    swift.put_object("vault", "doc", data)
+    url, token = swift.get_auth()
+    req = urllib.request.Request(f"{url}/vault/doc", headers={
+        "X-Auth-Token": token, "X-Zerocompute-Run": "swift://~/apps/wordcount.wasm",
+        "X-Zerocompute-Args": json.dumps(["count"])})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 200
+        assert resp.read() == expected_counts(data)
+        assert resp.headers["X-Zerocompute-Local"] == "false"  # streamed, decrypted
