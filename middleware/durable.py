@@ -27,7 +27,9 @@ are durable.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import socket
 import time
 import uuid
@@ -37,17 +39,20 @@ from urllib.parse import quote
 import eventlet
 from swift.common.request_helpers import get_reserved_name
 from swift.common.swob import HTTPForbidden, Request, Response
+from swift.common.utils import RESERVED
 from swift.common.wsgi import make_env, make_pre_authed_request
 
 from zerocompute import wire
 from zerocompute.jobs import (
     CANCEL_SUFFIX,
+    INDEX_ACCOUNT,
     JOBS_CONTAINER,
     Grant,
     JobState,
     identity_digest,
     job_grant,
     status_location,
+    valid_job_id,
 )
 from zerocompute.manifest import ManifestError, parse_manifest
 from zerocompute.middleware.bodies import json_response
@@ -137,6 +142,31 @@ class JobStore:
     def cancel_requested(self, env: dict, account: str, job_id: str) -> bool:
         return self._request(env, "HEAD", account, job_id + CANCEL_SUFFIX).is_success
 
+    # -- the cluster-wide index of running jobs (for the sweep) ----------------------
+    def index(self, env: dict, state: JobState) -> bool:
+        self._request(env, "PUT", INDEX_ACCOUNT)
+        return self._request(env, "PUT", INDEX_ACCOUNT, f"{state.account}/{state.id}",
+                             b"").is_success
+
+    def unindex(self, env: dict, account: str, job_id: str) -> None:
+        self._request(env, "DELETE", INDEX_ACCOUNT, f"{account}/{job_id}")
+
+    def indexed(self, env: dict) -> list[tuple[str, str]]:
+        """(account, job id) of every job indexed as running."""
+        path = f"/v1/{INDEX_ACCOUNT}/{get_reserved_name(JOBS_CONTAINER)}"
+        sub = make_pre_authed_request(env, "GET", quote(path) + "?format=json",
+                                      swift_source=SWIFT_SOURCE,
+                                      headers={"X-Backend-Allow-Reserved-Names": "true"})
+        resp = sub.get_response(self.app)
+        if resp.status_int != 200:
+            return []
+        found = []
+        for item in json.loads(resp.body):
+            account, _, job_id = item["name"].lstrip(RESERVED).partition("/")
+            if account and valid_job_id(job_id):
+                found.append((account, job_id))
+        return found
+
 
 class AsyncRun:
     """One async job running on this proxy: the job, its lease and its cancel watch."""
@@ -173,6 +203,8 @@ class AsyncRun:
         if not self.jobs.store.save(self.env, self.state):
             middleware.logger.error("zerocompute: could not save the end of job %s",
                                     self.state.id)
+            return
+        self.jobs.store.unindex(self.env, account, self.state.id)
 
     def keep(self) -> None:
         """Look for a cancel every ``job_poll_s``; renew the lease every third of it."""
@@ -218,6 +250,7 @@ class AsyncJobs:
         self.store = JobStore(middleware.app)
         self.instance = proxy_instance()
         self.runs: dict[str, AsyncRun] = {}  # the jobs this proxy runs, by id
+        self.sweeper: Any = None
 
     def submit(self, req: Request, account: str, body: bytes, job: Any) -> Response:
         """Keep the accepted job's state, start it, and answer 202 with its location."""
@@ -229,6 +262,9 @@ class AsyncJobs:
             owner=self.instance, lease_until=now + self.config.job_lease_s,
             submitted=now, updated=now, progress=job.progress())
         self.store.create(req.environ, state)
+        if self.config.job_sweep_s and not self.store.index(req.environ, state):
+            self.middleware.logger.warning("zerocompute: job %s is not in the sweep's index",
+                                           state.id)
         self.start(job, state, req.environ)
         location = status_location(account, state.id)
         return json_response(
@@ -316,7 +352,34 @@ class AsyncJobs:
         state.status = report.status
         state.report = report.to_dict()
         state.updated = time.time()
-        self.store.save(env, state)
+        if self.store.save(env, state):
+            self.store.unindex(env, state.account, state.id)
+
+    # -- the operator's sweep ------------------------------------------------------------
+    def ensure_sweeper(self) -> None:
+        """Start this worker's sweep (``job_sweep_s`` > 0), once, from its first request:
+        a green thread started at load time would belong to the parent process."""
+        if self.config.job_sweep_s and self.sweeper is None:
+            self.sweeper = eventlet.spawn(self.sweep_forever)
+
+    def sweep_forever(self) -> None:
+        while True:
+            eventlet.sleep(self.config.job_sweep_s * random.uniform(0.8, 1.2))
+            try:
+                self.sweep()
+            except Exception:  # noqa: BLE001 - the next sweep tries again
+                self.middleware.logger.exception("zerocompute: job sweep failed")
+
+    def sweep(self) -> None:
+        """Take over every indexed job whose lease lapsed; drop the ended ones."""
+        req = Request.blank(f"/v1/{INDEX_ACCOUNT}")
+        for account, job_id in self.store.indexed(req.environ):
+            state = self.store.load(req.environ, account, job_id)
+            if state is None or state.final:
+                self.store.unindex(req.environ, account, job_id)
+            elif state.lease_lapsed(time.time()) and job_id not in self.runs:
+                self.take_over(req, state,
+                               self.store.cancel_requested(req.environ, account, job_id))
 
     def grant_environ(self, env: dict, state: JobState) -> dict:
         """A request environment that acts as the job: its grant, and nobody's identity."""

@@ -70,6 +70,9 @@ Place the filter after the auth middleware::
     # every third of it), and how often it looks for a cancel.
     # job_lease_s = 30
     # job_poll_s = 1
+    # Every this many seconds, take over the async jobs whose proxy died even if
+    # nobody reads their status (0: only status reads take jobs over).
+    # job_sweep_s = 0
 """
 
 from __future__ import annotations
@@ -188,6 +191,7 @@ class JobFilterConfig:
     stream_encrypted_inputs: bool = True
     job_lease_s: float = 30.0
     job_poll_s: float = 1.0
+    job_sweep_s: float = 0.0
 
     @classmethod
     def from_conf(cls, conf: dict[str, str]) -> JobFilterConfig:
@@ -223,6 +227,7 @@ class JobFilterConfig:
                 conf.get("stream_encrypted_inputs", "true")),
             job_lease_s=positive_float(conf.get("job_lease_s", 30), "job_lease_s"),
             job_poll_s=positive_float(conf.get("job_poll_s", 1), "job_poll_s"),
+            job_sweep_s=non_negative_float(conf.get("job_sweep_s", 0)),
         )
 
 
@@ -254,6 +259,7 @@ class JobMiddleware:
         self.async_jobs = AsyncJobs(self)
 
     def __call__(self, env: dict, start_response):
+        self.async_jobs.ensure_sweeper()
         strip_internal_headers(env)
         req = Request(env)
         if req.method == "GET" and req.headers.get(wire.RUN_HEADER):

@@ -28,6 +28,9 @@ from zerocompute.report import CANCELLED, FAILED, SUCCEEDED
 # account's async jobs, and the query parameter that addresses one of them.
 JOBS_CONTAINER = "zerocompute-jobs"
 JOB_QUERY = "zerocompute_job"
+# The cluster-wide index of running async jobs (``<account>/<id>`` names in the same
+# reserved container of this internal account), for the operator's sweep.
+INDEX_ACCOUNT = ".zerocompute"
 CANCEL_SUFFIX = ".cancel"
 
 RUNNING = "running"

@@ -223,3 +223,46 @@ def test_sigkill_of_the_running_proxy_then_the_other_takes_over(durable, staged)
     for i in range(40):
         assert swift.get_object("takeover-out", f"p{i:02d}.o")[1] == expected(i)
     assert "_SUCCESS" in after
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """Two proxies that sweep for orphaned jobs every second."""
+    dev = DevCluster(str(tmp_path_factory.mktemp("swept")), proxies=2,
+                     proxy_options={"job_lease_s": str(LEASE_S), "job_poll_s": "0.5",
+                                    "job_sweep_s": "1"}).start()
+    yield dev
+    dev.stop(wipe=True)
+
+
+def test_the_sweep_takes_over_a_job_nobody_asks_about(swept):
+    swift = swept.connection(proxy="proxy2")
+    swift.put_container("apps")
+    with open(build_c_guest(SLEEPY), "rb") as f:
+        swift.put_object("apps", "sleepy.wasm", f.read())
+    swift.put_container("in")
+    for i in range(16):
+        swift.put_object("in", f"p{i:02d}", expected(i))
+    # Proxy 2 serves a request first, so that its sweep runs.
+    assert swift.head_account()
+    code, _h, accepted = submit(swept, manifest("swift://~/swept-out/*.o", 1500))
+    assert code == 202, accepted
+    deadline = time.monotonic() + 60
+    while not listing(swift, "swept-out") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    swept.kill(swept.server("proxy"))
+    killed = time.time()
+    try:
+        # No status read: wait for the job's _SUCCESS, which only a takeover can write.
+        deadline = time.monotonic() + 90
+        while "_SUCCESS" not in listing(swift, "swept-out") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "_SUCCESS" in listing(swift, "swept-out")
+        code, _h, state = status(swept, accepted["location"])
+    finally:
+        swept.restart(swept.server("proxy"))
+    assert code == 200 and state["status"] == "succeeded", state
+    (takeover,) = state["takeovers"]
+    assert takeover["at"] > killed
+    for i in range(16):
+        assert swift.get_object("swept-out", f"p{i:02d}.o")[1] == expected(i)
