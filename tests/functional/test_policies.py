@@ -4,12 +4,14 @@ the same outputs; an EC task rebuilds its object from the fragments (its own fro
 disk, the rest fetched from their holders) and says how many bytes came from where."""
 
 import json
+import os
 
 import pytest
 
 from tests.functional.helpers import expected_counts, make_text
 from zerocompute.client import submit_job
 from zerocompute.dev.devcluster import DevCluster
+from zerocompute.guests import build_c_guest
 
 POLICIES = ("gold", "silver", "ec42")
 SIZES = [100, 3_000, 60_000, 150_000]  # words: from one segment to several
@@ -182,3 +184,16 @@ def test_splits_of_an_erasure_coded_object_decode_only_their_segments(cluster, s
         # One or two 1 MiB segments' worth of fragments, never the whole object.
         read = task["bytes_local"] + task["bytes_peer"]
         assert read <= 2 * (1 << 20) + 4096, task
+    # Execution on GET over the EC object, with a Range: only those bytes are the input.
+    import urllib.request
+    url, token = swift.get_auth()
+    copy = build_c_guest(os.path.join(os.path.dirname(__file__), "..", "guests", "copy.c"))
+    with open(copy, "rb") as f:
+        swift.put_object("apps", "copy.wasm", f.read())
+    start = 3 * (1 << 20) - 100  # across the third and fourth segments
+    req = urllib.request.Request(f"{url}/split-ec/big", headers={
+        "X-Auth-Token": token, "X-Zerocompute-Run": "swift://~/apps/copy.wasm",
+        "Range": f"bytes={start}-{start + 299}"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.read() == data[start:start + 300]
+        assert resp.headers["X-Zerocompute-Local"] == "true"
