@@ -103,7 +103,7 @@ class JobStore:
         self.app = app
 
     def _request(self, env: dict, method: str, account: str, name: str = "",
-                 body: bytes | None = None) -> Response:
+                 body: bytes | None = None, query: str = "") -> Response:
         path = f"/v1/{account}/{get_reserved_name(JOBS_CONTAINER)}"
         if name:
             path += "/" + get_reserved_name(name)
@@ -111,7 +111,7 @@ class JobStore:
                    "Content-Type": "application/json"}
         if body is not None:
             headers["Content-Length"] = str(len(body))
-        sub = make_pre_authed_request(env, method, quote(path) + "?", body=body,
+        sub = make_pre_authed_request(env, method, quote(path) + "?" + query, body=body,
                                       swift_source=SWIFT_SOURCE, headers=headers)
         return sub.get_response(self.app)
 
@@ -153,11 +153,7 @@ class JobStore:
 
     def indexed(self, env: dict) -> list[tuple[str, str]]:
         """(account, job id) of every job indexed as running."""
-        path = f"/v1/{INDEX_ACCOUNT}/{get_reserved_name(JOBS_CONTAINER)}"
-        sub = make_pre_authed_request(env, "GET", quote(path) + "?format=json",
-                                      swift_source=SWIFT_SOURCE,
-                                      headers={"X-Backend-Allow-Reserved-Names": "true"})
-        resp = sub.get_response(self.app)
+        resp = self._request(env, "GET", INDEX_ACCOUNT, query="format=json")
         if resp.status_int != 200:
             return []
         found = []
