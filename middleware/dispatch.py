@@ -133,9 +133,11 @@ class TaskState:
         return []
 
     def spec(self, node: dict) -> wire.TaskSpec:
-        return wire.TaskSpec(self.task_id, node["device"], self.partition, self.path,
-                             self.policy_index, self.env, self.reduce_partition, self.sources,
-                             self.split, self.exact, self.ec, self.edges, self.stream_bytes)
+        return wire.TaskSpec(
+            task=self.task_id, device=node["device"], partition=self.partition,
+            path=self.path, policy=self.policy_index, env=self.env,
+            reduce_partition=self.reduce_partition, sources=self.sources, split=self.split,
+            exact=self.exact, ec=self.ec, edges=self.edges, stream_bytes=self.stream_bytes)
 
 
 @dataclass(eq=False)

@@ -54,14 +54,15 @@ from zerocompute.jobs import (
     status_location,
     valid_job_id,
 )
-from zerocompute.manifest import ManifestError, parse_manifest
+from zerocompute.manifest import Manifest, ManifestError
 from zerocompute.middleware.bodies import json_response
 from zerocompute.report import JobReport
 
 if TYPE_CHECKING:
     from zerocompute.middleware.job import JobMiddleware
 
-SWIFT_SOURCE = "ZC"
+# Why a job stopped when its user asked it to (its report's ``cancelled``).
+CANCELLED_BY_REQUEST = "cancelled by request"
 # After claiming a job, how long to wait before reading the claim back: two proxies
 # that claimed at once both read the same winner (the newer timestamp).
 CLAIM_SETTLE_S = 0.5
@@ -101,6 +102,7 @@ class JobStore:
 
     def __init__(self, app: Any):
         self.app = app
+        self.containers: set[str] = set()  # accounts whose jobs container this proxy made
 
     def _request(self, env: dict, method: str, account: str, name: str = "",
                  body: bytes | None = None, query: str = "") -> Response:
@@ -112,13 +114,23 @@ class JobStore:
         if body is not None:
             headers["Content-Length"] = str(len(body))
         sub = make_pre_authed_request(env, method, quote(path) + "?" + query, body=body,
-                                      swift_source=SWIFT_SOURCE, headers=headers)
+                                      swift_source=wire.SWIFT_SOURCE, headers=headers)
         return sub.get_response(self.app)
 
-    def create(self, env: dict, state: JobState) -> None:
-        resp = self._request(env, "PUT", state.account)
+    def ensure_container(self, env: dict, account: str) -> Response | None:
+        """Make the account's jobs container, once per proxy: the failure, if it fails."""
+        if account in self.containers:
+            return None
+        resp = self._request(env, "PUT", account)
         if not resp.is_success:
-            raise ManifestError(f"cannot keep the job's state: {resp.status}", status=503)
+            return resp
+        self.containers.add(account)
+        return None
+
+    def create(self, env: dict, state: JobState) -> None:
+        failed = self.ensure_container(env, state.account)
+        if failed is not None:
+            raise ManifestError(f"cannot keep the job's state: {failed.status}", status=503)
         if not self.save(env, state):
             raise ManifestError("cannot keep the job's state", status=503)
 
@@ -144,7 +156,7 @@ class JobStore:
 
     # -- the cluster-wide index of running jobs (for the sweep) ----------------------
     def index(self, env: dict, state: JobState) -> bool:
-        self._request(env, "PUT", INDEX_ACCOUNT)
+        self.ensure_container(env, INDEX_ACCOUNT)
         return self._request(env, "PUT", INDEX_ACCOUNT, f"{state.account}/{state.id}",
                              b"").is_success
 
@@ -190,17 +202,9 @@ class AsyncRun:
             self.jobs.runs.pop(self.state.id, None)
         if self.fenced:
             return
-        report.takeovers = [vars(t).copy() for t in self.state.takeovers] or None
         middleware.account_for(account, report)
-        self.state.status = report.status
-        self.state.report = report.to_dict()
         self.state.progress = self.job.progress()
-        self.state.updated = time.time()
-        if not self.jobs.store.save(self.env, self.state):
-            middleware.logger.error("zerocompute: could not save the end of job %s",
-                                    self.state.id)
-            return
-        self.jobs.store.unindex(self.env, account, self.state.id)
+        self.jobs.end(self.env, self.state, report)
 
     def keep(self) -> None:
         """Look for a cancel every ``job_poll_s``; renew the lease every third of it."""
@@ -212,7 +216,7 @@ class AsyncRun:
             eventlet.sleep(config.job_poll_s)
             try:
                 if store.cancel_requested(self.env, self.state.account, self.state.id):
-                    self.job.cancel("cancelled by request")
+                    self.job.cancel(CANCELLED_BY_REQUEST)
                     return
                 if time.monotonic() - renewed >= renew_every:
                     self.renew()
@@ -234,7 +238,7 @@ class AsyncRun:
         self.jobs.store.save(self.env, self.state)
 
     def cancel(self) -> None:
-        self.job.cancel("cancelled by request")
+        self.job.cancel(CANCELLED_BY_REQUEST)
 
 
 class AsyncJobs:
@@ -297,7 +301,7 @@ class AsyncJobs:
         if state.lease_lapsed(time.time()) and job_id not in self.runs:
             state = self.take_over(req, state, cancel)
         return json_response(200, state.public(cancel),
-                                             headers={wire.JOB_STATUS_HEADER: state.status})
+                             headers={wire.JOB_STATUS_HEADER: state.status})
 
     def cancel(self, req: Request, account: str, job_id: str) -> Response:
         state = self.find(req, account, job_id)
@@ -328,12 +332,12 @@ class AsyncJobs:
                                        state.id, state.account, state.takeovers[-1].previous)
         if cancel:
             self.end(env, state, JobReport(state.name, "", [], id=state.id,
-                                           cancelled="cancelled by request"))
+                                           cancelled=CANCELLED_BY_REQUEST))
             return state
-        job_env = self.grant_environ(env, state)
         try:
-            job = self.middleware.accept(Request(job_env), state.account,
-                                         state.manifest.encode("utf-8"))
+            manifest = self.middleware.parse(state.manifest.encode("utf-8"), state.account)
+            job = self.middleware.accept(Request(self.grant_environ(env, state, manifest)),
+                                         manifest)
         except ManifestError as err:
             self.end(env, state, JobReport(state.name, "", [], id=state.id,
                                            error=f"could not take the job over: {err.error}"))
@@ -344,12 +348,16 @@ class AsyncJobs:
         return state
 
     def end(self, env: dict, state: JobState, report: JobReport) -> None:
+        """Keep a job's end (its report, with its takeovers); out of the sweep's index."""
         report.takeovers = [vars(t).copy() for t in state.takeovers] or None
         state.status = report.status
         state.report = report.to_dict()
         state.updated = time.time()
-        if self.store.save(env, state):
-            self.store.unindex(env, state.account, state.id)
+        if not self.store.save(env, state):
+            self.middleware.logger.error("zerocompute: could not save the end of job %s",
+                                         state.id)
+            return
+        self.store.unindex(env, state.account, state.id)
 
     # -- the operator's sweep ------------------------------------------------------------
     def ensure_sweeper(self) -> None:
@@ -377,11 +385,9 @@ class AsyncJobs:
                 self.take_over(req, state,
                                self.store.cancel_requested(req.environ, account, job_id))
 
-    def grant_environ(self, env: dict, state: JobState) -> dict:
+    def grant_environ(self, env: dict, state: JobState, manifest: Manifest) -> dict:
         """A request environment that acts as the job: its grant, and nobody's identity."""
-        manifest = parse_manifest(state.manifest.encode("utf-8"), state.account,
-                                  self.config.maximum, self.config.default_scheduler)
-        job_env = make_env(env, "POST", f"/v1/{state.account}", swift_source=SWIFT_SOURCE)
+        job_env = make_env(env, "POST", f"/v1/{state.account}", swift_source=wire.SWIFT_SOURCE)
         for key in ("REMOTE_USER", "HTTP_X_USER_ID", "HTTP_X_PROJECT_ID",
                     "swift.authorize_override"):
             job_env.pop(key, None)

@@ -154,7 +154,6 @@ from zerocompute.sandbox.python import available as python_runtime_available
 from zerocompute.sandbox.wasm import InvalidExecutable, check_wasm
 from zerocompute.scheduler import POLICIES as SCHEDULER_POLICIES
 
-SWIFT_SOURCE = "ZC"
 LISTING_LIMIT = 10000
 # A task's output is kept in memory up to this size while it waits to be
 # written, and spooled to a temporary file beyond it.
@@ -352,19 +351,22 @@ class JobMiddleware:
         body = req.body_file.read(limit + 1)
         if len(body) > limit:
             raise ManifestError(f"manifest larger than {limit} bytes", status=413)
-        job = self.accept(req, account, body)
+        job = self.accept(req, self.parse(body, account))
         if config_true_value(req.headers.get(wire.ASYNC_HEADER)):
             return self.async_jobs.submit(req, account, body, job)
         return self.respond(job)
 
-    def accept(self, req: Request, account: str, body: bytes) -> MapJob | StepsJob:
-        """Check a manifest and everything it names as the request's user: the job,
-        ready to run, or a :class:`ManifestError` saying what is wrong."""
+    def parse(self, body: bytes, account: str) -> Manifest:
+        """A manifest under this cluster's limits and default scheduler."""
+        return parse_manifest(body, account, self.config.maximum,
+                              self.config.default_scheduler)
+
+    def accept(self, req: Request, manifest: Manifest) -> MapJob | StepsJob:
+        """Check everything a manifest names as the request's user: the job, ready to
+        run, or a :class:`ManifestError` saying what is wrong."""
         # One info cache for every sub-request of the job: account and container
         # info is looked up once per job, not once per input checked or output written.
         req.environ.setdefault("swift.infocache", {})
-        manifest = parse_manifest(body, account, self.config.maximum,
-                                  self.config.default_scheduler)
         steps = manifest.steps or (manifest,)
         executables: dict[SwiftPath, tuple[str, bytes]] = {}
         for number, step in enumerate(steps):
@@ -410,7 +412,8 @@ class JobMiddleware:
     def build_job(self, req: Request, manifest: Manifest,
                   executables: dict[SwiftPath, tuple[str, bytes]]) -> MapJob:
         """Expand the inputs, plan the tasks, prepare the outputs: the job, ready to run."""
-        found = [self.expand_input(req, pattern, f"map.inputs[{i}]")
+        whole = manifest.map.large_objects == "whole"
+        found = [self.expand_input(req, pattern, f"map.inputs[{i}]", whole)
                  for i, pattern in enumerate(manifest.map.inputs)]
         tasks = plan_map_tasks(manifest, found)
         if len(tasks) > self.config.max_tasks:
@@ -465,7 +468,7 @@ class JobMiddleware:
             headers = dict(headers or {}, **{"Content-Length": str(length)})
         # A path with '?' keeps the sub-request from inheriting the job's query string.
         sub = make_subrequest(req.environ, method=method, path=quote(path) + "?" + query,
-                              headers=headers, body=body, swift_source=SWIFT_SOURCE)
+                              headers=headers, body=body, swift_source=wire.SWIFT_SOURCE)
         if stream is not None:
             sub.environ["wsgi.input"] = stream
         return sub.get_response(self.app)
@@ -499,12 +502,15 @@ class JobMiddleware:
                 raise ManifestError(f"executable {path}: {err}", field) from None
         return hashlib.md5(data, usedforsecurity=False).hexdigest(), data
 
-    def expand_input(self, req: Request, pattern: SwiftPath, field: str) -> list[InputObject]:
+    def expand_input(self, req: Request, pattern: SwiftPath, field: str,
+                     whole: bool = False) -> list[InputObject]:
+        """The objects a pattern names, as the user; large objects with their segments
+        (``whole``: the large objects are read whole, their segments need no edges)."""
         if not pattern.has_wildcard:
             resp = self.subrequest(req, "HEAD", pattern.path)
             self.check_access(resp, pattern, field, "input")
             return [InputObject(pattern, resp.content_length or 0, pattern.obj,
-                                self.segments_of(req, pattern, resp.headers, field))]
+                                self.segments_of(req, pattern, resp.headers, field, whole))]
         prefix = listing_prefix(pattern)
         found: list[InputObject] = []
         marker = ""
@@ -524,7 +530,7 @@ class JobMiddleware:
                 if item.path.obj in maybe_large:
                     head = self.subrequest(req, "HEAD", item.path.path)
                     self.check_access(head, item.path, field, "input")
-                    segments = self.segments_of(req, item.path, head.headers, field)
+                    segments = self.segments_of(req, item.path, head.headers, field, whole)
                     if segments:
                         item = replace(item, size=head.content_length or 0, segments=segments)
                 found.append(item)
@@ -532,11 +538,11 @@ class JobMiddleware:
                 return found
             marker = listing[-1].get("name") or listing[-1]["subdir"]
 
-    def segments_of(self, req: Request, path: SwiftPath, headers: Any,
-                    field: str) -> tuple[Segment, ...]:
+    def segments_of(self, req: Request, path: SwiftPath, headers: Any, field: str,
+                    whole: bool = False) -> tuple[Segment, ...]:
         """A large object's segments with their edges (``()`` for a plain object), read as
         the user: an SLO's manifest, or a DLO's segment listing, and a few bytes at each
-        segment boundary (``planning.segment_edges``)."""
+        segment boundary (``planning.segment_edges``; not for an object read whole)."""
         if config_true_value(headers.get("X-Static-Large-Object")):
             resp = self.subrequest(req, "GET", path.path, "multipart-manifest=get")
             self.check_access(resp, path, field, "input")
@@ -556,10 +562,14 @@ class JobMiddleware:
             return ()
         if not parts:
             raise ManifestError(f"{path} is a large object without segments", field)
+        if whole:
+            return tuple(Segment(segment, size) for segment, size in parts)
         last_bytes, heads = [], []
         for number, (segment, size) in enumerate(parts):
+            # The last segment's last byte decides nothing: it is not read.
             last_bytes.append(self.read_range(req, segment, f"bytes={size - 1}-{size - 1}",
-                                              field) if size else b"")
+                                              field) if size and number + 1 < len(parts)
+                              else b"")
             heads.append(self.read_range(req, segment, f"bytes=0-{EDGE_BYTES - 1}", field)
                          if number and size else b"")
         return segment_edges([p for p, _ in parts], [s for _, s in parts], last_bytes, heads,
@@ -652,7 +662,6 @@ class MapJob:
         self.resume = False
         self.cancelled: str | None = None
         self.runs: list[JobRun] = []  # the phases running now
-        self.retried = 0  # failed attempts of the phases that have ended
         self.sent_to: dict[str, dict] = {}  # every node a group of this job went to
 
     def run(self) -> JobReport:
@@ -686,7 +695,8 @@ class MapJob:
     def progress(self) -> dict[str, int]:
         """Tasks done and failed so far (an async job's status shows it)."""
         reports = self.all_reports
-        retries = self.retried + sum(len(s.failed) for run in self.runs for s in run.tasks)
+        retries = sum(len(r.retries) for r in reports) + sum(
+            len(s.failed) for run in self.runs for s in run.tasks)
         return {"tasks": len(reports), "done": sum(1 for r in reports if r.ok),
                 "failed": sum(1 for r in reports if r.error is not None),
                 "bytes_in": sum(r.bytes_in for r in reports if r.ok), "retries": retries}
@@ -777,7 +787,7 @@ class MapJob:
             policy_index = self._policies.get(path.container_path)
             if policy_index is None:
                 env = make_env(self.req.environ, path=str_to_wsgi(path.container_path))
-                info = get_container_info(env, self.middleware.app, swift_source=SWIFT_SOURCE)
+                info = get_container_info(env, self.middleware.app, swift_source=wire.SWIFT_SOURCE)
                 policy_index = self._policies[path.container_path] = \
                     int(info.get("storage_policy") or 0)
             ring = POLICIES.get_object_ring(policy_index, self.config.swift_dir)
@@ -823,24 +833,24 @@ class MapJob:
             backups=self.config.backup_tasks and manifest.backup_tasks,
             backup_factor=self.config.backup_factor, backup_min_s=self.config.backup_min_s)
         run = JobRun(dispatcher, states, template, executables, settings, on_result)
+        # Listed until its failed attempts are in the reports: progress() counts both.
         self.runs.append(run)
         try:
             run.run()
+            self.writes.waitall()
+            self.proxy_bytes += run.bytes
+            for state in states:
+                report = reports[state.index]
+                report.attempts, report.retries, report.backup = \
+                    len(report.retries) + state.attempts, report.retries + state.failed, \
+                    report.backup or state.backed_up
+                if state.error is not None:
+                    report.error = state.error
+                    report.exit = None
+                if state.first_sent is not None and not report.wall_ms:
+                    report.wall_ms = round((time.monotonic() - state.first_sent) * 1000, 3)
         finally:
             self.runs.remove(run)
-            self.retried += sum(len(s.failed) for s in states)
-        self.writes.waitall()
-        self.proxy_bytes += run.bytes
-        for state in states:
-            report = reports[state.index]
-            report.attempts, report.retries, report.backup = \
-                len(report.retries) + state.attempts, report.retries + state.failed, \
-                report.backup or state.backed_up
-            if state.error is not None:
-                report.error = state.error
-                report.exit = None
-            if state.first_sent is not None and not report.wall_ms:
-                report.wall_ms = round((time.monotonic() - state.first_sent) * 1000, 3)
         self.sent_to.update(run.nodes)
         self.stream_encrypted(states, template, executables, on_result, reports)
         return run

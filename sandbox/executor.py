@@ -108,10 +108,12 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
     bytes_in = 0
     rebuilt = None
     with contextlib.ExitStack() as cleanup:
+        def scratch_dir(kind: str) -> str:
+            """A directory of this task's own, removed when it ends."""
+            return cleanup.enter_context(tempfile.TemporaryDirectory(
+                dir=os.path.join(cache_dir, "scratch"), prefix=f"{kind}-"))
         if spec.ec is not None:
-            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
-                dir=os.path.join(cache_dir, "scratch"), prefix="ec-"))
-            stdin = os.path.join(scratch, "object")
+            stdin = os.path.join(scratch_dir("ec"), "object")
             local_index = int(spec.ec["local_index"])
             try:
                 with open(stdin, "wb") as out:
@@ -124,17 +126,12 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
                 return TaskResult(spec.task, retry=f"erasure-coded input: {err}")
             input_fd = cleanup.enter_context(open(stdin, "rb")).fileno()
         if spec.split is not None and spec.ec is None:
-            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
-                dir=os.path.join(cache_dir, "scratch"), prefix="split-"))
-            stdin, bytes_in = split_input(input_fd, spec.split, scratch, spec.exact)
+            stdin, bytes_in = split_input(input_fd, spec.split, scratch_dir("split"),
+                                          spec.exact)
         elif spec.edges is not None:
-            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
-                dir=os.path.join(cache_dir, "scratch"), prefix="segment-"))
-            stdin, bytes_in = segment_input(input_fd, spec.edges, scratch)
+            stdin, bytes_in = segment_input(input_fd, spec.edges, scratch_dir("segment"))
         if task.kind == "reduce":
-            scratch = cleanup.enter_context(tempfile.TemporaryDirectory(
-                dir=os.path.join(cache_dir, "scratch"), prefix="reduce-"))
-            stdin, lost = shuffle_io.reduce_input(task, spec, scratch)
+            stdin, lost = shuffle_io.reduce_input(task, spec, scratch_dir("reduce"))
             if lost:
                 return TaskResult(spec.task, lost=lost,
                                   error=f"map output lost: {', '.join(lost)}")
@@ -170,15 +167,20 @@ def split_input(fd: int, split: tuple[int, int], scratch: str,
         first, last = shuffle.line_aligned(lambda at, n: os.pread(fd, n, at), size, *split)
     path = os.path.join(scratch, "input")
     with open(path, "wb") as out:
-        offset = first
-        while offset < last:
-            # sendfile, not copy_file_range: the object's device (a tmpfs, XFS) and the
-            # scratch directory are often different filesystems (EXDEV).
-            copied = os.sendfile(out.fileno(), fd, offset, last - offset)
-            if copied == 0:
-                raise OSError("input shorter than its size")
-            offset += copied
+        copy_range(fd, out, first, last)
     return path, last - first
+
+
+def copy_range(fd: int, out: Any, first: int, last: int) -> None:
+    """Bytes ``[first, last)`` of ``fd`` appended to ``out``, copied by the kernel."""
+    offset = first
+    while offset < last:
+        # sendfile, not copy_file_range: the object's device (a tmpfs, XFS) and the
+        # scratch directory are often different filesystems (EXDEV).
+        copied = os.sendfile(out.fileno(), fd, offset, last - offset)
+        if copied == 0:
+            raise OSError("input shorter than its size")
+        offset += copied
 
 
 def segment_input(fd: int, edges: tuple[int, str], scratch: str) -> tuple[str, int]:
@@ -189,9 +191,7 @@ def segment_input(fd: int, edges: tuple[int, str], scratch: str) -> tuple[str, i
     size = os.fstat(fd).st_size
     path = os.path.join(scratch, "input")
     with open(path, "wb") as out:
-        offset = min(skip, size)
-        while offset < size:
-            offset += os.sendfile(out.fileno(), fd, offset, size - offset)
+        copy_range(fd, out, min(skip, size), size)
         out.write(carry)
     return path, max(0, size - skip) + len(carry)
 

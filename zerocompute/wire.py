@@ -41,6 +41,9 @@ LOAD_PATH = "/zerocompute/load"
 SHUFFLE_PATH = "/zerocompute/shuffle"
 TIMESTAMP_HEADER = "X-Zerocompute-Timestamp"
 
+# How the proxy filter's own sub-requests show in the proxy's logs.
+SWIFT_SOURCE = "ZC"
+
 # Client-facing headers of the job API.
 EXECUTE_HEADER = "X-Zerocompute-Execute"
 ASYNC_HEADER = "X-Zerocompute-Async"
@@ -153,18 +156,17 @@ class TaskGroup:
         doc = json.loads(data)
         if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list):
             raise ValueError("not a task group")
-        tasks = tuple(TaskSpec(t["task"], t["device"], int(t["partition"]), t["path"],
-                               int(t.get("policy", 0)),
-                               tuple((str(k), str(v)) for k, v in t.get("env", ())),
-                               int(t.get("reduce_partition", -1)),
-                               tuple((str(n), str(m)) for n, m in t.get("sources", ())),
-                               (int(t["split"][0]), int(t["split"][1]))
-                               if t.get("split") else None, bool(t.get("exact", False)),
-                               dict(t["ec"]) if isinstance(t.get("ec"), dict) else None,
-                               (int(t["edges"][0]), str(t["edges"][1]))
-                               if t.get("edges") else None,
-                               int(t.get("stream_bytes", -1)))
-                      for t in doc["tasks"])
+        tasks = tuple(TaskSpec(
+            task=t["task"], device=t["device"], partition=int(t["partition"]), path=t["path"],
+            policy=int(t.get("policy", 0)),
+            env=tuple((str(k), str(v)) for k, v in t.get("env", ())),
+            reduce_partition=int(t.get("reduce_partition", -1)),
+            sources=tuple((str(n), str(m)) for n, m in t.get("sources", ())),
+            split=(int(t["split"][0]), int(t["split"][1])) if t.get("split") else None,
+            exact=bool(t.get("exact", False)),
+            ec=dict(t["ec"]) if isinstance(t.get("ec"), dict) else None,
+            edges=(int(t["edges"][0]), str(t["edges"][1])) if t.get("edges") else None,
+            stream_bytes=int(t.get("stream_bytes", -1))) for t in doc["tasks"])
         shuffle = doc.get("shuffle")
         return cls(job=str(doc["job"]), exec_etag=str(doc["exec_etag"]),
                    exec_name=str(doc["exec_name"]), runtime=str(doc["runtime"]),

@@ -441,7 +441,9 @@ def test_a_job_taken_over_acts_only_within_its_grant(swift_dir, cluster):
     run.job.cancel("the proxy died")
     path, stored = stored_state(cluster.app)
     other = second_proxy(cluster, swift_dir)
-    env = other.async_jobs.grant_environ({}, JobState.from_json(json.dumps(stored)))
+    state = JobState.from_json(json.dumps(stored))
+    env = other.async_jobs.grant_environ({}, state, other.parse(state.manifest.encode(),
+                                                                state.account))
     authorize = env["swift.authorize"]
     assert authorize(Request.blank("/v1/AUTH_a/in/part-1")) is None
     assert authorize(Request.blank("/v1/AUTH_a/out/x", method="PUT")) is None
