@@ -60,6 +60,9 @@ def test_the_same_job_over_every_policy_gives_the_same_outputs(cluster, swift,
         # No task reads more than the object plus one fragment set (pyeclib's 80-byte
         # header per fragment is all the rest: it dominates only tiny objects).
         read = task["bytes_local"] + task["bytes_peer"]
+        segments = -(-size // 1048576)
+        fragment_set = (k + 2) * archive // segments  # all k + m fragments of a segment
+        assert read <= size + fragment_set, task
         assert read <= size + archive or size < 65536, task
         assert read - size <= k * (80 + 16) * (size // 1048576 + 1), task  # + alignment
     for task in reports["gold"]["tasks"]:
