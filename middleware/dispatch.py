@@ -36,7 +36,7 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -53,11 +53,15 @@ from zerocompute.scheduler import (
     RANDOM,
     JobSpeeds,
     NodeLoad,
+    backlog_ms,
     choose_node,
+    expected_finish_ms,
     group_size,
+    has_free_slot,
     parse_load_header,
     queue_room,
     straggler_threshold_s,
+    worth_spilling,
 )
 
 RETRYABLE = {404, 500, 502, 503, 504, 507}
@@ -407,8 +411,8 @@ class JobRun:
         state, ready = picked
         node = self._choose(state, ready)
         group = self._fill_group(state, node_key(node), now)
-        if group is None:
-            return None  # the best node has enough of this job queued: wait for it
+        if group is None:  # the best node has enough of this job queued
+            return self._spill(now)
         return node, group
 
     def _choose(self, state: TaskState, ready: list[dict]) -> dict:
@@ -420,11 +424,47 @@ class JobRun:
                           now=time.time(), task_ms=self.speeds.estimates(list(by_key)))
         return by_key[key]
 
+    def _spill(self, now: float) -> tuple[dict, list[TaskState]] | None:
+        """While the next task waits for its best node, a node with a free slot takes
+        waiting tasks it holds if it would finish them before the job's backlog
+        drains: nodes holding only later inputs do not idle behind the oldest
+        tasks' full replicas, and a slow node helps while much work waits but gets
+        none near the end.  It takes the newest tasks it holds (those that would
+        wait longest), and only into a free slot: a node that is not the best
+        never queues this job's work."""
+        d = self.dispatcher
+        keys = [key for key, waiting in self.by_node.items() if waiting]
+        estimates = self.speeds.estimates(keys)
+        loads = {key: d.loads.get(key, NodeLoad()) for key in keys}
+        backlog = backlog_ms(len(self.pending), (
+            (loads[key].slots, max(estimates.get(key, 0.0), loads[key].task_ms))
+            for key in keys))
+        groups = Counter(stream.key for stream in self.streams)
+        wall = time.time()
+        finishes = sorted(
+            (expected_finish_ms(loads[key], d.in_flight[key], wall, estimates.get(key)), key)
+            for key in keys if has_free_slot(loads[key], groups[key]))
+        for finish, key in finishes:
+            if not worth_spilling(finish, backlog):
+                return None
+            size = self._group_size(key)
+            group = [state for state in reversed(self.by_node[key].values())
+                     if state.opener is None and any(
+                         node_key(n) == key for n in state.untried(now))][:size]
+            if group:
+                for state in group:
+                    self._dequeue(state)
+                return next(n for n in group[0].untried(now) if node_key(n) == key), group
+        return None
+
+    def _group_size(self, key: str) -> int:
+        estimate = self.speeds.task_ms(key) or self.dispatcher.loads.get(key, NodeLoad()).task_ms
+        return group_size(len(self.pending), self.settings.concurrency, estimate,
+                          self.speeds.completed(key), self.settings.max_group)
+
     def _fill_group(self, first: TaskState, key: str, now: float) -> list[TaskState] | None:
         d = self.dispatcher
-        estimate = self.speeds.task_ms(key) or d.loads.get(key, NodeLoad()).task_ms
-        size = group_size(len(self.pending), self.settings.concurrency, estimate,
-                          self.speeds.completed(key), self.settings.max_group)
+        size = self._group_size(key)
         # Holding tasks back for a better node is load-aware placement: random
         # (ZeroCloud's baseline) uses no load signal, slots included.
         slots = d.loads.get(key, NodeLoad()).slots

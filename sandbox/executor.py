@@ -14,7 +14,12 @@ answers ``{"phase": "running"}`` once the module is ready, and a
 ``RLIMIT_CPU`` kills it with SIGXCPU) or misses the wall-clock deadline by
 more than a grace period,
 the object server sees only a dead or killed child: it reports that task's
-failure and starts a fresh executor.  The eventlet hub never waits on a
+failure and starts a fresh executor.  A task whose requester hung up (its
+attempt was cancelled) is interrupted instead: the object server sends the
+task's number on a second socket pair, the executor's wasmtime epoch jumps past
+the guest's deadline, and the executor, whole, takes the next task (starting a
+new one costs about 0.3 s of CPU); only a guest the interrupt cannot reach
+within a quarter of a second has its executor killed.  The eventlet hub never waits on a
 guest: the parent's reads go through the hub (``trampoline``).
 """
 
@@ -30,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -53,12 +59,17 @@ GRACE_S = 5.0
 
 
 # -- the executor process ---------------------------------------------------------
-def serve(sock: socket.socket, cache_dir: str) -> None:
-    """Run tasks from ``sock`` until it closes (the executor's main loop)."""
+def serve(sock: socket.socket, cache_dir: str, control: socket.socket | None = None) -> None:
+    """Run tasks from ``sock`` until it closes (the executor's main loop); cancels of
+    the task running now arrive on ``control``."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over-size output fails the write instead
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     runtime = WasmRuntime(cache_dir)
     executables = ExecutableStore(cache_dir)
+    if control is not None:
+        threading.Thread(target=obey_cancels, args=(control, runtime), daemon=True,
+                         name="zerocompute-cancels").start()
+    number = 0
     while True:
         try:
             message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 2)
@@ -66,6 +77,8 @@ def serve(sock: socket.socket, cache_dir: str) -> None:
             return
         if not message:
             return
+        number += 1
+        runtime.begin(number)
         try:
             reply = run_task(runtime, executables, cache_dir, TaskGroup.decode(message), fds,
                              lambda: sock.send(RUNNING))
@@ -76,6 +89,20 @@ def serve(sock: socket.socket, cache_dir: str) -> None:
 
 
 RUNNING = b'{"phase": "running"}'
+
+
+def obey_cancels(control: socket.socket, runtime: WasmRuntime) -> None:
+    """Each message on ``control`` is the number of a task to stop (counted from 1 in
+    the order tasks arrived); a number that is not the running task's is stale."""
+    while True:
+        try:
+            message = control.recv(64)
+        except OSError:
+            return
+        if not message:
+            return
+        with contextlib.suppress(ValueError):
+            runtime.interrupt(int(message))
 
 
 def prepare(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str, etag: str,
@@ -246,7 +273,8 @@ def _cpu_limit(seconds: float):
 
 def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
-    serve(sock, sys.argv[2])
+    control = socket.socket(fileno=int(sys.argv[3])) if len(sys.argv) > 3 else None
+    serve(sock, sys.argv[2], control)
     # Skip interpreter teardown: wasmtime's runtime threads panic when it pulls
     # the library out from under them, and there is nothing left to flush.
     os._exit(0)
@@ -266,6 +294,8 @@ class Executor:
 
         raw_socket = original("socket")
         parent, child = raw_socket.socketpair(raw_socket.AF_UNIX, raw_socket.SOCK_SEQPACKET)
+        control, control_child = raw_socket.socketpair(raw_socket.AF_UNIX,
+                                                       raw_socket.SOCK_SEQPACKET)
         # The secret signs fetches of map outputs for reduce tasks; guests never see
         # the executor's environment (theirs is built from the task alone).
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", SECRET_ENV: secret,
@@ -275,15 +305,23 @@ class Executor:
         try:
             self.process = green_subprocess.Popen(
                 [sys.executable, "-m", "zerocompute.sandbox.executor", str(child.fileno()),
-                 cache_dir],
-                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, env=env,
-                close_fds=True)
+                 cache_dir, str(control_child.fileno())],
+                pass_fds=[child.fileno(), control_child.fileno()], stdin=subprocess.DEVNULL,
+                env=env, close_fds=True)
+        except BaseException:
+            control.close()
+            raise
         finally:
             child.close()
+            control_child.close()
         parent.setblocking(False)
+        control.setblocking(False)
         self.sock = parent
+        self.control = control
+        self.calls = 0  # tasks sent: the executor numbers them the same way
 
     def call(self, task: TaskGroup, fds: list[int], time_s: float) -> TaskResult:
+        self.calls += 1
         socket.send_fds(self.sock, [task.encode()], fds)
         reply = self._receive(PREPARE_TIMEOUT_S, "preparing the module took too long")
         if reply == RUNNING:
@@ -318,14 +356,21 @@ class Executor:
             return f"sandbox process killed by {signal.Signals(-code).name}"
         return f"sandbox process exited with status {code}"
 
+    def interrupt(self) -> None:
+        """Ask the executor to stop the task it runs now (it keeps running itself)."""
+        with contextlib.suppress(OSError):
+            self.control.send(str(self.calls).encode())
+
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
         self.sock.close()
+        self.control.close()
 
 
 CANCELLED = "cancelled: the proxy no longer wants the result"
+INTERRUPT_GRACE_S = 0.25
 
 
 def hung_up(sock: Any) -> bool:
@@ -340,7 +385,10 @@ def hung_up(sock: Any) -> bool:
 
 
 def _watch_hang_up(client: Any, executor: Executor, cancelled: list[bool]) -> None:
-    """Kill ``executor`` if the requester goes away (its socket turns readable at EOF)."""
+    """Stop ``executor``'s guest if the requester goes away (its socket turns readable
+    at EOF): interrupted, the guest ends at once and the executor serves the next task;
+    a guest the interrupt cannot reach (blocked in a host call) has its executor
+    killed after :data:`INTERRUPT_GRACE_S`."""
     from eventlet.hubs import trampoline
 
     try:
@@ -348,6 +396,8 @@ def _watch_hang_up(client: Any, executor: Executor, cancelled: list[bool]) -> No
             trampoline(client.fileno(), read=True)
             if hung_up(client):
                 cancelled.append(True)
+                executor.interrupt()
+                eventlet.sleep(INTERRUPT_GRACE_S)  # the pool kills this watcher if it ends
                 executor.kill()
                 return
             eventlet.sleep(0.05)  # readable but not closed: nothing we expect; keep watching
@@ -406,6 +456,9 @@ class ExecutorPool:
             if watcher is not None:
                 watcher.kill()
         self.idle.put(executor)
+        if cancelled:
+            return TaskResult(task.tasks[0].task, error=CANCELLED,
+                              ms=(time.perf_counter() - began) * 1000)
         return reply
 
     def close(self) -> None:

@@ -53,6 +53,7 @@ from zerocompute.wire import LIMIT_DEFAULTS
 
 WASM_MAGIC = b"\0asm"
 TICK_S = 0.01
+INTERRUPTED = "interrupted: the attempt was cancelled"
 MIB = 1024 * 1024
 WASMTIME_VERSION = version("wasmtime")
 
@@ -171,6 +172,12 @@ class WasmRuntime:
         self._linker = Linker(self.engine)
         self._linker.define_wasi()
         self._running = threading.Event()
+        # A task is cancelled by its number (``interrupt``): a late cancel must not
+        # stop the next task.  The lock orders it against ``begin`` and ``run``.
+        self._lock = threading.Lock()
+        self._task: int | None = None
+        self._cancelled = False
+        self._deadline_ticks = 0
         threading.Thread(target=self._tick, name="zerocompute-epoch", daemon=True).start()
 
     def _tick(self) -> None:
@@ -179,6 +186,25 @@ class WasmRuntime:
             self._running.wait()
             time.sleep(TICK_S)
             self.engine.increment_epoch()
+
+    def begin(self, task: int) -> None:
+        """The guests run from now on belong to task number ``task``."""
+        with self._lock:
+            self._task, self._cancelled = task, False
+
+    def interrupt(self, task: int) -> bool:
+        """Stop task number ``task``'s guests (its attempt was cancelled): the one
+        running traps at its next epoch check, later ones do not start.  The
+        executor stays, so a cancel costs no new process.  False if ``task`` is
+        not the current one (it ended meanwhile)."""
+        with self._lock:
+            if task != self._task:
+                return False
+            self._cancelled = True
+            if self._running.is_set():
+                for _ in range(self._deadline_ticks + 1):
+                    self.engine.increment_epoch()
+            return True
 
     def prepare(self, path: str, key: str | None = None) -> InstancePre:
         """The module of the wasm file at ``path``, compiled and linked (memoized by ``key``)."""
@@ -232,7 +258,8 @@ class WasmRuntime:
                          table_elements=limits.table_elements,
                          instances=limits.instances, tables=limits.instances,
                          memories=limits.instances)
-        store.set_epoch_deadline(max(1, int(limits.time_s / TICK_S)))
+        ticks = max(1, int(limits.time_s / TICK_S))
+        store.set_epoch_deadline(ticks)
         wasi = WasiConfig()
         wasi.argv = list(argv)
         wasi.env = [list(pair) for pair in env]
@@ -245,7 +272,11 @@ class WasmRuntime:
         exit_code: int | None = None
         error: str | None = None
         instance = None
-        self._running.set()
+        with self._lock:
+            if self._cancelled:
+                return GuestResult(None, INTERRUPTED, 0, b"", 0.0)
+            self._deadline_ticks = ticks
+            self._running.set()
         with soft_rlimit(resource.RLIMIT_FSIZE, limits.output_bytes + 1):
             try:
                 instance = prepared.instantiate(store)
@@ -261,7 +292,10 @@ class WasmRuntime:
             except Exception as err:  # noqa: BLE001 - instantiation errors are the guest's
                 error = _explain_failure(err, limits)
             finally:
-                self._running.clear()
+                with self._lock:
+                    self._running.clear()
+                    if self._cancelled:
+                        exit_code, error = None, INTERRUPTED
         ms = (time.perf_counter() - started) * 1000
         stdout_bytes = os.path.getsize(stdout_path)
         failed = error is not None or exit_code != 0

@@ -20,7 +20,7 @@ import math
 import random as _random
 import statistics
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 RANDOM = "random"
@@ -158,6 +158,14 @@ def group_size(pending: int, concurrency: int, task_ms: float, completed_on_node
     return max(1, min(max_group, by_remaining, by_time, by_trust))
 
 
+def has_free_slot(load: NodeLoad, groups: int) -> bool:
+    """Whether a task sent now would start at once: neither what the node last
+    reported nor this job's ``groups`` there (each runs one task at a time) fill
+    its slots.  The report is taken as it stands: a slot is only counted free when
+    the node said so."""
+    return max(load.running + load.queued, groups) < load.slots
+
+
 def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None,
                        task_ms: float | None = None) -> float:
     """When a task sent now would finish on this node, in milliseconds from now.
@@ -183,6 +191,22 @@ def queue_room(slots: int, in_flight: int, group: int) -> bool:
     rest wait in the proxy, to be placed later with a fresher view (late binding),
     rather than deepen a queue that makes a node busy with other work look good."""
     return in_flight + group <= (slots + 1) * group
+
+
+def backlog_ms(waiting: int, nodes: Iterable[tuple[int, float]]) -> float:
+    """How long a job's ``waiting`` tasks would take to drain through its nodes,
+    given as (slots, time per task in ms), every slot busy: the time the last of
+    them would wait in the proxy for a node."""
+    rate = sum(slots / max(ms, 0.001) for slots, ms in nodes)
+    return waiting / rate if rate > 0 else math.inf
+
+
+def worth_spilling(finish_ms: float, backlog: float) -> bool:
+    """Whether a node that is not the best place for the next task should take a
+    waiting task now anyway: it would finish it before the job's backlog drains
+    through the better nodes.  A slow node so helps while much work waits and
+    gets nothing near the end, when its slowness would make the job wait."""
+    return finish_ms < backlog
 
 
 def choose_node(candidates: Sequence[str], loads: Mapping[str, NodeLoad],

@@ -157,11 +157,18 @@ def test_cancel_through_the_other_proxy_stops_the_job_within_2_s(durable, staged
     stopped = time.monotonic() - asked
     assert state["status"] == "cancelled", json.dumps(state, indent=1)
     assert stopped < 2.0, f"the job took {stopped:.2f} s to stop"
-    # No guest of the job runs on any object server any more.
+    # Within 2 s of the cancel, no guest of the job runs on any object server (a guest
+    # asleep in a host call, as these are, is beyond the interrupt: its executor is
+    # killed a moment after the hang-up).
     for server in durable.object_servers:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{wire.LOAD_PATH}",
-                                    timeout=5) as resp:
-            assert json.loads(resp.read())["running"] == 0, server.name
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{wire.LOAD_PATH}",
+                                        timeout=5) as resp:
+                running = json.loads(resp.read())["running"]
+            if running == 0:
+                break
+            assert time.monotonic() - asked < 2.0, f"{server.name} still runs {running}"
+            time.sleep(0.05)
 
     report = state["report"]
     assert report["status"] == "cancelled" and report["cancelled"] == "cancelled by request"

@@ -1,19 +1,26 @@
 """Scheduler benchmark: random vs load-aware placement on an uneven dev cluster.
 
 Run from the repository: ``make bench-scheduler`` (or
-``.venv/bin/python -m tests.perf.bench_scheduler [--scenario busy-slots|cpu-skew]``).
+``.venv/bin/python -m tests.perf.bench_scheduler [--scenario S]``).
 
-Two scenarios, each on a dev cluster of its own (four object servers):
+Three scenarios, each on a dev cluster of its own (four object servers of
+``--slots`` slots):
 
 - ``busy-slots``: one object server is made busy by another tenant: a
-  background thread keeps all of its ``--slots`` task slots occupied with long
+  background thread keeps all of its task slots occupied with long
   tasks for the whole run (sent to that server directly, as the proxy
   would).  The job's tasks (``--tasks`` inputs) sleep ``--task-ms`` inside the
   guest, so they occupy slots without competing for this machine's two cores.
-- ``cpu-skew``: one object server's executors are limited to a fifth of a
-  core together (the cgroup v1 ``cpu`` controller; needs root) while its slots
-  stay free: a noisy neighbour or an older host.  The job's ``--cpu-tasks`` tasks
-  are CPU-bound (``spin``, about 45 ms of one core each).
+- ``cpu-skew``: a noisy neighbour or an older host.  Each object server's
+  executors get a CPU budget of their own, ``--host-cpu`` of a core, as if
+  each server were a host (the cgroup v1 ``cpu`` controller; needs root);
+  one server's executors are held to a fifth (``--cpu-share``) of that, its
+  slots free.  The job's ``--cpu-tasks`` tasks are CPU-bound (``spin``,
+  about 45 ms of one core each).
+- ``cpu-skew-shared``: the same, but only the slow server is limited (to a
+  fifth of a core); the other three share this machine's cores, so a
+  placement can at best match the job's time with no server slowed (which
+  the benchmark measures first, for both ``cpu-skew`` scenarios).
 
 In each, the same map-only job runs with each policy, with backup tasks off
 and on, alternating, ``--rounds`` times; medians.  Makespan is the job's
@@ -24,6 +31,7 @@ output written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -101,7 +109,7 @@ class CpuLimit:
     def __init__(self, cluster: DevCluster, server, share: float):
         self.pgid = cluster.state["pids"][server.name]
         self.share = share
-        self.path = os.path.join(CGROUP_CPU, f"zerocompute-bench-{os.getpid()}")
+        self.path = os.path.join(CGROUP_CPU, f"zerocompute-bench-{os.getpid()}-{server.name}")
         self.stop = threading.Event()
         self.watcher = threading.Thread(target=self.watch, daemon=True)
 
@@ -239,33 +247,62 @@ def busy_slots(args, wasm: bytes) -> dict:
     return summary
 
 
-def cpu_skew(args) -> dict:
+def cpu_limits(cluster: DevCluster, slow, share: float, host_cpu: float) -> contextlib.ExitStack:
+    """The slow server's executors held to ``share`` of a core; with ``host_cpu``, every
+    object server's executors get a budget of their own, as on separate hosts (the slow
+    one ``share`` of its host's)."""
+    stack = contextlib.ExitStack()
+    if not host_cpu:
+        stack.enter_context(CpuLimit(cluster, slow, share))
+        return stack
+    for server in cluster.object_servers:
+        stack.enter_context(CpuLimit(
+            cluster, server, host_cpu * (share if server.name == slow.name else 1.0)))
+    return stack
+
+
+def cpu_skew(args, host_cpu: float) -> dict:
     with open(build_c_guest(SPIN), "rb") as f:
         spin = f.read()
-    cluster = DevCluster(tempfile.mkdtemp(prefix="zerocompute-bench-skew-")).start()
+    cluster = DevCluster(tempfile.mkdtemp(prefix="zerocompute-bench-skew-"),
+                         task_slots=args.slots).start()
+
+    def job(policy, backups, n):
+        return run(conn, policy, args.cpu_tasks, args.spin, backups, n, "spin.wasm", "cpu-in",
+                   gather=True)
+
     try:
         conn = staged(cluster, "spin.wasm", spin, "cpu-in", args.cpu_tasks)
         slow = cluster.server("object1")
         slow_label = f"127.0.0.1:{slow.port}/sd1"
         run(conn, "random", args.cpu_tasks, 1, False, -1, "spin.wasm", "cpu-in")  # warm
-        with CpuLimit(cluster, slow, args.cpu_share):
-            results = alternate(args.rounds, lambda policy, backups, n: run(
-                conn, policy, args.cpu_tasks, args.spin, backups, n, "spin.wasm", "cpu-in",
-                gather=True))
+        # The same job with no server slowed: what the skew costs at best.
+        with cpu_limits(cluster, slow, 1.0, host_cpu):
+            even_ms = statistics.median(
+                job("load-aware", False, 100 + n)["ms"] for n in range(args.rounds))
+        with cpu_limits(cluster, slow, args.cpu_share, host_cpu):
+            results = alternate(args.rounds, job)
     finally:
         cluster.stop(wipe=True)
+    hosts = (f"each object server's executors held to {host_cpu:g} of a core (its host), "
+             f"object1's to {args.cpu_share:g} of that" if host_cpu else
+             f"object1's executors held to {args.cpu_share:g} of a core, the others "
+             f"sharing this machine's cores")
     summary = print_summary(
-        f"cpu-skew: {args.cpu_tasks} CPU-bound tasks (spin {args.spin}); 4 object servers x 2 "
-        f"slots; object1's executors held to {args.cpu_share:g} of a core; "
-        f"{args.rounds} rounds, medians", results, slow_label, "slow")
+        f"cpu-skew: {args.cpu_tasks} CPU-bound tasks (spin {args.spin}); 4 object servers x "
+        f"{args.slots} slots; {hosts}; {args.rounds} rounds, medians\n(the same job with no "
+        f"server slowed: {even_ms:.0f} ms)", results, slow_label, "slow")
+    summary["even_ms"] = even_ms
     print(f"makespan ratio random / load-aware: {summary['ratio']:.2f} (target >= 1.5); "
-          f"with backup tasks on both: {summary['ratio_with_backups']:.2f} (target >= 1.25)")
+          f"with backup tasks on both: {summary['ratio_with_backups']:.2f} (target >= 1.25); "
+          f"load-aware / no server slowed: {summary['load-aware']['makespan_ms'] / even_ms:.2f}")
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=["busy-slots", "cpu-skew"], action="append")
+    parser.add_argument("--scenario", action="append",
+                        choices=["busy-slots", "cpu-skew", "cpu-skew-shared"])
     parser.add_argument("--tasks", type=int, default=120)
     parser.add_argument("--task-ms", type=int, default=200)
     parser.add_argument("--slots", type=int, default=4)
@@ -273,15 +310,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-tasks", type=int, default=200)
     parser.add_argument("--spin", type=int, default=30, help="million rounds per task")
     parser.add_argument("--cpu-share", type=float, default=0.2)
+    parser.add_argument("--host-cpu", type=float, default=0.45,
+                        help="cpu-skew: cores per object server, as if each were a host")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    scenarios = args.scenario or ["busy-slots", "cpu-skew"]
+    scenarios = args.scenario or ["busy-slots", "cpu-skew", "cpu-skew-shared"]
     summaries = {}
     if "busy-slots" in scenarios:
         with open(build_c_guest(SLEEPY), "rb") as f:
             summaries["busy-slots"] = busy_slots(args, f.read())
     if "cpu-skew" in scenarios:
-        summaries["cpu-skew"] = cpu_skew(args)
+        summaries["cpu-skew"] = cpu_skew(args, args.host_cpu)
+    if "cpu-skew-shared" in scenarios:
+        summaries["cpu-skew-shared"] = cpu_skew(args, 0.0)
     print(json.dumps(summaries, indent=1))
     return 0
 

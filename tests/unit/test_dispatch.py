@@ -9,6 +9,7 @@ not hang.
 
 import io
 import logging
+import statistics
 
 import eventlet
 import pytest
@@ -23,6 +24,7 @@ from zerocompute.middleware.dispatch import (
     TaskState,
     node_key,
 )
+from zerocompute.scheduler import format_load_header
 
 TEMPLATE = wire.TaskGroup(job="j", exec_etag="0" * 32, exec_name="g.wasm", runtime="wasm",
                           args=(), env=(), limits={"time_s": 10}, tasks=())
@@ -30,6 +32,11 @@ TEMPLATE = wire.TaskGroup(job="j", exec_etag="0" * 32, exec_name="g.wasm", runti
 
 def node(port):
     return {"ip": "127.0.0.1", "port": port, "device": f"sd{port}"}
+
+
+def wire_load(service_ms, slots=1):
+    """What an idle node of one slot with this service time reports of itself."""
+    return format_load_header(0, 0, slots, service_ms, 0.0)
 
 
 class FakeResponse:
@@ -47,6 +54,8 @@ class FakeResponse:
     def getheader(self, name, default=None):
         if name == "Retry-After" and self.status == 503:
             return "0.05"
+        if name == wire.LOAD_HEADER and "service_ms" in self.behaviour:
+            return wire_load(self.behaviour["service_ms"])
         return default
 
     def read(self, n=-1):
@@ -319,3 +328,35 @@ def test_abort_ends_every_unfinished_task_and_hangs_up_at_once():
     eventlet.sleep(0.2)
     assert {task_id for task_id, _ in results} == handed_on
     assert not any(d.in_flight.values())
+
+
+def test_a_slow_node_takes_the_newest_waiting_tasks_only_while_much_work_waits():
+    """The best node is full and much work waits: a node ten times slower with a
+    free slot takes waiting tasks, the newest first, instead of idling; once what
+    waits would drain sooner than it finishes a task, it gets none."""
+    d = FakeDispatcher({1: {"delay": 0.002, "ms": 2.0, "service_ms": 2.0},
+                        2: {"delay": 0.02, "ms": 20.0, "service_ms": 20.0}})
+    job, results = run(d, states(150, [1, 2]), concurrency=4, max_group=1)
+    assert sorted(int(task[1:]) for task, *_ in results) == list(range(150))
+    dispatched = [(port, task) for port, tasks in d.groups for task in tasks]
+    on_slow = [int(task[1:]) for port, task in dispatched if port == 2]
+    assert job.speeds.relative_speed(node_key(node(2))) > 3
+    assert len(on_slow) >= 5, f"the slow node idled: {on_slow}"
+    assert statistics.median(on_slow) > 100, f"not the newest tasks: {on_slow}"
+    after_last = len(dispatched) - 1 - max(
+        i for i, (port, _) in enumerate(dispatched) if port == 2)
+    assert after_last >= 5, f"the slow node got work near the end: {dispatched[-12:]}"
+
+
+def test_nodes_with_room_do_not_wait_behind_the_oldest_tasks_full_replicas():
+    """The oldest waiting tasks' replicas are all full; nodes holding only later
+    inputs have room and take their tasks now, not once the first ones drain."""
+    fast = {"delay": 0.005, "ms": 5.0, "service_ms": 5.0}
+    d = FakeDispatcher({port: dict(fast) for port in range(1, 7)})
+    tasks = states(60, [1, 2, 3]) + states(60, [4, 5, 6])
+    for i, state in enumerate(tasks):
+        state.index, state.task_id = i, f"m{i}"
+    job, results = run(d, tasks, concurrency=12, max_group=1)
+    assert len(results) == 120
+    first_half = [port for port, tasks in d.groups[:60] for _ in tasks]
+    assert set(first_half) == set(range(1, 7)), f"nodes idled: {sorted(set(first_half))}"

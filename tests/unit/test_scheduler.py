@@ -6,13 +6,16 @@ import pytest
 from zerocompute.scheduler import (
     JobSpeeds,
     NodeLoad,
+    backlog_ms,
     choose_node,
     expected_finish_ms,
     format_load_header,
     group_size,
+    has_free_slot,
     parse_load_header,
     straggler_threshold_s,
     update_service_ms,
+    worth_spilling,
 )
 
 NODES = ["n1", "n2", "n3"]
@@ -128,3 +131,27 @@ def test_group_size_shrinks_near_the_end_and_grows_with_trust():
     # Never more than about half a second of work on the node.
     assert group_size(1000, 16, task_ms=100.0, completed_on_node=10) == 5
     assert group_size(1000, 16, task_ms=2000.0, completed_on_node=10) == 1
+
+
+def test_backlog_drains_through_every_slot_at_each_nodes_speed():
+    # Three nodes of 4 slots at 400 ms and one of 4 at 2 s: 32 tasks a second.
+    nodes = [(4, 400.0)] * 3 + [(4, 2000.0)]
+    assert backlog_ms(190, nodes) == pytest.approx(190 / 32 * 1000)
+    assert backlog_ms(0, nodes) == 0
+    assert backlog_ms(5, []) == float("inf")
+
+
+def test_a_slow_node_helps_only_while_the_backlog_outlasts_its_task():
+    slow = expected_finish_ms(NodeLoad(slots=4, service_ms=2000.0), in_flight=0)
+    nodes = [(4, 400.0)] * 3 + [(4, 2000.0)]
+    assert worth_spilling(slow, backlog_ms(190, nodes))  # about 6 s of work waits
+    assert not worth_spilling(slow, backlog_ms(40, nodes))  # about 1.25 s: it would be last
+
+
+def test_a_free_slot_is_free_by_the_nodes_report_and_by_this_jobs_groups():
+    idle = NodeLoad(slots=4, reported_at=100.0)
+    assert has_free_slot(idle, groups=3)
+    assert not has_free_slot(idle, groups=4)
+    # Another tenant holds every slot (running or queued): not free, however old the report.
+    assert not has_free_slot(NodeLoad(running=4, slots=4, reported_at=100.0), groups=0)
+    assert not has_free_slot(NodeLoad(running=2, queued=2, slots=4), groups=1)

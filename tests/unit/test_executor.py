@@ -1,0 +1,102 @@
+"""The object server's executor pool with real executor processes and real wasmtime:
+what a cancelled attempt (the requester hung up) costs."""
+
+import hashlib
+import os
+import socket
+import time
+
+import eventlet
+import pytest
+from wasmtime import wat2wasm
+
+from zerocompute import wire
+from zerocompute.sandbox.executor import CANCELLED, INTERRUPT_GRACE_S, ExecutorPool
+from zerocompute.sandbox.wasm import ExecutableStore
+
+SPIN = '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
+READ = """(module
+ (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+ (memory (export "memory") 1)
+ (func (export "_start")
+  (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 16))
+  (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+
+
+@pytest.fixture
+def cache(tmp_path):
+    os.makedirs(tmp_path / "scratch")
+    return str(tmp_path)
+
+
+def group(cache, wat, task="t1"):
+    wasm = wat2wasm(wat)
+    etag = hashlib.md5(wasm).hexdigest()
+    ExecutableStore(cache).add(etag, wasm)
+    return wire.TaskGroup(job="j", exec_etag=etag, exec_name="g.wasm", runtime="wasm",
+                          args=(), env=(), limits=dict(wire.LIMIT_DEFAULTS, time_s=60),
+                          tasks=(wire.TaskSpec(task=task, device="sd1", partition=0,
+                                               path="/a/c/o"),))
+
+
+def run_cancelled(pool, task, stdin_fd, out_path, running_s=1.5):
+    """Run ``task`` on behalf of a requester that hangs up after ``running_s``."""
+    server_side, requester = socket.socketpair()
+    with open(out_path, "wb") as out:
+        fds = [os.dup(stdin_fd), os.dup(out.fileno())]
+    thread = eventlet.spawn(pool.run, task, fds, 60, server_side)
+    eventlet.sleep(running_s)  # the executor has started and the guest runs
+    requester.close()
+    hung_up = time.monotonic()
+    with eventlet.Timeout(20):
+        result = thread.wait()
+    for fd in fds:
+        os.close(fd)
+    server_side.close()
+    return result, time.monotonic() - hung_up
+
+
+def test_a_cancelled_guest_is_interrupted_and_its_executor_takes_the_next_task(
+        cache, tmp_path):
+    pool = ExecutorPool(1, cache)
+    try:
+        with open(os.devnull, "rb") as empty:
+            result, took = run_cancelled(pool, group(cache, SPIN), empty.fileno(),
+                                         tmp_path / "out")
+        assert result.error == CANCELLED
+        assert took < INTERRUPT_GRACE_S, "stopped by a kill, not by the interrupt"
+        assert pool.restarts == 0
+        (executor,) = [pool.idle.get()]
+        pid = executor.process.pid
+        pool.idle.put(executor)
+        # The same process runs the next task to its end: a stale cancel of the first
+        # task (sent again now) does not stop it.
+        with open(os.devnull, "rb") as empty, open(tmp_path / "out2", "wb") as out:
+            fds = [os.dup(empty.fileno()), os.dup(out.fileno())]
+            read = group(cache, READ, task="t2")
+            with eventlet.Timeout(20):
+                executor.control.send(str(executor.calls).encode())  # the old number
+                result = pool.run(read, fds, 60)
+            for fd in fds:
+                os.close(fd)
+        assert result.exit == 0 and result.error is None, result
+        assert pool.restarts == 0
+        assert pool.idle.get().process.pid == pid
+    finally:
+        pool.close()
+
+
+def test_a_guest_the_interrupt_cannot_reach_has_its_executor_killed(cache, tmp_path):
+    """Blocked in a host call (reading a pipe nobody writes to), the guest never
+    reaches an epoch check: its executor is killed after the grace period."""
+    pool = ExecutorPool(1, cache)
+    reader, writer = os.pipe()
+    try:
+        result, took = run_cancelled(pool, group(cache, READ), reader, tmp_path / "out")
+        assert result.error == CANCELLED
+        assert took >= INTERRUPT_GRACE_S
+        assert pool.restarts == 1
+    finally:
+        os.close(reader)
+        os.close(writer)
+        pool.close()
