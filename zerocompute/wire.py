@@ -24,12 +24,13 @@ builds or parses the JSON.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 METHOD = "EXECUTE"
@@ -97,6 +98,17 @@ class BadFrame(ValueError):
     """The object server's stream is not what the protocol says."""
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _plain(message: Any) -> dict[str, Any]:
+    """A message's fields, one level deep (JSON takes the tuples and lists as they
+    are): ``asdict`` deep-copies every field, and a frame is built for every task."""
+    return {name: getattr(message, name) for name in _field_names(type(message))}
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One task of a group: where its input is on the receiving server."""
@@ -149,7 +161,8 @@ class TaskGroup:
     shuffle: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
+        doc = dict(_plain(self), tasks=[_plain(spec) for spec in self.tasks])
+        return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def decode(cls, data: bytes) -> TaskGroup:
@@ -271,7 +284,7 @@ class TaskResult:
         return self.exit is not None
 
     def frame_head(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8") + b"\n"
+        return json.dumps(_plain(self), separators=(",", ":")).encode("utf-8") + b"\n"
 
     @classmethod
     def parse(cls, line: bytes) -> TaskResult:
