@@ -33,6 +33,7 @@ twice.
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 import time
@@ -135,6 +136,10 @@ class TaskState:
                     return rest
                 return [n for n in rest if self.busy_until.get(node_key(n), 0) <= now]
         return []
+
+    def untried_on(self, key: str, now: float) -> dict | None:
+        """The node of ``key`` if the task may try it now, else None."""
+        return next((n for n in self.untried(now) if node_key(n) == key), None)
 
     def spec(self, node: dict) -> wire.TaskSpec:
         return wire.TaskSpec(
@@ -437,8 +442,7 @@ class JobRun:
         estimates = self.speeds.estimates(keys)
         loads = {key: d.loads.get(key, NodeLoad()) for key in keys}
         backlog = backlog_ms(len(self.pending), (
-            (loads[key].slots, max(estimates.get(key, 0.0), loads[key].task_ms))
-            for key in keys))
+            (loads[key].slots, loads[key].job_task_ms(estimates.get(key))) for key in keys))
         groups = Counter(stream.key for stream in self.streams)
         wall = time.time()
         finishes = sorted(
@@ -447,14 +451,15 @@ class JobRun:
         for finish, key in finishes:
             if not worth_spilling(finish, backlog):
                 return None
-            size = self._group_size(key)
-            group = [state for state in reversed(self.by_node[key].values())
-                     if state.opener is None and any(
-                         node_key(n) == key for n in state.untried(now))][:size]
-            if group:
-                for state in group:
+            # Only as far into the node's waiting tasks as one group needs.
+            takers = ((state, node) for state in reversed(self.by_node[key].values())
+                      if state.opener is None
+                      and (node := state.untried_on(key, now)) is not None)
+            picked = list(itertools.islice(takers, self._group_size(key)))
+            if picked:
+                for state, _node in picked:
                     self._dequeue(state)
-                return next(n for n in group[0].untried(now) if node_key(n) == key), group
+                return picked[0][1], [state for state, _node in picked]
         return None
 
     def _group_size(self, key: str) -> int:
@@ -470,12 +475,14 @@ class JobRun:
         slots = d.loads.get(key, NodeLoad()).slots
         if self.settings.policy != RANDOM and not queue_room(slots, self.in_flight[key], size):
             return None
+        if first.opener is not None:
+            size = 1  # a streamed input travels alone
         group = [first]
         for state in self.by_node[key].values():
-            if len(group) >= size or first.opener is not None:
-                break  # a streamed input travels alone
+            if len(group) >= size:
+                break
             if state is not first and state.opener is None \
-                    and any(node_key(n) == key for n in state.untried(now)):
+                    and state.untried_on(key, now) is not None:
                 group.append(state)
         for state in group:
             self._dequeue(state)

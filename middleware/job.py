@@ -745,14 +745,14 @@ class MapJob:
             if self.reports[index].reused:
                 continue
             item = task.input
+            path = f"/{item.path.account}/{item.path.container}/{item.path.obj}"
+            env = (("ZEROCOMPUTE_INPUT", str(item.path)),
+                   ("ZEROCOMPUTE_INPUT_SIZE", str(item.size)),
+                   ("ZEROCOMPUTE_TASK", task.task_id))
             if task.whole:  # a large object read whole: nowhere local, streamed
-                path = f"/{item.path.account}/{item.path.container}/{item.path.obj}"
                 states.append(self.streamed(TaskState(
                     index=index, task_id=task.task_id, partition=0, path=path,
-                    policy_index=0, env=(("ZEROCOMPUTE_INPUT", str(item.path)),
-                                         ("ZEROCOMPUTE_INPUT_SIZE", str(item.size)),
-                                         ("ZEROCOMPUTE_TASK", task.task_id)),
-                    candidates=[[], []])))
+                    policy_index=0, env=env, candidates=[[], []])))
                 continue
             placement = self.placement(item.path)
             if placement is None:
@@ -762,7 +762,6 @@ class MapJob:
             split_env = () if task.split is None else (
                 ("ZEROCOMPUTE_SPLIT_START", str(task.split[0])),
                 ("ZEROCOMPUTE_SPLIT_END", str(task.split[1])))
-            path = f"/{item.path.account}/{item.path.container}/{item.path.obj}"
             ec = erasure_code(policy_index, partition, path, primaries)
             if ec is None:
                 candidates = [primaries, handoffs]
@@ -774,10 +773,7 @@ class MapJob:
                 task.segment.skip, base64.b64encode(task.segment.carry).decode("ascii"))
             states.append(TaskState(
                 index=index, task_id=task.task_id, partition=partition, path=path,
-                policy_index=policy_index,
-                env=(("ZEROCOMPUTE_INPUT", str(item.path)),
-                     ("ZEROCOMPUTE_INPUT_SIZE", str(item.size)),
-                     ("ZEROCOMPUTE_TASK", task.task_id), *split_env),
+                policy_index=policy_index, env=(*env, *split_env),
                 candidates=candidates, split=task.split, ec=ec, edges=edges))
         return states
 
@@ -883,15 +879,13 @@ class MapJob:
 
     def streamed(self, state: TaskState) -> TaskState:
         """``state`` as a task whose plaintext the proxy streams to any object server."""
-        account, container, obj = state.path.lstrip("/").split("/", 2)
-        target = SwiftPath(account, container, obj)
-        size = self.tasks[state.index].input.size
+        item = self.tasks[state.index].input
         nodes = list({node_key(n): n for n in self.object_servers()}.values())
         self.middleware.dispatcher.rng.shuffle(nodes)
         return replace(state, candidates=[nodes, []], tried=set(), busy_until={}, failed=[],
                        live={}, first_sent=None, running_since=None, backed_up=False,
-                       done=False, node=None, error=None, ec=None, stream_bytes=size,
-                       opener=lambda: self.open_plaintext(target, size))
+                       done=False, node=None, error=None, ec=None, stream_bytes=item.size,
+                       opener=lambda: self.open_plaintext(item.path, item.size))
 
     def open_plaintext(self, target: SwiftPath, size: int) -> tuple[int, Any]:
         """The object's bytes through the rest of the pipeline, as the user (decrypted)."""

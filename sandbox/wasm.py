@@ -192,19 +192,18 @@ class WasmRuntime:
         with self._lock:
             self._task, self._cancelled = task, False
 
-    def interrupt(self, task: int) -> bool:
+    def interrupt(self, task: int) -> None:
         """Stop task number ``task``'s guests (its attempt was cancelled): the one
         running traps at its next epoch check, later ones do not start.  The
-        executor stays, so a cancel costs no new process.  False if ``task`` is
-        not the current one (it ended meanwhile)."""
+        executor stays, so a cancel costs no new process.  A task that is not the
+        current one has ended meanwhile: nothing to stop."""
         with self._lock:
             if task != self._task:
-                return False
+                return
             self._cancelled = True
             if self._running.is_set():
                 for _ in range(self._deadline_ticks + 1):
                     self.engine.increment_epoch()
-            return True
 
     def prepare(self, path: str, key: str | None = None) -> InstancePre:
         """The module of the wasm file at ``path``, compiled and linked (memoized by ``key``)."""

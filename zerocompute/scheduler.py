@@ -51,6 +51,12 @@ class NodeLoad:
         """The node's time per task: its recent average, or longer if what runs now is."""
         return max(self.service_ms, self.elapsed_ms)
 
+    def job_task_ms(self, job_ms: float | None) -> float:
+        """A job's task time here: what the job has seen (``JobSpeeds``), but never less
+        than the node's own recent signals say (a node busy with another tenant's long
+        tasks, or starved of CPU, must look so by either)."""
+        return self.task_ms if job_ms is None else max(job_ms, self.task_ms)
+
 
 SERVICE_WEIGHT = 0.2
 # A node's speed on a job is the median of its last this many tasks of it.
@@ -170,10 +176,8 @@ def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None,
                        task_ms: float | None = None) -> float:
     """When a task sent now would finish on this node, in milliseconds from now.
 
-    ``task_ms`` is what the job knows of its own tasks on this node: the node
-    is taken to be at least that slow, and at least as slow as its own recent
-    service time and the work it is running now say (a node busy with another
-    tenant's long tasks, or starved of CPU, must look so by either signal).
+    ``task_ms`` is what the job knows of its own tasks on this node
+    (:meth:`NodeLoad.job_task_ms`).
     """
     reported = load.running + load.queued
     if now is not None and load.reported_at:
@@ -181,8 +185,7 @@ def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None,
     ahead = max(reported, in_flight)
     # Work ahead delays us only once every slot is taken; then it drains across the slots.
     waiting = max(0.0, ahead - load.slots + 1)
-    per_task = load.task_ms if task_ms is None else max(task_ms, load.task_ms)
-    return (waiting / load.slots + 1.0) * per_task
+    return (waiting / load.slots + 1.0) * load.job_task_ms(task_ms)
 
 
 def queue_room(slots: int, in_flight: int, group: int) -> bool:
