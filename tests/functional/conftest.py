@@ -5,22 +5,29 @@ import os
 
 import pytest
 
-from zerocompute.dev.devcluster import DevCluster
+from tests.functional.helpers import own_cluster
 from zerocompute.guests import build_c_guest, source_path
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("devcluster")
-    dev = DevCluster(str(directory)).start()
-    yield dev
-    dev.stop(wipe=True)
+    yield from own_cluster(tmp_path_factory, "devcluster")
+
+
+def built(source: str) -> bytes:
+    with open(build_c_guest(source), "rb") as f:
+        return f.read()
 
 
 @pytest.fixture(scope="session")
 def wordcount_wasm():
-    with open(build_c_guest(source_path("wordcount.c")), "rb") as f:
-        return f.read()
+    return built(source_path("wordcount.c"))
+
+
+@pytest.fixture(scope="session")
+def sleepy_wasm():
+    """tests/guests/sleepy.c: sleeps the milliseconds it is given, then copies its input."""
+    return built(os.path.join(os.path.dirname(__file__), "..", "guests", "sleepy.c"))
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,20 @@ import urllib.error
 import urllib.request
 
 from zerocompute.dev.demo import count_words
+from zerocompute.dev.devcluster import DevCluster
 
 WORDS = ("storage compute swift object ring replica proxy account container partition "
          "wasm sandbox guest map reduce shuffle record key value node disk etag policy").split()
+
+
+def own_cluster(tmp_path_factory, name: str, **options):
+    """A dev cluster of a test module's own, for its fixture to ``yield from``: started
+    in a fresh directory, stopped and wiped when the fixture ends."""
+    dev = DevCluster(str(tmp_path_factory.mktemp(name)), **options).start()
+    try:
+        yield dev
+    finally:
+        dev.stop(wipe=True)
 
 
 def make_text(seed: int, words: int = 300) -> bytes:

@@ -6,36 +6,29 @@ take seconds.
 """
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.functional.helpers import listing
+from tests.functional.helpers import listing, own_cluster
 from zerocompute import wire
-from zerocompute.dev.devcluster import DevCluster
-from zerocompute.guests import build_c_guest
 
-SLEEPY = os.path.join(os.path.dirname(__file__), "..", "guests", "sleepy.c")
 LEASE_S = 3.0
 
 
 @pytest.fixture(scope="module")
 def durable(tmp_path_factory):
-    dev = DevCluster(str(tmp_path_factory.mktemp("durable")), proxies=2,
-                     proxy_options={"job_lease_s": str(LEASE_S), "job_poll_s": "0.5"}).start()
-    yield dev
-    dev.stop(wipe=True)
+    yield from own_cluster(tmp_path_factory, "durable", proxies=2,
+                           proxy_options={"job_lease_s": str(LEASE_S), "job_poll_s": "0.5"})
 
 
 @pytest.fixture(scope="module")
-def staged(durable):
+def staged(durable, sleepy_wasm):
     swift = durable.connection()
     swift.put_container("apps")
-    with open(build_c_guest(SLEEPY), "rb") as f:
-        swift.put_object("apps", "sleepy.wasm", f.read())
+    swift.put_object("apps", "sleepy.wasm", sleepy_wasm)
     swift.put_container("in")
     for i in range(40):
         swift.put_object("in", f"p{i:02d}", f"input {i}\n".encode() * (i + 1))
@@ -235,18 +228,15 @@ def test_sigkill_of_the_running_proxy_then_the_other_takes_over(durable, staged)
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """Two proxies that sweep for orphaned jobs every second."""
-    dev = DevCluster(str(tmp_path_factory.mktemp("swept")), proxies=2,
-                     proxy_options={"job_lease_s": str(LEASE_S), "job_poll_s": "0.5",
-                                    "job_sweep_s": "1"}).start()
-    yield dev
-    dev.stop(wipe=True)
+    yield from own_cluster(tmp_path_factory, "swept", proxies=2,
+                           proxy_options={"job_lease_s": str(LEASE_S), "job_poll_s": "0.5",
+                                          "job_sweep_s": "1"})
 
 
-def test_the_sweep_takes_over_a_job_nobody_asks_about(swept):
+def test_the_sweep_takes_over_a_job_nobody_asks_about(swept, sleepy_wasm):
     swift = swept.connection(proxy="proxy2")
     swift.put_container("apps")
-    with open(build_c_guest(SLEEPY), "rb") as f:
-        swift.put_object("apps", "sleepy.wasm", f.read())
+    swift.put_object("apps", "sleepy.wasm", sleepy_wasm)
     swift.put_container("in")
     for i in range(16):
         swift.put_object("in", f"p{i:02d}", expected(i))

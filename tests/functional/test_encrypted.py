@@ -8,18 +8,15 @@ import subprocess
 
 import pytest
 
-from tests.functional.helpers import expected_counts
+from tests.functional.helpers import expected_counts, own_cluster
 from zerocompute.client import submit_job
-from zerocompute.dev.devcluster import DevCluster
 
 MARKER = b"zerocompute-plaintext-marker"
 
 
 @pytest.fixture(scope="module")
 def encrypted(tmp_path_factory):
-    dev = DevCluster(str(tmp_path_factory.mktemp("encrypted")), encryption=True).start()
-    yield dev
-    dev.stop(wipe=True)
+    yield from own_cluster(tmp_path_factory, "encrypted", encryption=True)
 
 
 def on_disk(cluster, needle: bytes) -> list[str]:

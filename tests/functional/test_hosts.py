@@ -7,10 +7,9 @@ import subprocess
 
 import pytest
 
+from tests.functional.helpers import own_cluster
 from zerocompute.client import submit_job
-from zerocompute.dev.devcluster import DevCluster
 from zerocompute.dev.hosts import available
-from zerocompute.guests import build_c_guest, source_path
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 OBJECTS, SIZE = 8, 4 << 20
@@ -18,18 +17,14 @@ OBJECTS, SIZE = 8, 4 << 20
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory):
-    dev = DevCluster(str(tmp_path_factory.mktemp("hosts")), hosts=True,
-                     link_rate="1gbit").start()
-    yield dev
-    dev.stop(wipe=True)
+    yield from own_cluster(tmp_path_factory, "hosts", hosts=True, link_rate="1gbit")
 
 
 @pytest.fixture(scope="module")
-def loaded(hosts):
+def loaded(hosts, wordcount_wasm):
     swift = hosts.connection()
     swift.put_container("apps")
-    with open(build_c_guest(source_path("wordcount.c")), "rb") as f:
-        swift.put_object("apps", "wordcount.wasm", f.read())
+    swift.put_object("apps", "wordcount.wasm", wordcount_wasm)
     swift.put_container("in")
     line = b"the quick brown fox jumps over the lazy dog\n"
     for i in range(OBJECTS):

@@ -8,10 +8,9 @@ import time
 
 import pytest
 
-from tests.functional.helpers import make_text
+from tests.functional.helpers import make_text, own_cluster
 from zerocompute.client import submit_job
 from zerocompute.dev.demo import count_words
-from zerocompute.dev.devcluster import DevCluster
 
 # Each reduce waits before it reduces, so the reduces of a job that runs one task
 # at a time span seconds after the maps are done: time to kill a map's node.
@@ -28,11 +27,9 @@ def reduce(key, values):
 @pytest.fixture(scope="module")
 def serial(tmp_path_factory):
     # A sort buffer of 4 KiB: every map's output spills to disk many times.
-    dev = DevCluster(str(tmp_path_factory.mktemp("mr-faults")),
-                     proxy_options={"concurrency": "1", "backup_tasks": "false",
-                                    "shuffle_buffer_bytes": "4096"}).start()
-    yield dev
-    dev.stop(wipe=True)
+    yield from own_cluster(tmp_path_factory, "mr-faults",
+                           proxy_options={"concurrency": "1", "backup_tasks": "false",
+                                          "shuffle_buffer_bytes": "4096"})
 
 
 def map_outputs(cluster):

@@ -8,9 +8,8 @@ import os
 
 import pytest
 
-from tests.functional.helpers import expected_counts, make_text
+from tests.functional.helpers import expected_counts, make_text, own_cluster
 from zerocompute.client import submit_job
-from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
 
 POLICIES = ("gold", "silver", "ec42")
@@ -71,9 +70,7 @@ def test_the_same_job_over_every_policy_gives_the_same_outputs(cluster, swift,
 
 @pytest.fixture(scope="module")
 def fragile(tmp_path_factory):
-    dev = DevCluster(str(tmp_path_factory.mktemp("ec-faults"))).start()
-    yield dev
-    dev.stop(wipe=True)
+    yield from own_cluster(tmp_path_factory, "ec-faults")
 
 
 def test_ec_job_completes_while_a_fragment_holder_is_dead(fragile, wordcount_wasm):

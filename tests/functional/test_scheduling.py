@@ -2,7 +2,6 @@
 
 import http.client
 import json
-import os
 import threading
 import time
 import urllib.error
@@ -11,25 +10,14 @@ import urllib.request
 import pytest
 
 from tests.direct import object_on, task_request
+from tests.functional.helpers import own_cluster
 from zerocompute import wire
 from zerocompute.client import submit_job
-from zerocompute.dev.devcluster import DevCluster
-from zerocompute.guests import build_c_guest
-
-SLEEPY = os.path.join(os.path.dirname(__file__), "..", "guests", "sleepy.c")
 
 
 @pytest.fixture(scope="module")
 def uneven(tmp_path_factory):
-    dev = DevCluster(str(tmp_path_factory.mktemp("uneven")), slots={"object1": 1}).start()
-    yield dev
-    dev.stop(wipe=True)
-
-
-@pytest.fixture(scope="module")
-def sleepy_wasm():
-    with open(build_c_guest(SLEEPY), "rb") as f:
-        return f.read()
+    yield from own_cluster(tmp_path_factory, "uneven", slots={"object1": 1})
 
 
 @pytest.fixture(scope="module")

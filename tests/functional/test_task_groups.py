@@ -9,9 +9,8 @@ import urllib.parse
 import pytest
 from swiftclient.client import ClientException
 
-from tests.functional.helpers import listing
+from tests.functional.helpers import listing, own_cluster
 from zerocompute.client import submit_job
-from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
 
 GUESTS = os.path.join(os.path.dirname(__file__), "..", "guests")
@@ -78,14 +77,12 @@ def test_a_failed_task_leaves_no_gathered_object(swift, copier, unique):
 
 @pytest.fixture(scope="module")
 def heartbeating(tmp_path_factory):
-    dev = DevCluster(str(tmp_path_factory.mktemp("heartbeat")),
-                     # One group in flight per job: its tasks run one after another.
-                     proxy_options={"heartbeat_s": "0.3", "concurrency": "1"}).start()
-    yield dev
-    dev.stop(wipe=True)
+    yield from own_cluster(tmp_path_factory, "heartbeat",
+                           # One group in flight per job: its tasks run one after another.
+                           proxy_options={"heartbeat_s": "0.3", "concurrency": "1"})
 
 
-def test_long_synchronous_job_keeps_its_connection_alive(heartbeating):
+def test_long_synchronous_job_keeps_its_connection_alive(heartbeating, sleepy_wasm):
     """A job 10x longer than the client's read timeout still returns its report.
 
     The proportions of a 10-minute job and a 60 s timeout: here about 10 s of
@@ -93,9 +90,8 @@ def test_long_synchronous_job_keeps_its_connection_alive(heartbeating):
     0.3 s.
     """
     swift = heartbeating.connection()
-    with open(build_c_guest(os.path.join(GUESTS, "sleepy.c")), "rb") as f:
-        swift.put_container("apps")
-        swift.put_object("apps", "sleepy.wasm", f.read())
+    swift.put_container("apps")
+    swift.put_object("apps", "sleepy.wasm", sleepy_wasm)
     swift.put_container("in")
     for i in range(16):
         swift.put_object("in", f"o{i}", b"x\n")
