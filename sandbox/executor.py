@@ -362,9 +362,16 @@ class Executor:
             self.control.send(str(self.calls).encode())
 
     def kill(self) -> None:
+        """Stop the process.  Its sockets stay open: a ``call`` waiting on one wakes to
+        the end of the stream (the dead peer), where a socket closed under it (not a
+        green one: the hub is not told) could leave it waiting out its timeout."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def close(self) -> None:
+        """Stop the process and release its sockets (nobody waits on them any more)."""
+        self.kill()
         self.sock.close()
         self.control.close()
 
@@ -443,13 +450,13 @@ class ExecutorPool:
         try:
             reply = executor.call(task, fds, time_s)
         except ExecutorGone as gone:
-            executor.kill()
+            executor.close()
             self.started -= 1
             self.restarts += 1
             return TaskResult(task.tasks[0].task, error=CANCELLED if cancelled else str(gone),
                               ms=(time.perf_counter() - began) * 1000)
         except BaseException:
-            executor.kill()
+            executor.close()
             self.started -= 1
             raise
         finally:
@@ -463,7 +470,7 @@ class ExecutorPool:
 
     def close(self) -> None:
         while self.idle.qsize():
-            self.idle.get().kill()
+            self.idle.get().close()
 
 
 if __name__ == "__main__":
