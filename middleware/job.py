@@ -137,6 +137,7 @@ from zerocompute.planning import (
     InputObject,
     MapTask,
     Segment,
+    evenly_spaced,
     listing_prefix,
     match_listing,
     plan_map_tasks,
@@ -153,6 +154,7 @@ from zerocompute.report import (
 from zerocompute.sandbox.python import available as python_runtime_available
 from zerocompute.sandbox.wasm import InvalidExecutable, check_wasm
 from zerocompute.scheduler import POLICIES as SCHEDULER_POLICIES
+from zerocompute.shuffle import HASH, RANGE, framed_keys, split_points
 
 LISTING_LIMIT = 10000
 # A task's output is kept in memory up to this size while it waits to be
@@ -800,14 +802,22 @@ class MapJob:
                        {self.etag: self.code}, self.take_result, self.reports)
 
     def template(self, stage: Stage, etag: str, kind: str = "map",
-                 shuffle: dict | None = None) -> wire.TaskGroup:
+                 shuffle: wire.ShuffleSpec | None = None) -> wire.TaskGroup:
         """What every task of a phase shares."""
         manifest = self.manifest
+        env = [*stage.env, ("ZEROCOMPUTE_JOB", manifest.name),
+               ("ZEROCOMPUTE_RECORDS", manifest.records),
+               ("ZEROCOMPUTE_PHASE", kind if shuffle is not None else wire.PHASE_MAP_ONLY)]
+        if kind == "map" and shuffle is not None and shuffle.combine is not None \
+                and shuffle.combine.exec_etag == etag:
+            # The job's combiner is this very program, run with these arguments: its SDK
+            # may combine in memory with the function they name, within the sort buffer
+            # (doc/guests.md, "In-mapper combining").
+            env += [("ZEROCOMPUTE_COMBINER", shuffle.combine.args[0] if shuffle.combine.args
+                     else ""), ("ZEROCOMPUTE_SORT_BUFFER", str(shuffle.memory_bytes))]
         return wire.TaskGroup(
             job=manifest.name, exec_etag=etag, exec_name=stage.exec.obj.rsplit("/", 1)[-1],
-            runtime=runtime_of(stage.exec), args=stage.args,
-            env=(*stage.env, ("ZEROCOMPUTE_JOB", manifest.name),
-                 ("ZEROCOMPUTE_RECORDS", manifest.records)),
+            runtime=runtime_of(stage.exec), args=stage.args, env=tuple(env),
             limits=manifest.limits.to_dict(), tasks=(), kind=kind, shuffle=shuffle)
 
     def run_phase(self, states: list[TaskState], template: wire.TaskGroup,
@@ -916,6 +926,10 @@ class MapJob:
         report.bytes_in = result.bytes_in or report.bytes_in
         report.bytes_local, report.bytes_peer = result.bytes_local, result.bytes_peer
         report.fragments = result.fragments
+        if result.shuffle_steps:
+            report.shuffle = {step: [wall, cpu] for step, wall, cpu in result.shuffle_steps}
+        if result.partitions is not None:
+            report.records, report.records_shuffled = result.records, result.records_combined
         if report.exit is not None and report.exit != 0 and report.error is None:
             report.error = f"guest exited with status {report.exit}"
 
@@ -988,6 +1002,13 @@ class MapJob:
         return None
 
 
+# A total order's sample (MapReduceJob.sample_split_points): inputs, bytes of each, keys
+# of each.  TeraSort's sampler reads 100,000 keys from ten splits.
+SAMPLE_TASKS = 10
+SAMPLE_BYTES = 1 << 20
+SAMPLE_KEYS = 10_000
+
+
 class MapReduceJob(MapJob):
     """A job with a reduce: map, shuffle, reduce (``doc/shuffle.md``).
 
@@ -1025,6 +1046,11 @@ class MapReduceJob(MapJob):
             TaskReport(kind="reduce", task=self.reduce_task_id(out, n),
                        input=f"partition {n}" + (f" of {out.name}" if out.name else ""),
                        output=str(out.part(n))) for out, n in self.slots]
+        # A total order: its split points, from the keys the sampling maps return.
+        self.ranged = self.outputs[0].reduce.partitioner == RANGE and self.partitions > 1
+        self.sample_reports: list[TaskReport] = []
+        self.sampled: list[bytes] = []
+        self.split_points: list[bytes] = []
 
     @staticmethod
     def reduce_task_id(out: NamedOutput, number: int) -> str:
@@ -1042,7 +1068,8 @@ class MapReduceJob(MapJob):
             error = f"internal error: {type(err).__name__}: {err}"
         finally:
             self.clean_up_shuffle()
-        report = self.job_report(started, self.all_reports, error)
+        report = self.job_report(started, self.all_reports, error,
+                                 partitioning=self.partitioning())
         if report.status != SUCCEEDED:
             # Parts without _SUCCESS are no result: a failed or cancelled job leaves none.
             self.delete_parts()
@@ -1053,7 +1080,7 @@ class MapReduceJob(MapJob):
 
     @property
     def all_reports(self) -> list[TaskReport]:
-        return self.reports + self.reduce_reports
+        return self.sample_reports + self.reports + self.reduce_reports
 
     def skip_committed(self) -> None:
         """Parts this job committed before it was taken over are not reduced again; when
@@ -1069,6 +1096,8 @@ class MapReduceJob(MapJob):
         if not todo:
             return
         map_states = self.task_states()
+        if self.ranged and not self.sample_split_points(map_states):
+            return
         map_template = self.template(self.manifest.map, self.etag, shuffle=self.shuffle)
         self.run_maps(map_states, map_template)
         if not all(r.ok for r in self.reports) or self.cancelled:
@@ -1096,6 +1125,57 @@ class MapReduceJob(MapJob):
                 report.retries.append(Attempt(report.node or "", report.error or ""))
                 report.error = None
 
+    def sample_split_points(self, states: list[TaskState]) -> bool:
+        """A total order's split points (Hadoop's ``InputSampler``, as TeraSort uses it):
+        the map runs over the first ``SAMPLE_BYTES`` of up to ``SAMPLE_TASKS`` inputs
+        spread over the job's, each returning up to ``SAMPLE_KEYS`` of its keys (the
+        map's keys, whatever it makes of its input), and the sorted sample's quantiles
+        cut the key space into the job's partitions.  Whether every sample ran."""
+        readable = [s for s in states if s.edges is None and s.opener is None] or states
+        chosen = [readable[i] for i in evenly_spaced(len(readable), SAMPLE_TASKS)]
+        sample_states = []
+        for number, state in enumerate(chosen):
+            start, end = state.split or (0, self.tasks[state.index].input.size)
+            split = (start, min(end, start + SAMPLE_BYTES))
+            task_id = f"s{number:05d}"
+            sample_states.append(replace(state, index=number, task_id=task_id, split=split))
+            self.sample_reports.append(TaskReport(
+                kind="sample", task=task_id, input=self.reports[state.index].input,
+                split=list(split)))
+        template = self.template(self.manifest.map, self.etag,
+                                 shuffle=replace(self.shuffle, sample=SAMPLE_KEYS))
+        self.run_phase(sample_states, template, self.map_executables, self.take_sample_result,
+                       self.sample_reports)
+        if not all(r.ok for r in self.sample_reports) or self.cancelled:
+            for report in self.reports:  # no map ran: the job failed before them
+                report.error = report.error or "the key sample for the total order failed"
+            return False
+        self.split_points = split_points(self.sampled, self.partitions)
+        return True
+
+    def take_sample_result(self, state: TaskState, node: dict, result: wire.TaskResult,
+                           stream: Any) -> None:
+        report = self.sample_reports[state.index]
+        self.record(report, state, node, result)
+        output = read_output(stream, result.stdout_bytes)
+        try:
+            if report.ok:
+                report.bytes_out = result.stdout_bytes
+                self.sampled += framed_keys(output.read())
+        except ValueError as err:
+            report.error = f"the key sample is damaged: {err}"
+        finally:
+            output.close()
+        self.finish(state, report)
+
+    def partitioning(self) -> dict[str, Any]:
+        """The report's account of how keys were partitioned."""
+        if not self.ranged:
+            return {"partitioner": HASH}
+        return {"partitioner": RANGE, "sampled_keys": len(self.sampled),
+                "split_points": [p.decode("utf-8", "backslashreplace")
+                                 for p in self.split_points]}
+
     def run_maps(self, states: list[TaskState], template: wire.TaskGroup) -> None:
         self.run_phase(states, template, self.map_executables, self.take_map_result,
                        self.reports)
@@ -1114,21 +1194,21 @@ class MapReduceJob(MapJob):
         list(pile)
 
     @property
-    def shuffle(self) -> dict:
-        settings = {"id": self.shuffle_id, "partitions": self.partitions,
-                    "records": self.manifest.records,
-                    "memory_bytes": self.config.shuffle_buffer_bytes}
-        if self.manifest.named:
-            settings["outputs"] = [{"name": out.name, "partitions": out.reduce.partitions}
-                                   for out in self.outputs]
-        combine = self.manifest.combine
+    def shuffle(self) -> wire.ShuffleSpec:
+        combine, spec = self.manifest.combine, None
         if combine is not None and self.combiner is not None:
-            settings["combine"] = {
-                "exec_etag": self.combiner[0], "exec_name": combine.exec.obj.rsplit("/", 1)[-1],
-                "runtime": runtime_of(combine.exec), "args": list(combine.args),
-                "env": [*map(list, combine.env), ["ZEROCOMPUTE_JOB", self.manifest.name],
-                        ["ZEROCOMPUTE_RECORDS", self.manifest.records]]}
-        return settings
+            spec = wire.CombineSpec(
+                exec_etag=self.combiner[0], exec_name=combine.exec.obj.rsplit("/", 1)[-1],
+                runtime=runtime_of(combine.exec), args=tuple(combine.args),
+                env=(*combine.env, ("ZEROCOMPUTE_JOB", self.manifest.name),
+                     ("ZEROCOMPUTE_RECORDS", self.manifest.records),
+                     ("ZEROCOMPUTE_PHASE", wire.PHASE_COMBINE)))
+        return wire.ShuffleSpec(
+            id=self.shuffle_id, partitions=self.partitions, records=self.manifest.records,
+            memory_bytes=self.config.shuffle_buffer_bytes,
+            outputs=tuple((out.name, out.reduce.partitions) for out in self.outputs)
+            if self.manifest.named else (), combine=spec,
+            splits=tuple(base64.b64encode(p).decode("ascii") for p in self.split_points))
 
     def reduce_state(self, number: int) -> TaskState:
         """Partition ``number``'s reduce: any object server may run it."""

@@ -344,9 +344,9 @@ class TaskMiddleware:
         """ETags of the group's executables this server still lacks, once the one in
         the body (if any) is checked against its signed ETag and kept."""
         needed = {group.exec_etag: group.runtime}
-        combine = (group.shuffle or {}).get("combine")
-        if combine:
-            needed[combine["exec_etag"]] = combine["runtime"]
+        combine = group.shuffle.combine if group.shuffle else None
+        if combine is not None:
+            needed[combine.exec_etag] = combine.runtime
         missing = [etag for etag in needed if not self.executables.has(etag)]
         if executable and missing:
             digest = hashlib.md5(executable, usedforsecurity=False).hexdigest()

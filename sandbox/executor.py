@@ -30,6 +30,7 @@ import contextlib
 import math
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,22 +38,24 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import eventlet
 
 from zerocompute import shuffle
 from zerocompute.sandbox import ec, python, shuffle_io
+from zerocompute.sandbox.shuffle_core import Core, CoreFailed
 from zerocompute.sandbox.shuffle_io import SECRET_ENV
 from zerocompute.sandbox.wasm import (
     ExecutableStore,
     GuestLimits,
     InvalidExecutable,
+    Mount,
     WasmRuntime,
     soft_rlimit,
 )
-from zerocompute.wire import PREPARE_TIMEOUT_S, TaskGroup, TaskResult
+from zerocompute.wire import PREPARE_TIMEOUT_S, ShuffleSpec, TaskGroup, TaskResult
 
 MAX_MESSAGE = 1 << 20
 GRACE_S = 5.0
@@ -107,29 +110,31 @@ def obey_cancels(control: socket.socket, runtime: WasmRuntime) -> None:
 
 def prepare(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str, etag: str,
             kind: str, exec_name: str, args: Sequence[str],
-            ) -> tuple[Any, list[str], tuple[str, str] | None]:
-    """A guest's module, argv and preopened directory (:class:`InvalidExecutable`)."""
+            ) -> tuple[Any, list[str], list[Mount]]:
+    """A guest's module, argv and mapped directories (:class:`InvalidExecutable`)."""
     if kind == "python":
         module = runtime.prepare(python.interpreter_path(), key="python")
         directory = python.script_dir(cache_dir, etag, executables.path(etag))
         python.ensure_bytecode(directory, lambda argv, writable: runtime.run(
             module, os.devnull, os.devnull, argv, [], GuestLimits(time_s=60),
-            (writable, python.GUEST_DIR), writable=True))
-        return module, python.argv(list(args)), (directory, python.GUEST_DIR)
-    return runtime.prepare(executables.path(etag), key=etag), [exec_name, *args], None
+            [Mount(writable, python.GUEST_DIR, True)]))
+        return module, python.argv(list(args)), [Mount(directory, python.GUEST_DIR)]
+    return runtime.prepare(executables.path(etag), key=etag), [exec_name, *args], []
 
 
 def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
              task: TaskGroup, fds: list[int], started) -> TaskResult:
     """Prepare the module, say so through ``started``, run the guest (the group's
-    one task), describe the result."""
+    one task) and, in a MapReduce job, the shuffle's work around it; describe the
+    result."""
     (spec,) = task.tasks
     try:
-        module, argv, preopen = prepare(runtime, executables, cache_dir, task.exec_etag,
-                                        task.runtime, task.exec_name, task.args)
+        module, argv, mounts = prepare(runtime, executables, cache_dir, task.exec_etag,
+                                       task.runtime, task.exec_name, task.args)
     except InvalidExecutable as err:
         return TaskResult(spec.task, invalid=str(err))
     stdin = f"/proc/self/fd/{fds[0]}"
+    stdout = f"/proc/self/fd/{fds[1]}"
     input_fd = fds[0]
     limits = GuestLimits.from_task(task.limits)
     bytes_in = 0
@@ -157,30 +162,76 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
                                           spec.exact)
         elif spec.edges is not None:
             stdin, bytes_in = segment_input(input_fd, spec.edges, scratch_dir("segment"))
+        core = None
+        if task.shuffle is not None:
+            try:
+                core = shuffle_core(runtime, cache_dir, task, spec, scratch_dir("shuffle"),
+                                    limits)
+            except CoreFailed as err:
+                return TaskResult(spec.task, error=str(err))
         if task.kind == "reduce":
-            stdin, lost = shuffle_io.reduce_input(task, spec, scratch_dir("reduce"))
+            stdin, lost = shuffle_io.reduce_input(core, spec, task.shuffle.id)
             if lost:
-                return TaskResult(spec.task, lost=lost,
+                return TaskResult(spec.task, lost=lost, shuffle_steps=core.steps.as_list(),
                                   error=f"map output lost: {', '.join(lost)}")
+        elif core is not None:  # a map's output stays here, for the shuffle
+            stdout = os.path.join(core.scratch, shuffle_io.MAP_OUTPUT)
         started()
         cpu_before = _cpu_seconds()
         with _cpu_limit(float(task.limits["cpu_s"])):
-            ran = runtime.run(module, stdin, f"/proc/self/fd/{fds[1]}", argv,
-                              [*task.env, *spec.env], limits, preopen)
-        cpu_ms = (_cpu_seconds() - cpu_before) * 1000
-    result = TaskResult(spec.task, exit=ran.exit, error=ran.error, cpu_ms=cpu_ms,
-                        stdout_bytes=ran.stdout_bytes, bytes_in=bytes_in,
-                        bytes_local=rebuilt.local_bytes if rebuilt else 0,
-                        bytes_peer=rebuilt.peer_bytes if rebuilt else 0,
-                        fragments=rebuilt.fragments if rebuilt else None,
-                        stderr=ran.stderr_tail.decode("utf-8", "replace"), ms=ran.ms)
-    if task.shuffle and task.kind == "map" and result.exit == 0 and not result.error:
-        combine = None
-        if task.shuffle.get("combine"):
-            combine = Combiner(runtime, executables, cache_dir, task, spec, limits)
-        shuffle_io.partition_output(task, spec, f"/proc/self/fd/{fds[1]}",
-                                    os.environ[shuffle_io.ROOT_ENV], result, combine)
+            ran = runtime.run(module, stdin, stdout, argv, [*task.env, *spec.env], limits,
+                              mounts)
+            cpu_ms = (_cpu_seconds() - cpu_before) * 1000
+            result = TaskResult(spec.task, exit=ran.exit, error=ran.error, cpu_ms=cpu_ms,
+                                stdout_bytes=ran.stdout_bytes, bytes_in=bytes_in,
+                                bytes_local=rebuilt.local_bytes if rebuilt else 0,
+                                bytes_peer=rebuilt.peer_bytes if rebuilt else 0,
+                                fragments=rebuilt.fragments if rebuilt else None,
+                                stderr=ran.stderr_tail.decode("utf-8", "replace"), ms=ran.ms)
+            if core is not None and task.kind == "map":
+                result.stdout_bytes = 0
+                if ran.ok:
+                    shuffle_map_output(runtime, executables, cache_dir, task, spec, core,
+                                       limits, fds[1], result)
+        if core is not None:
+            result.shuffle_steps = core.steps.as_list()
     return result
+
+
+def shuffle_core(runtime: WasmRuntime, cache_dir: str, task: TaskGroup, spec: Any,
+                 scratch: str, limits: GuestLimits) -> Core:
+    """The shuffle core for a task of a MapReduce job: a map's writes its partitions
+    into the map's directory of this node's shuffle (an earlier attempt's removed)."""
+    output = None
+    if task.kind == "map" and not task.shuffle.sample:
+        output = shuffle_io.map_dir(os.environ[shuffle_io.ROOT_ENV], task.shuffle.id, spec.task)
+        shutil.rmtree(output, ignore_errors=True)
+        os.makedirs(output)
+    return Core(runtime, cache_dir, task.shuffle, scratch, output, limits)
+
+
+def shuffle_map_output(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
+                       task: TaskGroup, spec: Any, core: Core, limits: GuestLimits,
+                       stdout_fd: int, result: TaskResult) -> None:
+    """What a map of a MapReduce job does once its guest is done: sample its keys (for
+    a total order's split points; they are its stdout), or partition its output."""
+    try:
+        if task.shuffle.sample:
+            path = shuffle_io.sample_keys(core, task.shuffle.sample)
+            with open(path, "rb") as keys:
+                result.stdout_bytes = copy_range(keys.fileno(), stdout_fd, 0,
+                                                 os.fstat(keys.fileno()).st_size)
+            return
+        combine = None
+        if task.shuffle.combine is not None:
+            combine = Combiner(runtime, executables, cache_dir, task.shuffle, spec, limits,
+                               core)
+        result.partitions, result.records, result.records_combined = \
+            shuffle_io.partition_output(core, combine)
+    except (CoreFailed, shuffle_io.CombinerFailed, InvalidExecutable) as err:
+        result.error = str(err)
+        if core.mounts[1:]:
+            shutil.rmtree(core.mounts[1].host, ignore_errors=True)
 
 
 def split_input(fd: int, split: tuple[int, int], scratch: str,
@@ -198,16 +249,19 @@ def split_input(fd: int, split: tuple[int, int], scratch: str,
     return path, last - first
 
 
-def copy_range(fd: int, out: Any, first: int, last: int) -> None:
-    """Bytes ``[first, last)`` of ``fd`` appended to ``out``, copied by the kernel."""
+def copy_range(fd: int, out: Any, first: int, last: int) -> int:
+    """Bytes ``[first, last)`` of ``fd`` appended to ``out`` (a file or a descriptor),
+    copied by the kernel; how many."""
+    target = out if isinstance(out, int) else out.fileno()
     offset = first
     while offset < last:
         # sendfile, not copy_file_range: the object's device (a tmpfs, XFS) and the
         # scratch directory are often different filesystems (EXDEV).
-        copied = os.sendfile(out.fileno(), fd, offset, last - offset)
+        copied = os.sendfile(target, fd, offset, last - offset)
         if copied == 0:
             raise OSError("input shorter than its size")
         offset += copied
+    return last - first
 
 
 def segment_input(fd: int, edges: tuple[int, str], scratch: str) -> tuple[str, int]:
@@ -224,38 +278,26 @@ def segment_input(fd: int, edges: tuple[int, str], scratch: str) -> tuple[str, i
 
 
 class Combiner:
-    """The job's combiner, run over each sorted partition of a map's output."""
+    """The job's combiner, run over a map's spills (a file of sorted records in, a
+    file of records out), in the same executor, under the task's limits."""
 
     def __init__(self, runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
-                 task: TaskGroup, spec: Any, limits: GuestLimits):
-        settings = task.shuffle["combine"]
-        self.runtime, self.limits = runtime, limits
-        self.form = task.shuffle.get("records", shuffle.TEXT)
-        self.module, self.argv, self.preopen = prepare(
-            runtime, executables, cache_dir, settings["exec_etag"], settings["runtime"],
-            settings["exec_name"], settings["args"])
-        self.env = [*map(tuple, settings["env"]), *spec.env]
-        self.scratch = os.path.join(cache_dir, "scratch")
-        self.ms = 0.0
+                 shuffle: ShuffleSpec, spec: Any, limits: GuestLimits, core: Core):
+        combine = shuffle.combine
+        self.runtime, self.limits, self.core = runtime, limits, core
+        self.module, self.argv, self.mounts = prepare(
+            runtime, executables, cache_dir, combine.exec_etag, combine.runtime,
+            combine.exec_name, combine.args)
+        self.env = [*combine.env, *spec.env]
 
-    def __call__(self, records: Iterator[shuffle.Record]) -> Iterator[shuffle.Record]:
-        with tempfile.TemporaryDirectory(dir=self.scratch, prefix="combine-") as directory:
-            stdin, stdout = os.path.join(directory, "in"), os.path.join(directory, "out")
-            with open(stdin, "wb") as f:
-                shuffle.write_records(f, records, self.form)
-            ran = self.runtime.run(self.module, stdin, stdout, self.argv, self.env,
-                                   self.limits, self.preopen)
-            self.ms += ran.ms
-            if not ran.ok:
-                tail = ran.stderr_tail.decode("utf-8", "replace").strip()[-200:]
-                raise shuffle_io.CombinerFailed(
-                    f"the combiner failed: {ran.error or f'exit status {ran.exit}'} {tail}")
-            with open(stdout, "rb") as f:
-                try:
-                    yield from shuffle.read_records(f, self.form)
-                except shuffle.BadRecords as err:
-                    raise shuffle_io.CombinerFailed(
-                        f"the combiner's output is not {self.form} records: {err}") from None
+    def __call__(self, stdin: str, stdout: str) -> None:
+        ran = self.runtime.run(self.module, stdin, stdout, self.argv, self.env, self.limits,
+                               self.mounts)
+        self.core.steps.add("combine", ran.ms, ran.cpu_ms)
+        if not ran.ok:
+            tail = ran.stderr_tail.decode("utf-8", "replace").strip()[-200:]
+            raise shuffle_io.CombinerFailed(
+                f"the combiner failed: {ran.error or f'exit status {ran.exit}'} {tail}")
 
 
 def _cpu_seconds() -> float:
@@ -300,8 +342,9 @@ class Executor:
         # the executor's environment (theirs is built from the task alone).
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", SECRET_ENV: secret,
                shuffle_io.ROOT_ENV: shuffle_root or os.path.join(cache_dir, "shuffle")}
-        if os.environ.get("PYTHONPATH"):
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        for name in ("PYTHONPATH", "HOME"):  # HOME: where zig caches its builds
+            if os.environ.get(name):
+                env[name] = os.environ[name]
         try:
             self.process = green_subprocess.Popen(
                 [sys.executable, "-m", "zerocompute.sandbox.executor", str(child.fileno()),

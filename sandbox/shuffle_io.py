@@ -1,7 +1,7 @@
-"""The shuffle's files on an object server, and a reduce task's fetches.
+"""The shuffle's files on an object server, and what an executor does with them.
 
 A map task of a MapReduce job leaves its output here, split into the job's
-partitions (``zerocompute.shuffle``), under
+partitions by the shuffle core (``zerocompute.sandbox.shuffle_core``), under
 ``<cache_dir>/shuffle/<server ip>-<port>/<shuffle id>/<map task>/part-NNNNN``
 (object servers of one host may share a cache directory, as on a SAIO); the object-server
 filter serves those files to reducers (signed ``GET``) and deletes a job's
@@ -9,19 +9,22 @@ directory when the job ends (signed ``DELETE``) or once it is older than
 ``shuffle_max_age_s`` (a job whose proxy died).  A reduce task fetches its
 partition from every map's node, merges the sorted runs and hands the
 result to the reducer as its stdin.  This runs in the executor processes,
-never on the object server's event loop.
+never on the object server's event loop; the records themselves are only
+ever touched by the core.
 """
 
 from __future__ import annotations
 
 import http.client
+import itertools
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 
-from zerocompute import shuffle, wire
+from zerocompute import wire
+from zerocompute.sandbox.shuffle_core import Core, CoreFailed, run_names
 
 SECRET_ENV = "ZEROCOMPUTE_SECRET"
 ROOT_ENV = "ZEROCOMPUTE_SHUFFLE_DIR"
@@ -50,84 +53,98 @@ def partition_file(root: str, shuffle_id: str, task: str, partition: int) -> str
     return os.path.join(map_dir(root, shuffle_id, task), f"part-{partition:05d}")
 
 
-class CombinerFailed(shuffle.BadRecords):
+class CombinerFailed(ValueError):
     """The combiner's guest failed, or wrote something that is not records."""
 
 
-def partition_output(group: wire.TaskGroup, spec: wire.TaskSpec, stdout_path: str,
-                     root: str, result: wire.TaskResult,
-                     combine: Callable[[Iterator[shuffle.Record]], Iterable[shuffle.Record]]
-                     | None = None) -> None:
-    """Split a map's stdout into the job's partitions, kept on this node, each through
-    the combiner if the job has one; the sizes go in ``result`` (its stdout itself goes
-    nowhere)."""
-    settings = group.shuffle or {}
-    form = settings.get("records", shuffle.TEXT)
-    directory = map_dir(root, settings["id"], spec.task)
-    shutil.rmtree(directory, ignore_errors=True)  # an earlier attempt's, on this node
-    partitioner = shuffle.Partitioner(directory, int(settings["partitions"]), form,
-                                      int(settings.get("memory_bytes", 64 << 20)))
-    try:
-        with open(stdout_path, "rb") as out:
-            records = shuffle.read_records(out, form)
-            if settings.get("outputs"):
-                add_named(partitioner, records, settings["outputs"], form)
-            else:
-                partitioner.add_all(records)
-        result.partitions = [size for _, size in partitioner.finish(combine)]
-    except shuffle.BadRecords as err:
-        result.error = str(err) if isinstance(err, CombinerFailed) else \
-            f"map output is not {form} records: {err}"
-        shutil.rmtree(directory, ignore_errors=True)
-    finally:
-        partitioner.close()
-    result.stdout_bytes = 0
+# With this many runs or more, a map's runs go through the combiner once more as
+# they are merged (Hadoop's min.num.spills.for.combine).
+MERGE_COMBINE_RUNS = 3
+MAP_OUTPUT = "map-output"  # the map guest's stdout, in the task's scratch directory
 
 
-def add_named(partitioner: shuffle.Partitioner, records: Iterable[shuffle.Record],
-              outputs: list[dict], form: str) -> None:
-    """Records naming their output: each goes to one of that output's partitions."""
-    ranges, offset = {}, 0
-    for out in outputs:
-        ranges[out["name"].encode("utf-8")] = (offset, int(out["partitions"]))
-        offset += int(out["partitions"])
-    for name, value in records:
-        if name not in ranges:
-            known = ", ".join(sorted(n.decode() for n in ranges))
-            raise shuffle.BadRecords(f"a record names no output of this job: {name[:64]!r} "
-                                     f"(outputs: {known})")
-        first, count = ranges[name]
-        key, inner = shuffle.inner_record(value, form)
-        partitioner.add(key, inner, first + shuffle.partition_of(key, count))
+def partition_output(core: Core, combine: Callable[[str, str], None] | None) -> tuple[
+        list[int], int, int]:
+    """Split the map's output (``MAP_OUTPUT`` in the core's scratch) into the job's
+    partitions, each sorted by key, in the core's output directory; with a combiner,
+    each spill goes through it (``combine(stdin path, stdout path)``) and so do the
+    runs as they are merged.  The size of each partition, the map's records and the
+    records kept."""
+    if combine is None:
+        done = core("sort", core.path(MAP_OUTPUT), "--parts")
+        return done["parts"], done["records"], done["records_out"]
+    runs: list[str] = []
+    offset = line = records = 0
+    for spill in itertools.count():
+        prefix = f"spill-{spill}"
+        done = core("sort", core.path(MAP_OUTPUT), "--from", offset, "--line", line,
+                    "--once", core.path(prefix), *(["--parts"] if spill == 0 else []))
+        records += done["records"]
+        if "parts" in done:  # one spill, nothing a combiner could fold
+            return done["parts"], records, done["records_out"]
+        if "units" in done:
+            runs += combined_runs(core, combine, prefix, done["units"])
+        else:
+            runs += [core.path(run) for run in run_names(prefix, done["runs"])]
+        if done["eof"]:
+            break
+        offset, line = done["next"], done["line"]
+    if len(runs) >= MERGE_COMBINE_RUNS:
+        merged = core("merge", *runs, "--units", core.path("merged"))
+        runs = combined_runs(core, combine, "merged", merged["units"])
+    done = core("merge", *runs, "--parts")
+    return done["parts"], records, done["records_out"]
 
 
-def reduce_input(group: wire.TaskGroup, spec: wire.TaskSpec, scratch: str,
-                 ) -> tuple[str, list[str]]:
-    """Fetch the task's partition from every map, merge: the stdin file's path, and the
-    map tasks whose output could not be fetched (then nothing is merged)."""
-    settings = group.shuffle or {}
-    form = settings.get("records", shuffle.TEXT)
-    fetched, lost = [], []
-    for number, (node, map_task) in enumerate(spec.sources):
-        target = os.path.join(scratch, f"run-{number:05d}")
+def combined_runs(core: Core, combine: Callable[[str, str], None], prefix: str,
+                  units: list[list[int]]) -> list[str]:
+    """Each unit's sorted records (``PREFIX.uNNNN``) through the combiner, and its
+    output sorted again into runs of that unit's partitions: the runs' paths."""
+    runs = []
+    for unit, _count in units:
+        name = f"{prefix}.u{unit:04d}"
+        directory = core.scratch
+        combine(os.path.join(directory, name), os.path.join(directory, name + ".out"))
+        os.unlink(os.path.join(directory, name))
         try:
-            fetch(node, wire.shuffle_path(settings["id"], map_task, spec.reduce_partition),
-                  target)
-            fetched.append(target)
+            done = core("sort", core.path(name + ".out"), "--plain", unit,
+                        "--runs", core.path(name + ".run"))
+        except CoreFailed as err:
+            if err.data:
+                raise CombinerFailed(str(err).replace("map output", "the combiner's output",
+                                                      1)) from None
+            raise
+        os.unlink(os.path.join(directory, name + ".out"))
+        runs += [core.path(run) for run in run_names(name + ".run", done["runs"])]
+    return runs
+
+
+def sample_keys(core: Core, keys: int) -> str:
+    """At most ``keys`` of the map output's keys, spread over it (framed): what a
+    sampling map returns to the proxy.  The file's path."""
+    core("sample", core.path(MAP_OUTPUT), keys, core.path("sample"))
+    return os.path.join(core.scratch, "sample")
+
+
+def reduce_input(core: Core, spec: wire.TaskSpec, shuffle_id: str) -> tuple[str, list[str]]:
+    """Fetch the task's partition from every map, merge them into the reducer's input:
+    its path, and the map tasks whose output could not be fetched (then nothing is
+    merged)."""
+    fetched, lost = [], []
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    for number, (node, map_task) in enumerate(spec.sources):
+        name = f"in-{number:05d}"
+        try:
+            fetch(node, wire.shuffle_path(shuffle_id, map_task, spec.reduce_partition),
+                  os.path.join(core.scratch, name))
+            fetched.append(core.path(name))
         except (OSError, http.client.HTTPException, ValueError):
             lost.append(map_task)
+    core.timed("fetch", started, cpu_started)
     if lost:
         return "", lost
-    merged = os.path.join(scratch, "input")
-    runs = [open(path, "rb") for path in fetched]  # noqa: SIM115 - closed below
-    try:
-        with open(merged, "wb") as out:
-            shuffle.write_records(out, shuffle.merge_sorted(
-                shuffle.read_records(run, form) for run in runs), form)
-    finally:
-        for run in runs:
-            run.close()
-    return merged, []
+    core("reduce", core.path("input"), *fetched)  # (it removes what it merged)
+    return os.path.join(core.scratch, "input"), []
 
 
 def fetch(node: str, path: str, target: str) -> None:

@@ -35,17 +35,20 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
+from typing import NamedTuple
 
 from wasmtime import (
     Config,
     Engine,
     ExitTrap,
+    FuncType,
     InstancePre,
     Linker,
     Module,
     Store,
     Trap,
     TrapCode,
+    ValType,
     WasiConfig,
 )
 
@@ -86,6 +89,14 @@ class GuestLimits:
                    instances=int(limits["instances"]))
 
 
+class Mount(NamedTuple):
+    """A host directory as the guest sees it."""
+
+    host: str
+    guest: str
+    writable: bool = False
+
+
 @dataclass
 class GuestResult:
     exit: int | None
@@ -93,6 +104,7 @@ class GuestResult:
     stdout_bytes: int
     stderr_tail: bytes
     ms: float
+    cpu_ms: float = 0.0  # of the thread that ran it (wasmtime runs the guest in it)
 
     @property
     def ok(self) -> bool:
@@ -171,6 +183,10 @@ class WasmRuntime:
         # One WASI linker for every task: linking is done once per module, not per task.
         self._linker = Linker(self.engine)
         self._linker.define_wasi()
+        # The shuffle core times its steps by this thread's CPU clock (WASI has no
+        # per-thread CPU clock); a guest that imports it learns no more than its own time.
+        self._linker.define_func("zerocompute", "thread_cpu_ns", FuncType([], [ValType.i64()]),
+                                 time.thread_time_ns)
         self._running = threading.Event()
         # A task is cancelled by its number (``interrupt``): a late cancel must not
         # stop the next task.  The lock orders it against ``begin`` and ``run``.
@@ -242,15 +258,15 @@ class WasmRuntime:
 
     def run(self, prepared: InstancePre, stdin_path: str, stdout_path: str,
             argv: Sequence[str], env: Sequence[tuple[str, str]], limits: GuestLimits,
-            preopen: tuple[str, str] | None = None, writable: bool = False) -> GuestResult:
+            mounts: Sequence[Mount] = ()) -> GuestResult:
         """Run the module's ``_start`` to completion (blocking).
 
-        ``preopen`` maps one host directory into the guest (``(host_path,
-        guest_path)``), read-only unless ``writable`` (only ever for the
-        runtime's own preparation, never for a task); nothing else of the host
-        is visible.
+        ``mounts`` map host directories into the guest, read-only unless
+        marked writable (only ever for the runtime's own work: compiling the
+        Python SDK, the shuffle core's scratch; never for a task's guest);
+        nothing else of the host is visible.
         """
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         stderr = _Tail(limits.stderr_tail_bytes, limits.stderr_bytes)
         store = Store(self.engine)
         store.set_limits(memory_size=limits.memory_bytes,
@@ -265,8 +281,8 @@ class WasmRuntime:
         wasi.stdin_file = stdin_path
         wasi.stdout_file = stdout_path
         wasi.stderr_custom = stderr.write
-        if preopen:
-            wasi.preopen_dir(preopen[0], preopen[1], writable)
+        for mount in mounts:
+            wasi.preopen_dir(mount.host, mount.guest, mount.writable)
         store.set_wasi(wasi)
         exit_code: int | None = None
         error: str | None = None
@@ -296,6 +312,7 @@ class WasmRuntime:
                     if self._cancelled:
                         exit_code, error = None, INTERRUPTED
         ms = (time.perf_counter() - started) * 1000
+        cpu_ms = (time.thread_time() - cpu_started) * 1000
         stdout_bytes = os.path.getsize(stdout_path)
         failed = error is not None or exit_code != 0
         timed_out = error is not None and error.startswith("time limit")
@@ -306,7 +323,7 @@ class WasmRuntime:
         elif failed and not timed_out and _memory_exhausted(instance, store, limits):
             # Out-of-memory shows up as whatever the guest does when malloc fails.
             error = f"memory limit {_size(limits.memory_bytes)} exceeded"
-        return GuestResult(exit_code, error, stdout_bytes, stderr.value(), ms)
+        return GuestResult(exit_code, error, stdout_bytes, stderr.value(), ms, cpu_ms)
 
 
 class _Tail:

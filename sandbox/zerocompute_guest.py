@@ -31,14 +31,26 @@ Pairs travel in the job's record form (``ZEROCOMPUTE_RECORDS``):
   (UTF-8 for a ``str`` key), a 4-byte value length and the value's bytes
   (its JSON); keys may hold any bytes, tabs, newlines and NUL included.
 
-The first argument picks the mode; without one, a script with ``reduce``
-runs ``run`` and a script without it runs ``map``:
+A task tells the script its phase (``ZEROCOMPUTE_PHASE``), and the script
+runs it: ``map`` (a MapReduce job's map: emit every pair of every record),
+``combine`` (stdin is records sorted by key; emit ``(key, combine(key,
+values))`` per key, ``reduce`` standing in for ``combine``), ``reduce``
+(the same with ``reduce``), and ``map-only`` (a job without a reduce: a
+script with ``reduce`` runs ``run``, ``map`` then sort and ``reduce``
+locally, one pass that turns an object into its final result; one without
+runs ``map``).  A first argument naming a mode (``map``, ``reduce``,
+``combine``, ``run``) picks it instead, and must agree with the phase: a
+``run`` in a map phase would reduce twice and count everything wrong, so it
+is an error that names both.  Run by hand, with no phase, the argument
+decides, as above for ``map-only``.
 
-- ``map``: emit every pair of every record;
-- ``reduce`` (or ``combine``): stdin is records sorted by key; emit
-  ``(key, reduce(key, values))`` per key (``combine`` when defined);
-- ``run``: ``map``, then sort and ``reduce`` locally: one pass that turns an
-  object into its final result (the mode for map-only jobs).
+In a map whose job's combiner is this same script (``ZEROCOMPUTE_COMBINER``
+holds the combiner's first argument: ``combine``, ``reduce`` or nothing), the
+SDK combines in memory as the map emits, with the function the combiner runs:
+each key's values are kept and folded by that function, and everything is
+written out when the map ends or the kept keys pass the job's sort buffer
+(``ZEROCOMPUTE_SORT_BUFFER``).  A word count's map then writes one record
+per distinct word, not one per word (in-mapper combining).
 
 A script that defines no ``map`` and no ``reduce`` is simply a program: it
 ran when it was loaded, with stdin, argv and the environment of the task.
@@ -50,6 +62,7 @@ numbers and plain strings are written and read without ``json``.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import sys
@@ -60,6 +73,11 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
 MODES = ("map", "reduce", "combine", "run")
+# The modes each phase of a task allows (ZEROCOMPUTE_PHASE); a map-only job allows all.
+PHASE_MODES = {"map": ("map",), "combine": ("combine", "reduce"), "reduce": ("reduce",)}
+# In-mapper combining: a key's kept values are folded once this many are kept in all.
+FOLD_EVERY = 50_000
+KEY_OVERHEAD = 150  # what a kept key costs beyond its characters (dict slot, list, str)
 TEXT, FRAMED = "text", "framed"
 # Characters a JSON string must escape: quote, backslash and the control characters.
 _ESCAPES = {**{chr(i): f"\\u{i:04x}" for i in range(32)}, '"': '\\"', "\\": "\\\\",
@@ -81,12 +99,15 @@ def _quote(text: str) -> str:
 
 def format_value(value: Any) -> str:
     """A value as JSON (compact), without importing ``json`` for the common kinds."""
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    if isinstance(value, int):
+    kind = type(value)
+    if kind is int:
         return str(value)
-    if isinstance(value, str):
+    if kind is str:
         return _quote(value)
+    if kind is bool or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if kind is float and value - value == 0:  # finite: its repr is JSON
+        return repr(value)
     import json
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -96,6 +117,12 @@ def parse_value(text: str) -> Any:
     if text[:1].isdigit() or text[:1] == "-":
         try:
             return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+            if text.lstrip("-")[:1].isdigit() and number - number == 0:
+                return number
         except ValueError:
             pass
     if text in ("true", "false", "null"):
@@ -122,15 +149,22 @@ class TextRecords:
     """``key<TAB>value`` lines."""
 
     @staticmethod
+    def encode(key: Any, value: Any) -> bytes:
+        return f"{_text_key(key)}\t{format_value(value)}\n".encode("utf-8", "surrogateescape")
+
+    @staticmethod
+    def encode_named(name: str, key: Any, value: Any) -> bytes:
+        return f"{_text_key(name)}\t{_text_key(key)}\t{format_value(value)}\n".encode(
+            "utf-8", "surrogateescape")
+
+    @staticmethod
     def write(out: BinaryIO, key: Any, value: Any) -> None:
-        out.write(f"{_text_key(key)}\t{format_value(value)}\n".encode("utf-8",
-                                                                       "surrogateescape"))
+        out.write(TextRecords.encode(key, value))
 
     @staticmethod
     def write_named(out: BinaryIO, name: str, key: Any, value: Any) -> None:
         """``name<TAB>key<TAB>value``: a record for the job's output ``name``."""
-        out.write(f"{_text_key(name)}\t{_text_key(key)}\t{format_value(value)}\n".encode(
-            "utf-8", "surrogateescape"))
+        out.write(TextRecords.encode_named(name, key, value))
 
     @staticmethod
     def read(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
@@ -147,19 +181,24 @@ class FramedRecords:
     """Length-framed records: any bytes in keys and values."""
 
     @staticmethod
+    def encode(key: Any, value: Any) -> bytes:
+        return FramedRecords.frame(key, format_value(value).encode("utf-8", "surrogateescape"))
+
+    @staticmethod
+    def encode_named(name: str, key: Any, value: Any) -> bytes:
+        """A record for the job's output ``name``: its value is the framed record."""
+        return FramedRecords.frame(name, FramedRecords.encode(key, value))
+
+    @staticmethod
     def write(out: BinaryIO, key: Any, value: Any) -> None:
-        out.write(FramedRecords.encode(key, format_value(value).encode("utf-8",
-                                                                       "surrogateescape")))
+        out.write(FramedRecords.encode(key, value))
 
     @staticmethod
     def write_named(out: BinaryIO, name: str, key: Any, value: Any) -> None:
-        """A record for the job's output ``name``: its value is the framed record."""
-        inner = FramedRecords.encode(key, format_value(value).encode("utf-8",
-                                                                     "surrogateescape"))
-        out.write(FramedRecords.encode(name, inner))
+        out.write(FramedRecords.encode_named(name, key, value))
 
     @staticmethod
-    def encode(key: Any, data: bytes) -> bytes:
+    def frame(key: Any, data: bytes) -> bytes:
         if not isinstance(key, bytes):
             key = (key if isinstance(key, str) else str(key)).encode("utf-8", "surrogateescape")
         return len(key).to_bytes(4, "big") + key + len(data).to_bytes(4, "big") + data
@@ -220,32 +259,137 @@ def _call(namespace: dict[str, Any], hook: str) -> Any:
     return fn() if callable(fn) else None
 
 
+def choose_mode(argv: list[str], phase: str | None, has_reduce: bool) -> str:
+    """The mode a task runs: its phase's, or the one its first argument names (which
+    must agree with the phase)."""
+    asked = argv[0] if argv and argv[0] in MODES else None
+    allowed = PHASE_MODES.get(phase or "")
+    if allowed is None:  # a map-only job, or run by hand
+        return asked or ("run" if has_reduce else "map")
+    if asked is not None and asked not in allowed:
+        raise SystemExit(f"zerocompute: mode {asked!r} (the task's first argument) "
+                         f"contradicts this task's phase {phase!r} (ZEROCOMPUTE_PHASE): "
+                         f"a {phase} task runs {' or '.join(map(repr, allowed))}")
+    return asked or phase
+
+
+def combined_in_memory(namespace: dict[str, Any], lines: Iterable[str], fn: Callable,
+                       budget: int) -> Iterator[tuple]:
+    """The map's pairs (or named triples) with each key's values folded by ``fn`` in
+    memory (in-mapper combining): every key once, unless the kept keys pass
+    ``budget`` bytes, when what is kept so far is written out and keeping starts again.
+
+    The loop per pair is as short as CPython allows (a pair, a dictionary slot, an
+    append): in the guest every bytecode counts.  Keys are made strings when written
+    out, merging keys whose text is the same."""
+    _call(namespace, "map_init")
+    map_fn = namespace["map"]
+    kept: collections.defaultdict[Any, list] = collections.defaultdict(list)
+    named = None
+    checked = 0
+    for number, record in enumerate(lines):
+        pairs = map_fn(record)
+        if not pairs:
+            continue
+        if named is None:
+            pairs = iter(pairs)
+            first = next(pairs, None)
+            if first is None:
+                continue
+            named = len(first) == 3
+            _keep(kept, named, (first,))
+        _keep(kept, named, pairs)
+        if number - checked >= 1024:  # now and then: the budget, and lists grown long
+            checked = number
+            if len(kept) * KEY_OVERHEAD + sum(map(len, kept)) > budget:
+                yield from _folded(kept, fn, named)
+                kept.clear()
+            elif sum(map(len, kept.values())) > FOLD_EVERY:
+                for key, values in kept.items():
+                    if len(values) > 1:
+                        values[:] = [fn(key[1] if named else key, values)]
+    final = _call(namespace, "map_final")
+    if final:
+        if named is None:
+            final = list(final)
+            named = len(final[0]) == 3
+        _keep(kept, named, final)
+    yield from _folded(kept, fn, named)
+
+
+def _keep(kept: collections.defaultdict, named: bool, pairs: Iterable[tuple]) -> None:
+    try:
+        if named:
+            for name, key, value in pairs:
+                kept[name, key].append(value)
+        else:
+            for key, value in pairs:
+                kept[key].append(value)
+    except ValueError as err:
+        raise SystemExit("zerocompute: map yields (key, value) pairs or, in a job with "
+                         f"named outputs, (output, key, value) triples, not both: {err}"
+                         ) from None
+
+
+def _folded(kept: dict[Any, list], fn: Callable, named: bool | None) -> Iterator[tuple]:
+    if named:  # keys as text: the same text is the same key
+        merged: dict[Any, list] = {}
+        for (name, key), values in kept.items():
+            merged.setdefault((name, key if type(key) is str else str(key)), []).extend(values)
+        for (name, key), values in merged.items():
+            yield name, key, values[0] if len(values) == 1 else fn(key, values)
+        return
+    if not all(type(key) is str for key in kept):
+        merged = {}
+        for key, values in kept.items():
+            merged.setdefault(key if type(key) is str else str(key), []).extend(values)
+        kept = merged
+    for key, values in kept.items():
+        yield key, values[0] if len(values) == 1 else fn(key, values)
+
+
 def drive(namespace: dict[str, Any], argv: list[str], stdin: BinaryIO, stdout: BinaryIO,
-          form: type | None = None) -> int:
-    """Run the mode of ``argv`` over a loaded script's functions, in the job's record form."""
+          form: type | None = None, phase: str | None = None,
+          combiner: str | None = None, budget: int = 64 << 20) -> int:
+    """Run the task's mode over a loaded script's functions, in the job's record form.
+    ``phase``, ``combiner`` and ``budget`` are the task's (``ZEROCOMPUTE_PHASE``,
+    ``ZEROCOMPUTE_COMBINER``, ``ZEROCOMPUTE_SORT_BUFFER``)."""
     form = form or record_form()
     map_fn, reduce_fn = namespace.get("map"), namespace.get("reduce")
-    mode = argv[0] if argv and argv[0] in MODES else ("run" if reduce_fn else "map")
+    mode = choose_mode(argv, phase, callable(reduce_fn))
     if mode in ("map", "run") and not callable(map_fn):
         raise SystemExit(f"zerocompute: mode {mode!r} needs a map(record) function")
     if mode in ("reduce", "combine", "run") and not callable(reduce_fn):
         raise SystemExit(f"zerocompute: mode {mode!r} needs a reduce(key, values) function")
-    if mode == "map":
-        out: Iterable[tuple[Any, Any]] = mapped(namespace, records(stdin))
+    combine = namespace.get("combine")
+    combine = combine if callable(combine) else reduce_fn
+    if mode == "map" and phase == "map" and combiner in ("", "combine", "reduce") \
+            and callable(reduce_fn):
+        out: Iterable[tuple] = combined_in_memory(
+            namespace, records(stdin), reduce_fn if combiner == "reduce" else combine, budget)
+    elif mode == "map":
+        out = mapped(namespace, records(stdin))
     elif mode == "run":
         pairs = sorted(((k if isinstance(k, str) else str(k), v)
                         for k, v in mapped(namespace, records(stdin))), key=lambda kv: kv[0])
         out = reduced(namespace, reduce_fn, pairs)
     else:
-        combine = namespace.get("combine") if mode == "combine" else None
-        out = reduced(namespace, combine if callable(combine) else reduce_fn, form.read(stdin))
-    for record in out:
-        if len(record) == 3:
-            form.write_named(stdout, *record)  # (output name, key, value)
-        else:
-            form.write(stdout, *record)
-    stdout.flush()
+        out = reduced(namespace, combine if mode == "combine" else reduce_fn, form.read(stdin))
+    write_all(stdout, out, form)
     return 0
+
+
+def write_all(stdout: BinaryIO, records: Iterable[tuple], form: type) -> None:
+    """Records, ``(key, value)`` or ``(output name, key, value)``, in batches."""
+    encode, encode_named = form.encode, form.encode_named
+    batch: list[bytes] = []
+    for record in records:
+        batch.append(encode(*record) if len(record) == 2 else encode_named(*record))
+        if len(batch) >= 4096:
+            stdout.write(b"".join(batch))
+            batch.clear()
+    stdout.write(b"".join(batch))
+    stdout.flush()
 
 
 def main() -> int:
@@ -258,7 +402,10 @@ def main() -> int:
     exec(code, namespace)  # noqa: S102 - running the user's script is the point
     if not callable(namespace.get("map")) and not callable(namespace.get("reduce")):
         return 0
-    return drive(namespace, args, sys.stdin.buffer, sys.stdout.buffer)
+    env = os.environ
+    return drive(namespace, args, sys.stdin.buffer, sys.stdout.buffer,
+                 phase=env.get("ZEROCOMPUTE_PHASE"), combiner=env.get("ZEROCOMPUTE_COMBINER"),
+                 budget=int(env.get("ZEROCOMPUTE_SORT_BUFFER") or 64 << 20))
 
 
 if __name__ == "__main__":

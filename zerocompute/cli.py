@@ -236,6 +236,9 @@ def summary(job_id: str, report: dict[str, Any]) -> str:
         ("time", f"{report.get('ms', 0) / 1000:.1f} s, guests' CPU "
                  f"{usage.get('cpu_ms', 0) / 1000:.1f} s"),
     ]
+    for kind, phase in report.get("phases", {}).items():
+        if phase.get("shuffle"):
+            rows.append((kind, phase_line(phase)))
     if report.get("takeovers"):
         rows.append(("takeovers", ", ".join(f"{t['previous']} -> {t['by']}"
                                             for t in report["takeovers"])))
@@ -251,6 +254,18 @@ def summary(job_id: str, report: dict[str, Any]) -> str:
     if len(failed) > 10:
         rows.append(("", f"... and {len(failed) - 10} more (zerocompute logs {job_id})"))
     return "\n".join(f"{name:<10}{value}" for name, value in rows)
+
+
+def phase_line(phase: dict[str, Any]) -> str:
+    """One phase of a MapReduce job: its guests' time, then the shuffle's by step."""
+    guest = phase["guest"]
+    steps = ", ".join(f"{step} {spent['wall_ms'] / 1000:.2f}"
+                      for step, spent in phase["shuffle"].items())
+    shuffled = ""
+    if phase.get("records") is not None:
+        shuffled = f"; {phase['records']:,} records, {phase['records_shuffled']:,} shuffled"
+    return (f"{phase['tasks']} tasks: guests {guest['wall_ms'] / 1000:.2f} s "
+            f"(CPU {guest['cpu_ms'] / 1000:.2f}), shuffle s: {steps}{shuffled}")
 
 
 # -- deploy ---------------------------------------------------------------------------

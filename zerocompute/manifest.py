@@ -39,7 +39,8 @@ _MAP_KEYS = _STAGE_KEYS | {"inputs", "split_size", "large_objects"}
 # How a large object (SLO/DLO) input is read: a task per segment, beside each, or the
 # whole object by one task, streamed through the proxy.
 LARGE_OBJECT_MODES = ("segments", "whole")
-_REDUCE_KEYS = _STAGE_KEYS | {"partitions"}
+_REDUCE_KEYS = _STAGE_KEYS | {"partitions", "partitioner"}
+PARTITIONERS = ("hash", "range")
 MAX_PARTITIONS = 1024
 
 
@@ -155,6 +156,9 @@ class MapStage(Stage):
 @dataclass(frozen=True)
 class ReduceStage(Stage):
     partitions: int = 1
+    # "hash" (CRC32 of the key) or "range": a total order, the parts in order are one
+    # sorted sequence (split points sampled from the map's own keys).
+    partitioner: str = "hash"
 
 
 @dataclass(frozen=True)
@@ -294,7 +298,13 @@ def _parse_reduce(value: Any, own_account: str, where: str = "reduce") -> Reduce
     _require(isinstance(partitions, int) and not isinstance(partitions, bool)
              and 1 <= partitions <= MAX_PARTITIONS,
              f"must be an integer from 1 to {MAX_PARTITIONS}", f"{where}.partitions")
-    return ReduceStage(exec=stage.exec, args=stage.args, env=stage.env, partitions=partitions)
+    partitioner = value.get("partitioner", "hash")
+    _require(partitioner in PARTITIONERS, f"must be one of {', '.join(PARTITIONERS)}",
+             f"{where}.partitioner")
+    _require(partitioner == "hash" or where == "reduce", "a total order (range) is for a job "
+             "with one output; named outputs are partitioned by hash", f"{where}.partitioner")
+    return ReduceStage(exec=stage.exec, args=stage.args, env=stage.env, partitions=partitions,
+                       partitioner=partitioner)
 
 
 _OUTPUT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -438,6 +448,9 @@ def _parse_job(doc: dict, own_account: str, maximum: Limits, default_scheduler: 
     top_reduce = _parse_reduce(doc["reduce"], own_account) if "reduce" in doc else None
     named: tuple[NamedOutput, ...] = ()
     if "outputs" in doc:
+        _require(top_reduce is None or top_reduce.partitioner == "hash", "a total order "
+                 "(range) is for a job with one output; named outputs are partitioned by "
+                 "hash", "reduce.partitioner")
         named = _parse_named_outputs(doc["outputs"], own_account, top_reduce)
         output = named[0].prefix
     elif top_reduce is not None:

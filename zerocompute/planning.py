@@ -168,3 +168,11 @@ def plan_map_tasks(manifest: Manifest,
         writers[out] = item.path
         tasks.append(MapTask(f"m{n:05d}", item, out, whole=bool(item.segments)))
     return tasks
+
+
+def evenly_spaced(count: int, wanted: int) -> list[int]:
+    """``wanted`` indexes (or all ``count``) spread evenly over ``range(count)``: which
+    inputs a total order's sample reads (Hadoop's TeraSort samples ten splits so)."""
+    if count <= wanted:
+        return list(range(count))
+    return [number * count // wanted for number in range(wanted)]

@@ -50,6 +50,12 @@ class TaskReport:
     step: int | None = None  # in a chain of steps, which one
     # Its output had been committed by this job before a takeover: not run again.
     reused: bool = False
+    # A task of a MapReduce job: the shuffle's work in it, step by step ({step: [wall
+    # ms, CPU ms]}, steps of wire.SHUFFLE_STEPS); a map's output records, and those it
+    # kept for the reducers (fewer when a combiner folded them).
+    shuffle: dict[str, list[float]] | None = None
+    records: int | None = None
+    records_shuffled: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -69,6 +75,9 @@ class JobReport:
     id: str = ""  # unique per run of a job (the name need not be)
     cancelled: str | None = None  # why the job was stopped before its end
     takeovers: list[dict[str, Any]] | None = None  # an async job's changes of proxy
+    # A MapReduce job's partitioner: {"partitioner": "hash"} or, for a total order,
+    # "range" with its split points and the keys sampled for them.
+    partitioning: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -93,6 +102,30 @@ class JobReport:
                 "bytes_read": sum(t.bytes_in for t in self.tasks),
                 "bytes_written": sum(t.bytes_out for t in self.tasks)}
 
+    def phases(self) -> dict[str, dict[str, Any]]:
+        """Where the time went, per kind of task: the guests' wall and CPU, and the
+        shuffle's, step by step (summed over the phase's tasks)."""
+        phases: dict[str, dict[str, Any]] = {}
+        for task in self.tasks:
+            phase = phases.setdefault(task.kind, {
+                "tasks": 0, "guest": {"wall_ms": 0.0, "cpu_ms": 0.0}, "shuffle": {}})
+            phase["tasks"] += 1
+            phase["guest"]["wall_ms"] += task.ms
+            phase["guest"]["cpu_ms"] += task.cpu_ms
+            for step, (wall, cpu) in (task.shuffle or {}).items():
+                spent = phase["shuffle"].setdefault(step, {"wall_ms": 0.0, "cpu_ms": 0.0})
+                spent["wall_ms"] += wall
+                spent["cpu_ms"] += cpu
+            if task.records is not None:
+                phase["records"] = phase.get("records", 0) + task.records
+                phase["records_shuffled"] = phase.get("records_shuffled", 0) + \
+                    (task.records_shuffled or 0)
+        for phase in phases.values():
+            for spent in (phase["guest"], *phase["shuffle"].values()):
+                for name in spent:
+                    spent[name] = round(spent[name], 3)
+        return phases
+
     def to_dict(self, with_tasks: bool = True) -> dict[str, Any]:
         failed = sum(1 for t in self.tasks if not t.ok)
         body = {
@@ -108,7 +141,10 @@ class JobReport:
             "bytes": {"in": sum(t.bytes_in for t in self.tasks if t.kind == "map"),
                       "through_proxy": self.proxy_bytes},
             "usage": self.usage(),
+            "phases": self.phases(),
         }
+        if self.partitioning is not None:
+            body["partitioning"] = self.partitioning
         if self.cancelled is not None:
             body["cancelled"] = self.cancelled
         if self.takeovers:

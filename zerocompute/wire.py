@@ -30,7 +30,7 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 METHOD = "EXECUTE"
@@ -90,6 +90,17 @@ LIMIT_DEFAULTS: dict[str, float | int] = {
 }
 
 
+# A task's phase, as its guest sees it (ZEROCOMPUTE_PHASE): a map whose output is
+# shuffled, the job's combiner, a reduce, or a map of a job without a reduce (its
+# output is the job's).
+PHASE_MAP, PHASE_COMBINE, PHASE_REDUCE, PHASE_MAP_ONLY = "map", "combine", "reduce", "map-only"
+
+# The shuffle's steps, as task results and reports name them: the map side parses
+# and partitions its output, sorts it in the sort buffer, spills it, combines and
+# merges; the reduce side fetches the maps' outputs and merges them.
+SHUFFLE_STEPS = ("partition", "sort", "spill", "combine", "fetch", "merge")
+
+
 class BadSignature(Exception):
     pass
 
@@ -143,6 +154,57 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class CombineSpec:
+    """The job's combiner, as the map's node runs it over each spill."""
+
+    exec_etag: str
+    exec_name: str
+    runtime: str  # wasm or python
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> CombineSpec:
+        return cls(exec_etag=str(doc["exec_etag"]), exec_name=str(doc["exec_name"]),
+                   runtime=str(doc["runtime"]), args=tuple(map(str, doc.get("args", ()))),
+                   env=tuple((str(k), str(v)) for k, v in doc.get("env", ())))
+
+
+@dataclass(frozen=True)
+class ShuffleSpec:
+    """What a task of a MapReduce job needs to know of its shuffle (``doc/shuffle.md``)."""
+
+    id: str  # the job run's shuffle id: where map outputs are kept and served
+    partitions: int  # R, across every named output
+    records: str = "text"  # the job's record form
+    memory_bytes: int = 64 << 20  # the map's sort buffer
+    # Named outputs in order, each with its number of partitions (numbered one output
+    # after another); empty for a job with one output.
+    outputs: tuple[tuple[str, int], ...] = ()
+    combine: CombineSpec | None = None
+    # A total order: the partitions' split points (base64 keys, partitions - 1 of them).
+    splits: tuple[str, ...] = ()
+    # A sampling map (for the split points): keep at most this many of its keys.
+    sample: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        doc = _plain(self)
+        doc["combine"] = None if self.combine is None else _plain(self.combine)
+        return doc
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ShuffleSpec:
+        combine = doc.get("combine")
+        return cls(id=str(doc["id"]), partitions=int(doc["partitions"]),
+                   records=str(doc.get("records", "text")),
+                   memory_bytes=int(doc.get("memory_bytes", 64 << 20)),
+                   outputs=tuple((str(n), int(p)) for n, p in doc.get("outputs", ())),
+                   combine=CombineSpec.from_doc(combine) if isinstance(combine, dict) else None,
+                   splits=tuple(map(str, doc.get("splits", ()))),
+                   sample=int(doc.get("sample", 0)))
+
+
+@dataclass(frozen=True)
 class TaskGroup:
     """Tasks of one job that share an executable, arguments and limits."""
 
@@ -156,12 +218,13 @@ class TaskGroup:
     tasks: tuple[TaskSpec, ...]
     ts: float = 0.0
     kind: str = "map"  # map or reduce
-    # A map of a MapReduce job: {"id": the job run's shuffle id, "partitions": R,
-    # "records": the record form}; its output is partitioned where it ran.
-    shuffle: dict[str, Any] | None = None
+    # A task of a MapReduce job: a map's output is partitioned where it ran, a reduce
+    # fetches its partition from the maps' nodes.
+    shuffle: ShuffleSpec | None = None
 
     def encode(self) -> bytes:
-        doc = dict(_plain(self), tasks=[_plain(spec) for spec in self.tasks])
+        doc = dict(_plain(self), tasks=[_plain(spec) for spec in self.tasks],
+                   shuffle=None if self.shuffle is None else self.shuffle.to_doc())
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -187,7 +250,7 @@ class TaskGroup:
                    env=tuple((str(k), str(v)) for k, v in doc["env"]),
                    limits=dict(doc["limits"]), tasks=tasks, ts=float(doc["ts"]),
                    kind=str(doc.get("kind", "map")),
-                   shuffle=dict(shuffle) if isinstance(shuffle, dict) else None)
+                   shuffle=ShuffleSpec.from_doc(shuffle) if isinstance(shuffle, dict) else None)
 
 
 def _mac(secret: str, method: str, path: str, body: bytes) -> str:
@@ -277,6 +340,11 @@ class TaskResult:
     load: str = ""  # the server's X-Zerocompute-Load when the task ended
     partitions: list[int] | None = None  # a shuffling map: bytes of each partition kept here
     lost: list[str] | None = None  # a reduce: map tasks whose output could not be fetched
+    # The shuffle's work in this task, step by step: (step, wall ms, CPU ms), steps
+    # from SHUFFLE_STEPS; and the map's output records, before and after combining.
+    shuffle_steps: list[tuple[str, float, float]] = field(default_factory=list)
+    records: int = 0
+    records_combined: int = 0
 
     @property
     def completed(self) -> bool:

@@ -74,7 +74,7 @@ print("stdin", sys.stdin.read().strip())
     assert "listing ['__pycache__', 'main.py', 'zerocompute_guest.py']" in lines
     assert "read-only /app" in lines
     assert "env ['MINE', 'ZEROCOMPUTE_INPUT', 'ZEROCOMPUTE_INPUT_SIZE', 'ZEROCOMPUTE_JOB', " \
-           "'ZEROCOMPUTE_RECORDS', 'ZEROCOMPUTE_TASK']" in lines
+           "'ZEROCOMPUTE_PHASE', 'ZEROCOMPUTE_RECORDS', 'ZEROCOMPUTE_TASK']" in lines
     assert "stdin the input" in lines
 
 

@@ -141,7 +141,8 @@ def test_hostile_guests_fail_alone_and_the_servers_keep_serving(
                swift.get_object(out, "env.out")[1].decode().splitlines())
     assert env == {"VISIBLE": "yes", "ZEROCOMPUTE_INPUT": f"swift://AUTH_test/{source}/env.txt",
                    "ZEROCOMPUTE_INPUT_SIZE": "4", "ZEROCOMPUTE_TASK": env["ZEROCOMPUTE_TASK"],
-                   "ZEROCOMPUTE_JOB": "hostile", "ZEROCOMPUTE_RECORDS": "text"}
+                   "ZEROCOMPUTE_JOB": "hostile", "ZEROCOMPUTE_RECORDS": "text",
+                   "ZEROCOMPUTE_PHASE": "map-only"}
 
     # No server died or restarted, and every one still answers.
     assert {s.name: cluster.state["pids"][s.name] for s in cluster.servers} == servers_before

@@ -1,5 +1,6 @@
 """The Python guest SDK, on the host's CPython (it is plain Python)."""
 
+import collections
 import io
 import json
 import runpy
@@ -148,3 +149,77 @@ def test_named_records_name_their_output():
     assert [name for name, _ in outer] == ["day", "year"]
     with pytest.raises(ValueError, match="tab"):
         drive({"map": lambda r: [("a\tb", "k", 1)]}, ["map"], "x\n")
+
+
+# -- the task's phase, and combining in the map's memory ---------------------------------
+def test_each_phase_runs_its_mode_without_args():
+    text = TEXT
+    mapped = drive_phase(wordcount(), [], text, "map")
+    assert mapped.splitlines()[:3] == ["the\t1", "cat\t1", "and\t1"], "map, not map+reduce"
+    grouped = "".join(sorted(mapped.splitlines(True)))
+    assert drive_phase(wordcount(), [], grouped, "reduce") == drive(wordcount(), ["run"], text)
+    assert drive_phase(wordcount(), [], grouped, "combine") == drive(wordcount(), ["run"], text)
+    assert drive_phase(wordcount(), [], text, "map-only") == drive(wordcount(), ["run"], text)
+
+
+@pytest.mark.parametrize("phase, mode", [("map", "run"), ("map", "reduce"), ("map", "combine"),
+                                         ("reduce", "map"), ("reduce", "combine"),
+                                         ("combine", "run"), ("combine", "map")])
+def test_a_mode_contradicting_the_phase_is_an_error_naming_both(phase, mode):
+    with pytest.raises(SystemExit) as stopped:
+        drive_phase(wordcount(), [mode], TEXT, phase)
+    assert f"mode {mode!r}" in str(stopped.value) and f"phase {phase!r}" in str(stopped.value)
+
+
+def test_in_mapper_combining_folds_each_key_once():
+    calls = []
+
+    def combine(key, values):
+        calls.append(len(values))
+        return sum(values)
+    ns = {"map": lambda r: [(w, 1) for w in r.split()], "reduce": lambda k, vs: sum(vs),
+          "combine": combine}
+    text = "a b a\nb a c\n" * 50
+    out = drive_phase(ns, [], text, "map", combiner="")
+    assert sorted(out.splitlines()) == ["a\t150", "b\t100", "c\t50"]
+    assert calls == [150, 100, 50], "one fold per key, at the end"
+    assert drive_phase(ns, [], text, "map", combiner="bogus").count("\n") == 300, \
+        "a combiner running another mode of the script: no folding in the map"
+
+
+def test_in_mapper_combining_writes_out_when_the_buffer_fills():
+    ns = {"map": lambda r: [(r, 1), ("common", 1)], "reduce": lambda k, vs: sum(vs)}
+    lines = "".join(f"key{i}\n" for i in range(5000))
+    out = drive_phase(ns, [], lines, "map", combiner="reduce", budget=20_000)
+    totals = collections.Counter()
+    for line in out.splitlines():
+        key, value = line.split("\t")
+        totals[key] += int(value)
+    assert totals == {**{f"key{i}": 1 for i in range(5000)}, "common": 5000}
+    assert 5001 < len(out.splitlines()) < 5100, "common written once per flush"
+
+
+def test_in_mapper_combining_keeps_named_outputs_apart():
+    ns = {"map": lambda r: [("day", r, 1), ("year", r[:4], 1)], "reduce": lambda k, vs: sum(vs)}
+    out = drive_phase(ns, [], "2026-01\n2026-01\n2026-02\n", "map", combiner="reduce")
+    assert sorted(out.splitlines()) == ["day\t2026-01\t2", "day\t2026-02\t1", "year\t2026\t3"]
+
+
+def test_floats_travel_without_json():
+    assert sdk.format_value(1.5) == "1.5" and sdk.parse_value("1.5") == 1.5
+    assert sdk.parse_value("-2e-07") == -2e-07 and sdk.parse_value("12") == 12
+
+
+def drive_phase(namespace, args, stdin, phase, combiner=None, budget=64 << 20):
+    out = io.BytesIO()
+    assert sdk.drive(namespace, args, io.BytesIO(stdin.encode()), out, sdk.TextRecords,
+                     phase=phase, combiner=combiner, budget=budget) == 0
+    return out.getvalue().decode()
+
+
+def test_in_mapper_combining_merges_keys_of_the_same_text():
+    ns = {"map": lambda r: [(1, 1), ("1", 1)], "reduce": lambda k, vs: sum(vs)}
+    assert drive_phase(ns, [], "x\ny\n", "map", combiner="reduce") == "1\t4\n"
+    mixed = {"map": lambda r: [("k", 1), ("out", "k", 1)], "reduce": lambda k, vs: sum(vs)}
+    with pytest.raises(SystemExit, match="not both"):
+        drive_phase(mixed, [], "x\n", "map", combiner="reduce")

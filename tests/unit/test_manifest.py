@@ -228,3 +228,26 @@ def test_large_objects_are_read_by_segment_unless_asked_whole():
         with pytest.raises(ManifestError) as err:
             parse(doc)
         assert err.value.field == "map.large_objects"
+
+
+def test_a_reduce_partitions_by_hash_unless_it_asks_for_a_total_order():
+    reduce = {"exec": "swift://~/apps/wc.wasm", "partitions": 4}
+    assert parse(good(reduce=reduce, output="swift://~/out/")).reduce.partitioner == "hash"
+    ranged = parse(good(reduce={**reduce, "partitioner": "range"}, output="swift://~/out/"))
+    assert ranged.reduce.partitioner == "range"
+    err = error_of(good(reduce={**reduce, "partitioner": "sorted"}, output="swift://~/out/"))
+    assert err.field == "reduce.partitioner" and "hash, range" in str(err)
+
+
+@pytest.mark.parametrize("doc, field", [
+    ({"reduce": {"exec": "swift://~/a/r.wasm", "partitioner": "range"},
+      "outputs": {"day": "swift://~/d/"}}, "reduce.partitioner"),
+    ({"reduce": {"exec": "swift://~/a/r.wasm"},
+      "outputs": {"day": {"output": "swift://~/d/",
+                          "reduce": {"exec": "swift://~/a/r.wasm", "partitioner": "range"}}}},
+     "outputs.day.reduce.partitioner"),
+])
+def test_a_total_order_is_for_one_output(doc, field):
+    doc = {"map": {"exec": "swift://~/a/m.wasm", "inputs": ["swift://~/in/*"]}, **doc}
+    err = error_of(doc)
+    assert err.field == field and "one output" in str(err)

@@ -1,4 +1,5 @@
-"""Partitioning, sorting with spills, merging: the shuffle's pure parts."""
+"""The shuffle's pure parts (zerocompute.shuffle), and the reference shuffle that the
+shuffle core is held to (tests/reference_shuffle.py)."""
 
 import collections
 import io
@@ -8,18 +9,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.reference_shuffle import (
+    BadRecords,
+    Partitioner,
+    add_named,
+    group_by_key,
+    merge_sorted,
+    read_records,
+    write_records,
+)
 from zerocompute.shuffle import (
     FRAMED,
     TEXT,
-    BadRecords,
-    Partitioner,
-    group_by_key,
+    framed_keys,
     line_aligned,
-    merge_sorted,
     partition_of,
-    read_records,
+    range_partition_of,
+    split_points,
     split_ranges,
-    write_records,
 )
 
 ANY_BYTES = st.binary(max_size=24)
@@ -138,8 +145,6 @@ def test_split_ranges():
 
 @pytest.mark.parametrize("form", [TEXT, FRAMED])
 def test_named_records_go_to_their_outputs_partitions(tmp_path, form):
-    from zerocompute.sandbox.shuffle_io import add_named
-
     def named(name, key, value):
         inner = io.BytesIO()
         write_records(inner, [(key, value)], form)
@@ -147,8 +152,7 @@ def test_named_records_go_to_their_outputs_partitions(tmp_path, form):
     records = [named(b"day", f"2026-11-{d:02d}".encode(), b"1") for d in range(1, 29)]
     records += [named(b"year", b"2026", b"1")] * 5
     p = Partitioner(str(tmp_path), 3 + 1, form, memory_bytes=256)
-    add_named(p, records, [{"name": "day", "partitions": 3}, {"name": "year",
-                                                              "partitions": 1}], form)
+    add_named(p, records, [("day", 3), ("year", 1)], form)
     parts = []
     for path, _ in p.finish():
         with open(path, "rb") as f:
@@ -157,4 +161,32 @@ def test_named_records_go_to_their_outputs_partitions(tmp_path, form):
     assert all(partition_of(k, 3) == n for n, part in enumerate(parts[:3]) for k, _ in part)
     assert parts[3] == [(b"2026", b"1")] * 5
     with pytest.raises(BadRecords, match="names no output"):
-        add_named(p, [named(b"week", b"k", b"1")], [{"name": "day", "partitions": 3}], form)
+        add_named(p, [named(b"week", b"k", b"1")], [("day", 3)], form)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=6), max_size=300), st.integers(1, 12))
+def test_split_points_cut_a_sample_into_ordered_ranges(sample, partitions):
+    points = split_points(sample, partitions)
+    assert len(points) <= partitions - 1
+    assert points == sorted(set(points)) and set(points) <= set(sample)
+    counts = collections.Counter(range_partition_of(k, points) for k in sample)
+    assert not sample or set(counts) == set(range(len(points) + 1)), \
+        "every range holds some of the sample"
+    if len(set(sample)) >= 2 and partitions >= 2:
+        assert points, "two keys or more: at least two ranges"
+
+
+def test_split_points_balance_distinct_keys():
+    sample = [b"%06d" % i for i in range(10000)]
+    points = split_points(sample, 8)
+    sizes = collections.Counter(range_partition_of(k, points) for k in sample)
+    assert max(sizes.values()) <= 1.01 * len(sample) / 8
+    assert range_partition_of(b"", points) == 0
+    assert range_partition_of(points[0], points) == 1, "a split point begins its range"
+
+
+def test_framed_keys():
+    assert framed_keys(b"\0\0\0\2ab\0\0\0\0") == [b"ab", b""]
+    with pytest.raises(ValueError):
+        framed_keys(b"\0\0\0\5ab")

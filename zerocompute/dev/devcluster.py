@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zerocompute.dev.hosts import HostNetwork
+from zerocompute.sandbox import shuffle_core
 
 DEFAULT_DIR = os.environ.get("ZEROCOMPUTE_DEVCLUSTER_DIR") or os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"zerocompute-devcluster-{os.getuid()}")
@@ -455,6 +456,9 @@ use = egg:swift#account_quotas
     def start(self, timeout: float = 60.0) -> DevCluster:
         """Start every server that is not running; return once all answer."""
         self.build()
+        # The object servers' shuffle core, built before they start, not by the first
+        # MapReduce job's maps (on a fresh machine zig builds its WASI libc first).
+        shuffle_core.install(os.path.join(self.directory, "cache"))
         if self.network is not None:
             self.network.up([s.name for s in self.servers])
         for server in self.servers:

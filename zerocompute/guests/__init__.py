@@ -7,6 +7,7 @@ Builds are cached by the source's hash.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -23,12 +24,14 @@ def source_path(name: str) -> str:
     return str(resources.files(__name__).joinpath(name))
 
 
-def build_c_guest(source: str, cache_dir: str = CACHE_DIR, target: str = "wasm32-wasi") -> str:
+def build_c_guest(source: str, cache_dir: str = CACHE_DIR, target: str = "wasm32-wasi",
+                  flags: tuple[str, ...] = ()) -> str:
     """Compile a C file to a wasm32-wasi command (or ``target="native"``); return its path.
 
-    ``zerocompute.h`` (records in the job's form) is on the include path.
+    ``zerocompute.h`` (records in the job's form) is on the include path; ``flags`` go
+    to the compiler too (``-msimd128``: WebAssembly's SIMD, which wasmtime runs).
     """
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(" ".join(flags).encode())
     for path in (source, source_path(HEADER)):
         with open(path, "rb") as f:
             digest.update(f.read())
@@ -37,18 +40,27 @@ def build_c_guest(source: str, cache_dir: str = CACHE_DIR, target: str = "wasm32
     base = os.path.splitext(os.path.basename(source))[0]
     suffix = ".wasm" if target.startswith("wasm") else f".{target}"
     output = os.path.join(cache_dir, f"{base}-{digest}{suffix}")
-    return output if os.path.exists(output) else _zig_cc(source, output, target)
+    if os.path.exists(output):
+        return output
+    with open(output + ".lock", "a") as lock:  # concurrent builders (executors) build once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return output if os.path.exists(output) else _zig_cc(source, output, target, flags)
 
 
-def _zig_cc(source: str, output: str, target: str) -> str:
+def _zig_cc(source: str, output: str, target: str, flags: tuple[str, ...]) -> str:
     if importlib.util.find_spec("ziglang") is None:
         raise RuntimeError("building guests needs the 'ziglang' package: "
                            "pip install 'zerocompute[guests]'")
     tmp = f"{output}.{os.getpid()}.tmp"
-    command = [sys.executable, "-m", "ziglang", "cc", "-target", target, "-O2", "-s",
+    command = [sys.executable, "-m", "ziglang", "cc", "-target", target, "-O2", "-s", *flags,
                "-I", os.path.dirname(source_path(HEADER)), source, "-o", tmp]
+    env = dict(os.environ)
+    if "ZIG_GLOBAL_CACHE_DIR" not in env and not env.get("HOME"):
+        # zig keeps its own cache (its WASI libc, built once) under $HOME; an object
+        # server's executors run without one.
+        env["ZIG_GLOBAL_CACHE_DIR"] = os.path.join(os.path.dirname(output), "zig-cache")
     try:
-        subprocess.run(command, check=True, capture_output=True, text=True)
+        subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     except subprocess.CalledProcessError as err:
         raise RuntimeError(f"compiling {source} failed:\n{err.stderr}") from err
     os.replace(tmp, output)

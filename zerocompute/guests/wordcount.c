@@ -2,16 +2,18 @@
  * wordcount: a WASI guest for zerocompute, in the Hadoop-Streaming style.
  *
  *   wordcount count    stdin: text   stdout: "word\tcount" lines, sorted by word
- *   wordcount map      stdin: text   stdout: "word\t1" per word, in input order
+ *   wordcount map      stdin: text   stdout: "word\t1" per word, in input order (or,
+ *                      when the job's combiner is this program, "word\tcount" per
+ *                      word, counted in memory: zerocompute.h's in-mapper combining)
  *   wordcount reduce   stdin: "word\tcount" lines sorted by word
  *                      stdout: "word\tcount" with equal words summed
+ *   wordcount scan     stdin: text   stdout: the number of words (reads and splits
+ *                      every byte, writes no records: what any word count must do)
  *
  * A word is a run of ASCII letters and digits, lower-cased; every other byte
  * separates words (the same rule as re.findall(rb"[A-Za-z0-9]+", data)).
  */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include "zerocompute.h"
 
 struct entry { char *word; long count; };
 
@@ -97,32 +99,32 @@ static int count(void) {
     return 0;
 }
 
+static int sum(const char *key, uint32_t key_len, zc_values *values) {
+    (void)key; (void)key_len;
+    long total = 0;
+    const char *v;
+    uint32_t n;
+    while (zc_value(values, &v, &n)) total += zc_long(v, n);
+    return zc_result_long(values, total);
+}
+
 static int map(void) {
     char *buf = NULL;
     size_t size = 0;
-    while (next_word(&buf, &size) >= 0) printf("%s\t1\n", buf);
-    return 0;
+    long len;
+    zc_mapper m;
+    zc_map_begin(&m, stdout, sum, "reduce");
+    while ((len = next_word(&buf, &size)) >= 0)
+        if (zc_map_emit(&m, buf, (uint32_t)len, "1", 1)) die("cannot write a record");
+    return zc_map_end(&m);
 }
 
-static int reduce(void) {
-    char *line = NULL, *current = NULL;
+static int scan(void) {
+    char *buf = NULL;
     size_t size = 0;
-    long total = 0;
-    ssize_t len;
-    while ((len = getline(&line, &size, stdin)) > 0) {
-        if (line[len - 1] == '\n') line[--len] = '\0';
-        char *tab = strchr(line, '\t');
-        if (!tab) die("reduce input line without a tab");
-        *tab = '\0';
-        long n = strtol(tab + 1, NULL, 10);
-        if (current && strcmp(current, line) == 0) { total += n; continue; }
-        if (current) printf("%s\t%ld\n", current, total);
-        free(current);
-        current = strdup(line);
-        if (!current) die("out of memory");
-        total = n;
-    }
-    if (current) printf("%s\t%ld\n", current, total);
+    long words = 0;
+    while (next_word(&buf, &size) >= 0) words++;
+    printf("%ld\n", words);
     return 0;
 }
 
@@ -134,7 +136,8 @@ int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "count";
     if (strcmp(mode, "count") == 0) return count();
     if (strcmp(mode, "map") == 0) return map();
-    if (strcmp(mode, "reduce") == 0) return reduce();
-    fprintf(stderr, "usage: wordcount count|map|reduce\n");
+    if (strcmp(mode, "reduce") == 0) return zc_reduce(stdin, stdout, sum);
+    if (strcmp(mode, "scan") == 0) return scan();
+    fprintf(stderr, "usage: wordcount count|map|reduce|scan\n");
     return 64;
 }

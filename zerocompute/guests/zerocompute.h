@@ -15,6 +15,27 @@
  *   zc_record r = {0};
  *   while (zc_next(stdin, &r) == 1) zc_emit(stdout, r.key, r.key_len, r.value, r.value_len);
  *   zc_free(&r);
+ *
+ * MapReduce guests write one fold function, a combine or reduce of one key's
+ * values into one value, and use it on both sides:
+ *
+ *   static int sum(const char *key, uint32_t key_len, zc_values *values) {
+ *       long total = 0;
+ *       const char *v; uint32_t n;
+ *       while (zc_value(values, &v, &n)) total += zc_long(v, n);
+ *       return zc_result_long(values, total);
+ *   }
+ *   map:     zc_mapper m; zc_map_begin(&m, stdout, sum, "reduce");
+ *            ... zc_map_emit(&m, word, len, "1", 1); ...
+ *            return zc_map_end(&m);
+ *   reduce:  return zc_reduce(stdin, stdout, sum);
+ *
+ * zc_map_emit writes each record as it comes, unless the job's combiner is this
+ * same program run in the mode that folds with the function (the task gives the
+ * combiner's first argument in ZEROCOMPUTE_COMBINER; "reduce" above): then it keeps each
+ * key's values in memory and folds them with the function (in-mapper
+ * combining), writing one record per key when the map ends or when what it
+ * keeps passes the job's sort buffer (ZEROCOMPUTE_SORT_BUFFER).
  */
 #ifndef ZEROCOMPUTE_H
 #define ZEROCOMPUTE_H
@@ -23,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 typedef struct {
     char *key;
@@ -33,18 +55,18 @@ typedef struct {
 } zc_record;
 
 /* 1 when the job's records are framed, 0 for text. */
-static int zc_framed(void) {
+static inline int zc_framed(void) {
     const char *form = getenv("ZEROCOMPUTE_RECORDS");
     return form != NULL && strcmp(form, "framed") == 0;
 }
 
-static int zc__put_len(FILE *out, uint32_t n) {
+static inline int zc__put_len(FILE *out, uint32_t n) {
     unsigned char b[4] = {n >> 24, n >> 16, n >> 8, n};
     return fwrite(b, 1, 4, out) == 4 ? 0 : -1;
 }
 
 /* Write one record; -1 on a write error or a text key with a tab or newline. */
-static int zc_emit(FILE *out, const void *key, uint32_t key_len, const void *value,
+static inline int zc_emit(FILE *out, const void *key, uint32_t key_len, const void *value,
                    uint32_t value_len) {
     if (zc_framed()) {
         if (zc__put_len(out, key_len) || fwrite(key, 1, key_len, out) != key_len ||
@@ -61,7 +83,7 @@ static int zc_emit(FILE *out, const void *key, uint32_t key_len, const void *val
     return 0;
 }
 
-static int zc__reserve(char **buf, size_t *cap, size_t need) {
+static inline int zc__reserve(char **buf, size_t *cap, size_t need) {
     if (need + 1 <= *cap) return 0;
     size_t size = *cap ? *cap : 64;
     while (size < need + 1) size *= 2;
@@ -72,7 +94,7 @@ static int zc__reserve(char **buf, size_t *cap, size_t need) {
     return 0;
 }
 
-static int zc__get_len(FILE *in, uint32_t *n, int first) {
+static inline int zc__get_len(FILE *in, uint32_t *n, int first) {
     unsigned char b[4];
     size_t got = fread(b, 1, 4, in);
     if (got == 0 && first) return 0;
@@ -83,7 +105,7 @@ static int zc__get_len(FILE *in, uint32_t *n, int first) {
 
 /* Read the next record: 1 when one was read, 0 at the end, -1 on malformed input.
  * Key and value are NUL-terminated for convenience (they may hold NULs too). */
-static int zc_next(FILE *in, zc_record *r) {
+static inline int zc_next(FILE *in, zc_record *r) {
     if (zc_framed()) {
         int got = zc__get_len(in, &r->key_len, 1);
         if (got <= 0) return got;
@@ -96,13 +118,12 @@ static int zc_next(FILE *in, zc_record *r) {
         r->key[r->key_len] = r->value[r->value_len] = '\0';
         return 1;
     }
-    size_t len = 0;
-    int c;
-    while ((c = fgetc(in)) != EOF && c != '\n') {
-        if (zc__reserve(&r->key, &r->key_cap, len + 1)) return -1;
-        r->key[len++] = (char)c;
-    }
-    if (c == EOF && len == 0) return 0;
+    /* A line at a time (getline scans its buffer, not a call per byte); the line is
+     * read into the key's buffer and split at its first tab. */
+    ssize_t got = getline(&r->key, &r->key_cap, in);
+    if (got < 0) return ferror(in) ? -1 : 0;
+    size_t len = (size_t)got;
+    if (len && r->key[len - 1] == '\n') len--;
     char *tab = memchr(r->key, '\t', len);
     if (!tab) return -1;
     uint32_t key_len = (uint32_t)(tab - r->key), value_len = (uint32_t)(len - key_len - 1);
@@ -114,10 +135,289 @@ static int zc_next(FILE *in, zc_record *r) {
     return 1;
 }
 
-static void zc_free(zc_record *r) {
+static inline void zc_free(zc_record *r) {
     free(r->key);
     free(r->value);
     memset(r, 0, sizeof *r);
+}
+
+/* -- emitting fast: one write per record ----------------------------------------------- */
+static inline int zc__emit_text(FILE *out, const void *key, uint32_t key_len, const void *value,
+                         uint32_t value_len) {
+    char line[512];
+    if ((size_t)key_len + value_len + 2 > sizeof line) {
+        if (fwrite(key, 1, key_len, out) != key_len || fputc('\t', out) == EOF ||
+            fwrite(value, 1, value_len, out) != value_len || fputc('\n', out) == EOF)
+            return -1;
+        return 0;
+    }
+    memcpy(line, key, key_len);
+    line[key_len] = '\t';
+    memcpy(line + key_len + 1, value, value_len);
+    line[key_len + 1 + value_len] = '\n';
+    size_t n = (size_t)key_len + value_len + 2;
+    return fwrite(line, 1, n, out) == n ? 0 : -1;
+}
+
+/* -- grouped values ------------------------------------------------------------------------ */
+/* One key's values, as a fold function reads them: from memory (a map's kept values)
+ * or from a reducer's sorted input. */
+typedef struct zc_values {
+    /* kept in memory: [u32 length][bytes] after one another */
+    const char *mem;
+    size_t mem_len, mem_at;
+    /* streamed: the reader's record, the key of the group, whether the group ended */
+    FILE *in;
+    zc_record *r;
+    const char *key;
+    uint32_t key_len;
+    int pending, ended, status;
+    /* the result */
+    char *result;
+    uint32_t result_len;
+    size_t result_cap;
+    int has_result;
+} zc_values;
+
+typedef int (*zc_fold_fn)(const char *key, uint32_t key_len, zc_values *values);
+
+/* The next value of the key: 1 (value and len set), or 0 when there are no more. */
+static inline int zc_value(zc_values *v, const char **value, uint32_t *len) {
+    if (v->mem) {
+        if (v->mem_at + 4 > v->mem_len) return 0;
+        uint32_t n;
+        memcpy(&n, v->mem + v->mem_at, 4);
+        *value = v->mem + v->mem_at + 4;
+        *len = n;
+        v->mem_at += 4 + (size_t)n;
+        return 1;
+    }
+    if (v->ended) return 0;
+    if (!v->pending) {
+        int got = zc_next(v->in, v->r);
+        if (got < 0) v->status = -1;
+        if (got <= 0) { v->ended = 2; return 0; }  /* the input's end */
+        if (v->r->key_len != v->key_len || memcmp(v->r->key, v->key, v->key_len)) {
+            v->ended = 1;  /* the next key's first record: kept for the next group */
+            v->pending = 1;
+            return 0;
+        }
+    }
+    v->pending = 0;
+    *value = v->r->value;
+    *len = v->r->value_len;
+    return 1;
+}
+
+/* The key's folded value (a fold sets at most one; without one the key is dropped). */
+static inline int zc_result(zc_values *v, const void *value, uint32_t len) {
+    if (zc__reserve(&v->result, &v->result_cap, len)) return -1;
+    memcpy(v->result, value, len);
+    v->result_len = len;
+    v->has_result = 1;
+    return 0;
+}
+
+static inline int zc_result_long(zc_values *v, long n) {
+    char buf[24];
+    int len = snprintf(buf, sizeof buf, "%ld", n);
+    return zc_result(v, buf, (uint32_t)len);
+}
+
+/* A decimal integer value (as the SDKs write numbers). */
+static inline long zc_long(const char *p, uint32_t n) {
+    long sign = 1, total = 0;
+    uint32_t i = 0;
+    if (n && p[0] == '-') { sign = -1; i = 1; }
+    for (; i < n && p[i] >= '0' && p[i] <= '9'; i++) total = total * 10 + (p[i] - '0');
+    return sign * total;
+}
+
+/* Records on `in` sorted by key, each key's values folded by `fold` into one record on
+ * `out`: the reducer's (or a combiner's) whole job.  0, or 65 on malformed input or a
+ * failed fold or write. */
+static inline int zc_reduce(FILE *in, FILE *out, zc_fold_fn fold) {
+    zc_record r = {0};
+    zc_values v = {0};
+    char *key = NULL;
+    size_t key_cap = 0;
+    int got = zc_next(in, &r), status = 0;
+    while (got == 1) {
+        if (zc__reserve(&key, &key_cap, r.key_len)) { status = 65; break; }
+        memcpy(key, r.key, r.key_len);
+        v.in = in; v.r = &r; v.key = key; v.key_len = r.key_len;
+        v.pending = 1; v.ended = 0; v.has_result = 0;
+        if (fold(key, r.key_len, &v) != 0) { status = 65; break; }
+        const char *ignored; uint32_t n;
+        while (zc_value(&v, &ignored, &n)) {}  /* values the fold did not read */
+        if (v.status < 0) { status = 65; break; }
+        if (v.has_result && zc_emit(out, key, v.key_len, v.result, v.result_len)) {
+            status = 65;
+            break;
+        }
+        got = v.ended == 1 ? 1 : 0;
+    }
+    if (got < 0) status = 65;
+    free(key);
+    free(v.result);
+    zc_free(&r);
+    return fflush(out) == 0 ? status : 65;
+}
+
+/* -- the map side: emitting, with in-mapper combining ------------------------------------- */
+typedef struct {
+    char *key;
+    uint32_t key_len, count;
+    char *values;  /* [u32 length][bytes] ... */
+    size_t values_len, values_cap;
+    uint64_t hash;
+} zc__kept;
+
+typedef struct zc_mapper {
+    FILE *out;
+    zc_fold_fn fold;   /* NULL: records go straight out */
+    zc__kept *table;
+    size_t capacity, used, bytes, budget;
+    int framed, failed;
+} zc_mapper;
+
+/* Values kept for one key before they are folded into one. */
+#define ZC_FOLD_AFTER 64
+
+static inline uint64_t zc__hash(const char *p, uint32_t n) {
+    uint64_t h = 1469598103934665603ull;  /* FNV-1a */
+    for (uint32_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* `fold` is what this program's `mode` runs (NULL: no combining). */
+static inline int zc_map_begin(zc_mapper *m, FILE *out, zc_fold_fn fold, const char *mode) {
+    memset(m, 0, sizeof *m);
+    m->out = out;
+    m->framed = zc_framed();
+    const char *combiner = getenv("ZEROCOMPUTE_COMBINER");
+    if (fold && mode && combiner && strcmp(combiner, mode) == 0) {
+        const char *budget = getenv("ZEROCOMPUTE_SORT_BUFFER");
+        m->fold = fold;
+        m->budget = budget ? strtoull(budget, NULL, 10) : (64u << 20);
+        if (m->budget < 4096) m->budget = 4096;
+    }
+    return 0;
+}
+
+static inline int zc__fold_kept(zc_mapper *m, zc__kept *k) {
+    zc_values v = {0};
+    v.mem = k->values;
+    v.mem_len = k->values_len;
+    if (m->fold(k->key, k->key_len, &v) != 0) { free(v.result); return -1; }
+    k->values_len = 0;
+    k->count = 0;
+    if (v.has_result) {
+        size_t need = 4 + (size_t)v.result_len;
+        if (need > k->values_cap) {
+            char *grown = realloc(k->values, need);
+            if (!grown) { free(v.result); return -1; }
+            m->bytes += need - k->values_cap;
+            k->values = grown;
+            k->values_cap = need;
+        }
+        memcpy(k->values, &v.result_len, 4);
+        memcpy(k->values + 4, v.result, v.result_len);
+        k->values_len = need;
+        k->count = 1;
+    }
+    free(v.result);
+    return 0;
+}
+
+/* Write out everything kept (each key's values folded into one) and forget it. */
+static inline int zc__flush(zc_mapper *m) {
+    for (size_t i = 0; i < m->capacity; i++) {
+        zc__kept *k = &m->table[i];
+        if (!k->key) continue;
+        if (k->count > 1 && zc__fold_kept(m, k)) return -1;
+        if (k->count == 1) {
+            uint32_t n;
+            memcpy(&n, k->values, 4);
+            if (zc_emit(m->out, k->key, k->key_len, k->values + 4, n)) return -1;
+        }
+        free(k->key);
+        free(k->values);
+    }
+    memset(m->table, 0, m->capacity * sizeof *m->table);
+    m->used = m->bytes = 0;
+    return 0;
+}
+
+static inline int zc__grow(zc_mapper *m) {
+    size_t old = m->capacity;
+    zc__kept *was = m->table;
+    m->capacity = old ? old * 2 : 1024;
+    m->table = calloc(m->capacity, sizeof *m->table);
+    if (!m->table) return -1;
+    for (size_t i = 0; i < old; i++) {
+        if (!was[i].key) continue;
+        size_t j = was[i].hash & (m->capacity - 1);
+        while (m->table[j].key) j = (j + 1) & (m->capacity - 1);
+        m->table[j] = was[i];
+    }
+    free(was);
+    return 0;
+}
+
+/* Emit one map record (see the top of this file); -1 on failure. */
+static inline int zc_map_emit(zc_mapper *m, const void *key, uint32_t key_len, const void *value,
+                       uint32_t value_len) {
+    if (!m->fold) {
+        if (m->framed) return zc_emit(m->out, key, key_len, value, value_len);
+        if (memchr(key, '\t', key_len) || memchr(key, '\n', key_len) ||
+            memchr(value, '\n', value_len))
+            return -1;
+        return zc__emit_text(m->out, key, key_len, value, value_len);
+    }
+    if ((m->used + 1) * 2 > m->capacity && zc__grow(m)) return -1;
+    uint64_t h = zc__hash(key, key_len);
+    size_t j = h & (m->capacity - 1);
+    zc__kept *k;
+    for (;;) {
+        k = &m->table[j];
+        if (!k->key) break;
+        if (k->hash == h && k->key_len == key_len && !memcmp(k->key, key, key_len)) break;
+        j = (j + 1) & (m->capacity - 1);
+    }
+    if (!k->key) {
+        k->key = malloc(key_len ? key_len : 1);
+        if (!k->key) return -1;
+        memcpy(k->key, key, key_len);
+        k->key_len = key_len;
+        k->hash = h;
+        m->used++;
+        m->bytes += key_len + sizeof *k + 16;
+    }
+    size_t need = k->values_len + 4 + value_len;
+    if (need > k->values_cap) {
+        size_t cap = k->values_cap ? k->values_cap * 2 : 32;
+        while (cap < need) cap *= 2;
+        char *grown = realloc(k->values, cap);
+        if (!grown) return -1;
+        m->bytes += cap - k->values_cap;
+        k->values = grown;
+        k->values_cap = cap;
+    }
+    memcpy(k->values + k->values_len, &value_len, 4);
+    memcpy(k->values + k->values_len + 4, value, value_len);
+    k->values_len = need;
+    if (++k->count >= ZC_FOLD_AFTER && zc__fold_kept(m, k)) return -1;
+    if (m->bytes > m->budget && zc__flush(m)) return -1;
+    return 0;
+}
+
+/* The map's end: what is kept goes out.  0, or 65 on failure. */
+static inline int zc_map_end(zc_mapper *m) {
+    int failed = m->fold && m->table ? zc__flush(m) : 0;
+    free(m->table);
+    m->table = NULL;
+    return failed || fflush(m->out) ? 65 : 0;
 }
 
 #endif
