@@ -61,7 +61,7 @@ Place the filter after the auth middleware::
     # a space every this many seconds until its report (0: never).
     # heartbeat_s = 10
     # A map's sort buffer on its node, beyond which it spills sorted runs to disk.
-    # shuffle_buffer_bytes = 67108864
+    # shuffle_buffer_bytes = 134217728
     # An input encrypted at rest is read through this pipeline (decrypted) and
     # streamed to an object server's guest through a pipe, never to its disk;
     # false: such inputs fail their task.
@@ -187,7 +187,7 @@ class JobFilterConfig:
     conn_timeout: float
     max_busy_wait_s: float
     heartbeat_s: float
-    shuffle_buffer_bytes: int = 64 << 20
+    shuffle_buffer_bytes: int = wire.SHUFFLE_BUFFER_BYTES
     max_jobs_per_account: int = 8
     stream_encrypted_inputs: bool = True
     job_lease_s: float = 30.0
@@ -221,7 +221,7 @@ class JobFilterConfig:
             max_busy_wait_s=non_negative_float(conf.get("max_busy_wait_s", 300)),
             heartbeat_s=non_negative_float(conf.get("heartbeat_s", 10)),
             shuffle_buffer_bytes=config_positive_int_value(
-                conf.get("shuffle_buffer_bytes", 64 << 20)),
+                conf.get("shuffle_buffer_bytes", wire.SHUFFLE_BUFFER_BYTES)),
             max_jobs_per_account=config_positive_int_value(
                 conf.get("max_jobs_per_account", 8)),
             stream_encrypted_inputs=config_true_value(

@@ -116,7 +116,8 @@ def prepare(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str, 
         module = runtime.prepare(python.interpreter_path(), key="python")
         directory = python.script_dir(cache_dir, etag, executables.path(etag))
         python.ensure_bytecode(directory, lambda argv, writable: runtime.run(
-            module, os.devnull, os.devnull, argv, [], GuestLimits(time_s=60),
+            runtime.prepare(python.interpreter_path(), key="python", tool=True), os.devnull,
+            os.devnull, argv, [], GuestLimits(time_s=60),
             [Mount(writable, python.GUEST_DIR, True)]))
         return module, python.argv(list(args)), [Mount(directory, python.GUEST_DIR)]
     return runtime.prepare(executables.path(etag), key=etag), [exec_name, *args], []

@@ -116,7 +116,7 @@ class Core:
                  output: str | None, limits: GuestLimits):
         self.runtime = runtime
         try:
-            self.module = runtime.prepare(module_path(cache_dir), key="shuffle-core")
+            self.module = runtime.prepare(module_path(cache_dir), key="shuffle-core", tool=True)
         except (RuntimeError, InvalidExecutable) as err:
             raise CoreFailed(f"this object server cannot build its shuffle core: {err}",
                              data=False) from None

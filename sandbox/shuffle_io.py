@@ -30,7 +30,7 @@ SECRET_ENV = "ZEROCOMPUTE_SECRET"
 ROOT_ENV = "ZEROCOMPUTE_SHUFFLE_DIR"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 FETCH_TIMEOUT_S = 60.0
-_CHUNK = 1 << 16
+_CHUNK = 1 << 20  # a fetch's reads: a MiB of a map's output at a time
 
 
 def safe_name(name: str) -> str:

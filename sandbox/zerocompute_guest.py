@@ -350,7 +350,7 @@ def _folded(kept: dict[Any, list], fn: Callable, named: bool | None) -> Iterator
 
 def drive(namespace: dict[str, Any], argv: list[str], stdin: BinaryIO, stdout: BinaryIO,
           form: type | None = None, phase: str | None = None,
-          combiner: str | None = None, budget: int = 64 << 20) -> int:
+          combiner: str | None = None, budget: int = 128 << 20) -> int:
     """Run the task's mode over a loaded script's functions, in the job's record form.
     ``phase``, ``combiner`` and ``budget`` are the task's (``ZEROCOMPUTE_PHASE``,
     ``ZEROCOMPUTE_COMBINER``, ``ZEROCOMPUTE_SORT_BUFFER``)."""
@@ -405,7 +405,7 @@ def main() -> int:
     env = os.environ
     return drive(namespace, args, sys.stdin.buffer, sys.stdout.buffer,
                  phase=env.get("ZEROCOMPUTE_PHASE"), combiner=env.get("ZEROCOMPUTE_COMBINER"),
-                 budget=int(env.get("ZEROCOMPUTE_SORT_BUFFER") or 64 << 20))
+                 budget=int(env.get("ZEROCOMPUTE_SORT_BUFFER") or 128 << 20))
 
 
 if __name__ == "__main__":

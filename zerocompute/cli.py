@@ -311,8 +311,9 @@ BENCHMARKS = {
                                        "objects"),
     "sandbox": ("bench_sandbox", [], "guest start-up and throughput"),
     "scheduler": ("bench_scheduler", [], "load-aware against random placement (long)"),
-    "mapreduce": ("bench_mapreduce", [], "256 MiB word count with and without a combiner "
-                                         "(long)"),
+    "mapreduce": ("bench_mapreduce", [], "word count against its floors, downloading and "
+                                         "Lithops; TeraSort against the PUT (long)"),
+    "shuffle": ("bench_shuffle", [], "the shuffle's options: Python, WebAssembly, native C"),
 }
 QUICK = ["locality", "locality-slow-links", "scale", "policies"]
 

@@ -95,6 +95,10 @@ LIMIT_DEFAULTS: dict[str, float | int] = {
 # output is the job's).
 PHASE_MAP, PHASE_COMBINE, PHASE_REDUCE, PHASE_MAP_ONLY = "map", "combine", "reduce", "map-only"
 
+# A map's sort buffer by default (the proxy's shuffle_buffer_bytes): about Hadoop's
+# io.sort.mb, and room for a 64 MiB split of 100-byte records (TeraSort's) in one spill.
+SHUFFLE_BUFFER_BYTES = 128 << 20
+
 # The shuffle's steps, as task results and reports name them: the map side parses
 # and partitions its output, sorts it in the sort buffer, spills it, combines and
 # merges; the reduce side fetches the maps' outputs and merges them.
@@ -177,7 +181,7 @@ class ShuffleSpec:
     id: str  # the job run's shuffle id: where map outputs are kept and served
     partitions: int  # R, across every named output
     records: str = "text"  # the job's record form
-    memory_bytes: int = 64 << 20  # the map's sort buffer
+    memory_bytes: int = SHUFFLE_BUFFER_BYTES  # the map's sort buffer
     # Named outputs in order, each with its number of partitions (numbered one output
     # after another); empty for a job with one output.
     outputs: tuple[tuple[str, int], ...] = ()
@@ -197,7 +201,7 @@ class ShuffleSpec:
         combine = doc.get("combine")
         return cls(id=str(doc["id"]), partitions=int(doc["partitions"]),
                    records=str(doc.get("records", "text")),
-                   memory_bytes=int(doc.get("memory_bytes", 64 << 20)),
+                   memory_bytes=int(doc.get("memory_bytes", SHUFFLE_BUFFER_BYTES)),
                    outputs=tuple((str(n), int(p)) for n, p in doc.get("outputs", ())),
                    combine=CombineSpec.from_doc(combine) if isinstance(combine, dict) else None,
                    splits=tuple(map(str, doc.get("splits", ()))),

@@ -97,6 +97,13 @@ def test_the_c_map_folds_in_memory_only_when_the_combiner_is_its_reduce(wordcoun
     assert other == plain, "a combiner in another mode: nothing folded in the map"
 
 
+def test_the_c_map_folds_long_keys_too(wordcount):
+    long_words = [b"x" * 24, b"y" * 25, b"z" * 100]  # kept in the entry, and not
+    text = b" ".join(long_words * 300) + b"\n"
+    folded = wordcount(["map"], text, [("ZEROCOMPUTE_COMBINER", "reduce")])
+    assert sorted(folded.splitlines()) == [w + b"\t300" for w in long_words]
+
+
 def test_the_c_map_writes_out_what_it_keeps_when_the_buffer_fills(wordcount):
     text = b"".join(b"w%d common\n" % i for i in range(5000))
     out = wordcount(["map"], text, [("ZEROCOMPUTE_COMBINER", "reduce"),

@@ -29,8 +29,11 @@ def build_c_guest(source: str, cache_dir: str = CACHE_DIR, target: str = "wasm32
     """Compile a C file to a wasm32-wasi command (or ``target="native"``); return its path.
 
     ``zerocompute.h`` (records in the job's form) is on the include path; ``flags`` go
-    to the compiler too (``-msimd128``: WebAssembly's SIMD, which wasmtime runs).
+    to the compiler too.  WebAssembly builds have its SIMD (``-msimd128``, which
+    wasmtime runs): zerocompute.h then checks records sixteen bytes a step.
     """
+    if target.startswith("wasm") and "-msimd128" not in flags:
+        flags = (*flags, "-msimd128")
     digest = hashlib.sha256(" ".join(flags).encode())
     for path in (source, source_path(HEADER)):
         with open(path, "rb") as f:

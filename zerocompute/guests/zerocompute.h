@@ -16,6 +16,10 @@
  *   while (zc_next(stdin, &r) == 1) zc_emit(stdout, r.key, r.key_len, r.value, r.value_len);
  *   zc_free(&r);
  *
+ * zc_next reads ahead a MiB at a time: do not mix it with other reads of the same
+ * stream.  Build with -msimd128 (zerocompute.guests does) and records are checked
+ * and split sixteen bytes a step.
+ *
  * MapReduce guests write one fold function, a combine or reduce of one key's
  * values into one value, and use it on both sides:
  *
@@ -44,7 +48,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
 
 typedef struct {
     char *key;
@@ -54,10 +57,15 @@ typedef struct {
     size_t key_cap, value_cap; /* bytes allocated: the buffers grow, never shrink */
 } zc_record;
 
-/* 1 when the job's records are framed, 0 for text. */
+/* 1 when the job's records are framed, 0 for text (looked up once: getenv scans the
+ * whole environment, and this is asked per record). */
 static inline int zc_framed(void) {
-    const char *form = getenv("ZEROCOMPUTE_RECORDS");
-    return form != NULL && strcmp(form, "framed") == 0;
+    static int framed = -1;
+    if (framed < 0) {
+        const char *form = getenv("ZEROCOMPUTE_RECORDS");
+        framed = form != NULL && strcmp(form, "framed") == 0;
+    }
+    return framed;
 }
 
 static inline int zc__put_len(FILE *out, uint32_t n) {
@@ -94,44 +102,142 @@ static inline int zc__reserve(char **buf, size_t *cap, size_t need) {
     return 0;
 }
 
-static inline int zc__get_len(FILE *in, uint32_t *n, int first) {
-    unsigned char b[4];
-    size_t got = fread(b, 1, 4, in);
-    if (got == 0 && first) return 0;
-    if (got != 4) return -1;
-    *n = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-    return 1;
+/* -- checking text records fast ------------------------------------------------------ */
+/* Whether bytes hold `a` or `b`: sixteen at a time where the build has WebAssembly's
+ * SIMD (-msimd128, as zerocompute.guests builds), else the libc's memchr. */
+#ifdef __wasm_simd128__
+#include <wasm_simd128.h>
+static inline int zc__has(const void *p, uint32_t n, char a, char b) {
+    const unsigned char *q = p;
+    v128_t va = wasm_i8x16_splat(a), vb = wasm_i8x16_splat(b);
+    for (; n >= 16; q += 16, n -= 16) {
+        v128_t v = wasm_v128_load(q);
+        if (wasm_v128_any_true(wasm_v128_or(wasm_i8x16_eq(v, va), wasm_i8x16_eq(v, vb))))
+            return 1;
+    }
+    for (; n; q++, n--)
+        if (*q == (unsigned char)a || *q == (unsigned char)b) return 1;
+    return 0;
+}
+static inline const char *zc__find(const char *p, size_t n, char c) {
+    v128_t vc = wasm_i8x16_splat(c);
+    for (; n >= 16; p += 16, n -= 16) {
+        uint32_t mask = wasm_i8x16_bitmask(wasm_i8x16_eq(wasm_v128_load(p), vc));
+        if (mask) return p + __builtin_ctz(mask);
+    }
+    for (; n; p++, n--)
+        if (*p == c) return p;
+    return NULL;
+}
+#else
+static inline int zc__has(const void *p, uint32_t n, char a, char b) {
+    return memchr(p, a, n) != NULL || memchr(p, b, n) != NULL;
+}
+
+static inline const char *zc__find(const char *p, size_t n, char c) { return memchr(p, c, n); }
+#endif
+
+/* zc_next's read-ahead: a MiB of the stream at a time (a stdio call per record, or
+ * per byte, costs more than the record).  Do not mix zc_next with other reads of the
+ * same stream. */
+static struct {
+    FILE *in;
+    char *buf;
+    size_t start, end, cap;
+    int eof, error;
+} zc__in;
+
+/* At least `need` bytes from start (fewer only at the stream's end). */
+static inline int zc__fill(FILE *in, size_t need) {
+    if (zc__in.in != in) {
+        zc__in.in = in;
+        zc__in.start = zc__in.end = 0;
+        zc__in.eof = zc__in.error = 0;
+    }
+    if (zc__in.end - zc__in.start >= need || zc__in.eof) return 0;
+    if (zc__in.start) {
+        memmove(zc__in.buf, zc__in.buf + zc__in.start, zc__in.end - zc__in.start);
+        zc__in.end -= zc__in.start;
+        zc__in.start = 0;
+    }
+    if (need < (1u << 20)) need = 1u << 20;
+    if (need > zc__in.cap) {
+        char *grown = realloc(zc__in.buf, need);
+        if (!grown) return -1;
+        zc__in.buf = grown;
+        zc__in.cap = need;
+    }
+    while (zc__in.end < zc__in.cap && !zc__in.eof) {
+        size_t got = fread(zc__in.buf + zc__in.end, 1, zc__in.cap - zc__in.end, in);
+        if (got == 0) {
+            zc__in.eof = 1;
+            zc__in.error = ferror(in);
+        }
+        zc__in.end += got;
+        if (got && zc__in.end - zc__in.start >= need) break;
+    }
+    return 0;
+}
+
+static inline int zc__keep(char **buf, size_t *cap, const char *from, uint32_t n) {
+    if (zc__reserve(buf, cap, n)) return -1;
+    memcpy(*buf, from, n);
+    (*buf)[n] = '\0';
+    return 0;
 }
 
 /* Read the next record: 1 when one was read, 0 at the end, -1 on malformed input.
  * Key and value are NUL-terminated for convenience (they may hold NULs too). */
 static inline int zc_next(FILE *in, zc_record *r) {
     if (zc_framed()) {
-        int got = zc__get_len(in, &r->key_len, 1);
-        if (got <= 0) return got;
-        if (zc__reserve(&r->key, &r->key_cap, r->key_len) ||
-            fread(r->key, 1, r->key_len, in) != r->key_len ||
-            zc__get_len(in, &r->value_len, 0) != 1 ||
-            zc__reserve(&r->value, &r->value_cap, r->value_len) ||
-            fread(r->value, 1, r->value_len, in) != r->value_len)
+        if (zc__fill(in, 8)) return -1;
+        size_t have = zc__in.end - zc__in.start;
+        if (have == 0) return zc__in.error ? -1 : 0;
+        const unsigned char *p = (const unsigned char *)zc__in.buf + zc__in.start;
+        if (have < 4) return -1;
+        uint32_t klen = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+        if (zc__fill(in, (size_t)klen + 8)) return -1;
+        have = zc__in.end - zc__in.start;
+        p = (const unsigned char *)zc__in.buf + zc__in.start;
+        if (have < (size_t)klen + 8) return -1;
+        const unsigned char *q = p + 4 + klen;
+        uint32_t vlen = (uint32_t)q[0] << 24 | (uint32_t)q[1] << 16 | (uint32_t)q[2] << 8 | q[3];
+        if (zc__fill(in, (size_t)klen + vlen + 8)) return -1;
+        have = zc__in.end - zc__in.start;
+        p = (const unsigned char *)zc__in.buf + zc__in.start;
+        if (have < (size_t)klen + vlen + 8) return -1;
+        if (zc__keep(&r->key, &r->key_cap, (const char *)p + 4, klen) ||
+            zc__keep(&r->value, &r->value_cap, (const char *)p + 8 + klen, vlen))
             return -1;
-        r->key[r->key_len] = r->value[r->value_len] = '\0';
+        r->key_len = klen;
+        r->value_len = vlen;
+        zc__in.start += (size_t)klen + vlen + 8;
         return 1;
     }
-    /* A line at a time (getline scans its buffer, not a call per byte); the line is
-     * read into the key's buffer and split at its first tab. */
-    ssize_t got = getline(&r->key, &r->key_cap, in);
-    if (got < 0) return ferror(in) ? -1 : 0;
-    size_t len = (size_t)got;
-    if (len && r->key[len - 1] == '\n') len--;
-    char *tab = memchr(r->key, '\t', len);
+    /* A line: up to its newline (or the stream's end), split at its first tab. */
+    if (zc__fill(in, 1)) return -1;
+    size_t scanned = 0;
+    const char *nl;
+    for (;;) {
+        const char *from = zc__in.buf + zc__in.start;
+        size_t have = zc__in.end - zc__in.start;
+        nl = zc__find(from + scanned, have - scanned, '\n');
+        if (nl || zc__in.eof) break;
+        scanned = have;
+        if (zc__fill(in, have + 1)) return -1;
+    }
+    const char *line = zc__in.buf + zc__in.start;
+    size_t len = nl ? (size_t)(nl - line) : zc__in.end - zc__in.start;
+    if (!nl && len == 0) return zc__in.error ? -1 : 0;
+    const char *tab = zc__find(line, len, '\t');
     if (!tab) return -1;
-    uint32_t key_len = (uint32_t)(tab - r->key), value_len = (uint32_t)(len - key_len - 1);
-    if (zc__reserve(&r->value, &r->value_cap, value_len)) return -1;
-    memcpy(r->value, tab + 1, value_len);
+    uint32_t key_len = (uint32_t)(tab - line), value_len = (uint32_t)(len - key_len - 1);
+    if (zc__keep(&r->key, &r->key_cap, line, key_len) ||
+        zc__keep(&r->value, &r->value_cap, tab + 1, value_len))
+        return -1;
     r->key_len = key_len;
     r->value_len = value_len;
-    r->key[key_len] = r->value[value_len] = '\0';
+    zc__in.start += len + (nl ? 1 : 0);
     return 1;
 }
 
@@ -139,24 +245,6 @@ static inline void zc_free(zc_record *r) {
     free(r->key);
     free(r->value);
     memset(r, 0, sizeof *r);
-}
-
-/* -- emitting fast: one write per record ----------------------------------------------- */
-static inline int zc__emit_text(FILE *out, const void *key, uint32_t key_len, const void *value,
-                         uint32_t value_len) {
-    char line[512];
-    if ((size_t)key_len + value_len + 2 > sizeof line) {
-        if (fwrite(key, 1, key_len, out) != key_len || fputc('\t', out) == EOF ||
-            fwrite(value, 1, value_len, out) != value_len || fputc('\n', out) == EOF)
-            return -1;
-        return 0;
-    }
-    memcpy(line, key, key_len);
-    line[key_len] = '\t';
-    memcpy(line + key_len + 1, value, value_len);
-    line[key_len + 1 + value_len] = '\n';
-    size_t n = (size_t)key_len + value_len + 2;
-    return fwrite(line, 1, n, out) == n ? 0 : -1;
 }
 
 /* -- grouped values ------------------------------------------------------------------------ */
@@ -219,9 +307,11 @@ static inline int zc_result(zc_values *v, const void *value, uint32_t len) {
 }
 
 static inline int zc_result_long(zc_values *v, long n) {
-    char buf[24];
-    int len = snprintf(buf, sizeof buf, "%ld", n);
-    return zc_result(v, buf, (uint32_t)len);
+    char buf[24], *p = buf + sizeof buf;  /* by hand: snprintf costs more than a fold */
+    unsigned long u = n < 0 ? 0ul - (unsigned long)n : (unsigned long)n;
+    do { *--p = (char)('0' + u % 10); u /= 10; } while (u);
+    if (n < 0) *--p = '-';
+    return zc_result(v, p, (uint32_t)(buf + sizeof buf - p));
 }
 
 /* A decimal integer value (as the SDKs write numbers). */
@@ -265,13 +355,22 @@ static inline int zc_reduce(FILE *in, FILE *out, zc_fold_fn fold) {
 }
 
 /* -- the map side: emitting, with in-mapper combining ------------------------------------- */
+/* One key kept in memory: short keys live in the entry itself (no allocation, no
+ * second place to read when the key comes again). */
+#define ZC_INLINE_KEY 24
 typedef struct {
-    char *key;
+    uint64_t hash;
     uint32_t key_len, count;
+    int live;
+    char inline_key[ZC_INLINE_KEY];
+    char *long_key;
     char *values;  /* [u32 length][bytes] ... */
     size_t values_len, values_cap;
-    uint64_t hash;
 } zc__kept;
+
+/* The mapper's own output buffer: records are copied into it and it goes out in one
+ * fwrite when full (a stdio call per record costs more than the record). */
+#define ZC_OUT_BUFFER (1u << 16)
 
 typedef struct zc_mapper {
     FILE *out;
@@ -279,15 +378,70 @@ typedef struct zc_mapper {
     zc__kept *table;
     size_t capacity, used, bytes, budget;
     int framed, failed;
+    char *buf;
+    size_t buf_len;
 } zc_mapper;
+
+static inline int zc__drain(zc_mapper *m) {
+    if (m->buf_len && fwrite(m->buf, 1, m->buf_len, m->out) != m->buf_len) return -1;
+    m->buf_len = 0;
+    return 0;
+}
+
+/* One record into the mapper's buffer, in the job's form (-1: it cannot be written). */
+static inline int zc__put(zc_mapper *m, const void *key, uint32_t key_len, const void *value,
+                          uint32_t value_len) {
+    size_t n = (size_t)key_len + value_len + (m->framed ? 8 : 2);
+    if (!m->framed && (zc__has(key, key_len, '\t', '\n') || zc__has(value, value_len, '\n', '\n')))
+        return -1;
+    if (m->buf_len + n > ZC_OUT_BUFFER && zc__drain(m)) return -1;
+    if (n > ZC_OUT_BUFFER) return zc_emit(m->out, key, key_len, value, value_len);
+    char *p = m->buf + m->buf_len;
+    if (m->framed) {
+        unsigned char l[4] = {key_len >> 24, key_len >> 16, key_len >> 8, key_len};
+        memcpy(p, l, 4);
+        memcpy(p + 4, key, key_len);
+        unsigned char v[4] = {value_len >> 24, value_len >> 16, value_len >> 8, value_len};
+        memcpy(p + 4 + key_len, v, 4);
+        memcpy(p + 8 + key_len, value, value_len);
+    } else {
+        memcpy(p, key, key_len);
+        p[key_len] = '\t';
+        memcpy(p + key_len + 1, value, value_len);
+        p[key_len + 1 + value_len] = '\n';
+    }
+    m->buf_len += n;
+    return 0;
+}
 
 /* Values kept for one key before they are folded into one. */
 #define ZC_FOLD_AFTER 64
 
+/* Equal bytes, compared inline (keys are short; a libc call costs more). */
+static inline int zc__same(const char *a, const void *b, uint32_t n) {
+    const char *q = b;
+    for (uint32_t i = 0; i < n; i++)
+        if (a[i] != q[i]) return 0;
+    return 1;
+}
+
+/* A multiply-xor hash, eight bytes a step. */
 static inline uint64_t zc__hash(const char *p, uint32_t n) {
-    uint64_t h = 1469598103934665603ull;  /* FNV-1a */
-    for (uint32_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
-    return h;
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ n;
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    uint64_t w = 0;
+    for (uint32_t i = 0; i < n; i++) w |= (uint64_t)(unsigned char)p[i] << (8 * i);
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 29);
+}
+
+static inline const char *zc__key(const zc__kept *k) {
+    return k->key_len <= ZC_INLINE_KEY ? k->inline_key : k->long_key;
 }
 
 /* `fold` is what this program's `mode` runs (NULL: no combining). */
@@ -295,6 +449,8 @@ static inline int zc_map_begin(zc_mapper *m, FILE *out, zc_fold_fn fold, const c
     memset(m, 0, sizeof *m);
     m->out = out;
     m->framed = zc_framed();
+    m->buf = malloc(ZC_OUT_BUFFER);
+    if (!m->buf) return -1;
     const char *combiner = getenv("ZEROCOMPUTE_COMBINER");
     if (fold && mode && combiner && strcmp(combiner, mode) == 0) {
         const char *budget = getenv("ZEROCOMPUTE_SORT_BUFFER");
@@ -309,7 +465,7 @@ static inline int zc__fold_kept(zc_mapper *m, zc__kept *k) {
     zc_values v = {0};
     v.mem = k->values;
     v.mem_len = k->values_len;
-    if (m->fold(k->key, k->key_len, &v) != 0) { free(v.result); return -1; }
+    if (m->fold(zc__key(k), k->key_len, &v) != 0) { free(v.result); return -1; }
     k->values_len = 0;
     k->count = 0;
     if (v.has_result) {
@@ -334,14 +490,14 @@ static inline int zc__fold_kept(zc_mapper *m, zc__kept *k) {
 static inline int zc__flush(zc_mapper *m) {
     for (size_t i = 0; i < m->capacity; i++) {
         zc__kept *k = &m->table[i];
-        if (!k->key) continue;
+        if (!k->live) continue;
         if (k->count > 1 && zc__fold_kept(m, k)) return -1;
         if (k->count == 1) {
             uint32_t n;
             memcpy(&n, k->values, 4);
-            if (zc_emit(m->out, k->key, k->key_len, k->values + 4, n)) return -1;
+            if (zc__put(m, zc__key(k), k->key_len, k->values + 4, n)) return -1;
         }
-        free(k->key);
+        free(k->long_key);
         free(k->values);
     }
     memset(m->table, 0, m->capacity * sizeof *m->table);
@@ -356,9 +512,9 @@ static inline int zc__grow(zc_mapper *m) {
     m->table = calloc(m->capacity, sizeof *m->table);
     if (!m->table) return -1;
     for (size_t i = 0; i < old; i++) {
-        if (!was[i].key) continue;
+        if (!was[i].live) continue;
         size_t j = was[i].hash & (m->capacity - 1);
-        while (m->table[j].key) j = (j + 1) & (m->capacity - 1);
+        while (m->table[j].live) j = (j + 1) & (m->capacity - 1);
         m->table[j] = was[i];
     }
     free(was);
@@ -368,27 +524,24 @@ static inline int zc__grow(zc_mapper *m) {
 /* Emit one map record (see the top of this file); -1 on failure. */
 static inline int zc_map_emit(zc_mapper *m, const void *key, uint32_t key_len, const void *value,
                        uint32_t value_len) {
-    if (!m->fold) {
-        if (m->framed) return zc_emit(m->out, key, key_len, value, value_len);
-        if (memchr(key, '\t', key_len) || memchr(key, '\n', key_len) ||
-            memchr(value, '\n', value_len))
-            return -1;
-        return zc__emit_text(m->out, key, key_len, value, value_len);
-    }
+    if (!m->fold) return zc__put(m, key, key_len, value, value_len);
     if ((m->used + 1) * 2 > m->capacity && zc__grow(m)) return -1;
     uint64_t h = zc__hash(key, key_len);
     size_t j = h & (m->capacity - 1);
     zc__kept *k;
     for (;;) {
         k = &m->table[j];
-        if (!k->key) break;
-        if (k->hash == h && k->key_len == key_len && !memcmp(k->key, key, key_len)) break;
+        if (!k->live) break;
+        if (k->hash == h && k->key_len == key_len && zc__same(zc__key(k), key, key_len)) break;
         j = (j + 1) & (m->capacity - 1);
     }
-    if (!k->key) {
-        k->key = malloc(key_len ? key_len : 1);
-        if (!k->key) return -1;
-        memcpy(k->key, key, key_len);
+    if (!k->live) {
+        if (key_len > ZC_INLINE_KEY) {
+            k->long_key = malloc(key_len);
+            if (!k->long_key) return -1;
+        }
+        memcpy(key_len <= ZC_INLINE_KEY ? k->inline_key : k->long_key, key, key_len);
+        k->live = 1;
         k->key_len = key_len;
         k->hash = h;
         m->used++;
@@ -404,8 +557,13 @@ static inline int zc_map_emit(zc_mapper *m, const void *key, uint32_t key_len, c
         k->values = grown;
         k->values_cap = cap;
     }
-    memcpy(k->values + k->values_len, &value_len, 4);
-    memcpy(k->values + k->values_len + 4, value, value_len);
+    char *to = k->values + k->values_len;
+    memcpy(to, &value_len, 4);
+    if (value_len <= 8) {  /* a few bytes (a count): no call */
+        for (uint32_t i = 0; i < value_len; i++) to[4 + i] = ((const char *)value)[i];
+    } else {
+        memcpy(to + 4, value, value_len);
+    }
     k->values_len = need;
     if (++k->count >= ZC_FOLD_AFTER && zc__fold_kept(m, k)) return -1;
     if (m->bytes > m->budget && zc__flush(m)) return -1;
@@ -417,6 +575,9 @@ static inline int zc_map_end(zc_mapper *m) {
     int failed = m->fold && m->table ? zc__flush(m) : 0;
     free(m->table);
     m->table = NULL;
+    failed = failed || zc__drain(m);
+    free(m->buf);
+    m->buf = NULL;
     return failed || fflush(m->out) ? 65 : 0;
 }
 
