@@ -107,7 +107,7 @@ class TaskState:
     sources: tuple[tuple[str, str], ...] = ()
     split: tuple[int, int] | None = None  # a split input's byte range
     exact: bool = False  # the range is exactly the input (a GET's Range), not lines
-    ec: dict[str, Any] | None = None  # an erasure-coded input (``wire.TaskSpec.ec``)
+    ec: wire.ErasureCode | None = None  # an erasure-coded input
     edges: tuple[int, str] | None = None  # a large object's segment (``wire.TaskSpec``)
     # An input no node can read in place (encrypted): its size, and what opens its
     # plaintext (through the proxy's read path) as (length, chunks) to stream to a node.
@@ -299,7 +299,7 @@ class Dispatcher:
                     sent += len(chunk)
                 if sent != streamed:
                     raise OSError(f"streamed input was {sent} bytes, not {streamed}")
-            with Timeout(float(group.limits["time_s"]) + wire.PREPARE_TIMEOUT_S
+            with Timeout(float(group.limits.time_s) + wire.PREPARE_TIMEOUT_S
                          + FRAME_GRACE_S):
                 resp = conn.getresponse()
         except BaseException:
@@ -572,7 +572,7 @@ class JobRun:
         return replace(self.template, tasks=tuple(specs))
 
     def _read_frames(self, stream: Stream, resp: Any) -> None:
-        timeout = float(self.template.limits["time_s"]) + wire.PREPARE_TIMEOUT_S + FRAME_GRACE_S
+        timeout = float(self.template.limits.time_s) + wire.PREPARE_TIMEOUT_S + FRAME_GRACE_S
         frames = wire.read_frames(resp)
         while stream.head() is not None:
             with Timeout(timeout):

@@ -769,7 +769,7 @@ class MapJob:
                 candidates = [primaries, handoffs]
             else:
                 # Data fragments first: a systematic code then decodes without arithmetic.
-                data = [n for n in primaries if n["index"] < ec["k"]]
+                data = [n for n in primaries if n["index"] < ec.k]
                 candidates = [data, [n for n in primaries if n not in data], handoffs]
             edges = None if task.segment is None else (
                 task.segment.skip, base64.b64encode(task.segment.carry).decode("ascii"))
@@ -818,7 +818,7 @@ class MapJob:
         return wire.TaskGroup(
             job=manifest.name, exec_etag=etag, exec_name=stage.exec.obj.rsplit("/", 1)[-1],
             runtime=runtime_of(stage.exec), args=stage.args, env=tuple(env),
-            limits=manifest.limits.to_dict(), tasks=(), kind=kind, shuffle=shuffle)
+            limits=manifest.limits, tasks=(), kind=kind, shuffle=shuffle)
 
     def run_phase(self, states: list[TaskState], template: wire.TaskGroup,
                   executables: dict[str, bytes], on_result,
@@ -1443,17 +1443,17 @@ class StepsJob:
 
 
 def erasure_code(policy_index: int, partition: int, path: str,
-                 primaries: list[dict]) -> dict[str, Any] | None:
+                 primaries: list[dict]) -> wire.ErasureCode | None:
     """What a task over an erasure-coded object needs to rebuild it (None when the
     policy is replicated): the policy's code and every fragment holder."""
     policy = POLICIES.get_by_index(policy_index)
     if policy is None or policy.policy_type != EC_POLICY:
         return None
-    return {"k": policy.ec_ndata, "m": policy.ec_nparity, "ec_type": policy.ec_type,
-            "fragment_size": policy.fragment_size, "segment_size": policy.ec_segment_size,
-            "policy": policy_index,
-            "partition": partition, "path": path,
-            "peers": [[n["ip"], n["port"], n["device"], n["index"]] for n in primaries]}
+    return wire.ErasureCode(
+        k=policy.ec_ndata, m=policy.ec_nparity, ec_type=policy.ec_type,
+        fragment_size=policy.fragment_size, segment_size=policy.ec_segment_size,
+        policy=policy_index, partition=partition, path=path,
+        peers=tuple((n["ip"], int(n["port"]), n["device"], int(n["index"])) for n in primaries))
 
 
 def reuse(report: TaskReport, size: int) -> None:

@@ -92,7 +92,7 @@ from zerocompute.middleware.bodies import FileIter
 from zerocompute.sandbox import shuffle_io
 from zerocompute.sandbox.executor import CANCELLED, ExecutorPool, hung_up
 from zerocompute.sandbox.wasm import ExecutableStore, InvalidExecutable
-from zerocompute.scheduler import DEFAULT_SERVICE_MS, format_load_header, update_service_ms
+from zerocompute.scheduler import DEFAULT_SERVICE_MS, update_service_ms
 
 _READ_CHUNK = 65536
 
@@ -153,7 +153,7 @@ def _client_socket(req: Request) -> Any:
     return getattr(req.environ.get("eventlet.input"), "_sock", None)
 
 
-def refuse_input(metadata: dict, ec: dict | None = None) -> str | None:
+def refuse_input(metadata: dict, ec: wire.ErasureCode | None = None) -> str | None:
     """Why an object's data file cannot be its task's input (None when it can: its
     bytes, or, given the code, one of its fragment archives)."""
     if any(k.lower().startswith("x-object-sysmeta-crypto-") for k in metadata):
@@ -170,11 +170,10 @@ def with_fragment(spec: wire.TaskSpec, metadata: dict) -> wire.TaskSpec:
     """An erasure-coded task, told which fragment of which version this node holds."""
     if spec.ec is None:
         return spec
-    return replace(spec, ec={**spec.ec,
-                             "local_index": int(metadata["X-Object-Sysmeta-Ec-Frag-Index"]),
-                             "timestamp": metadata["X-Timestamp"],
-                             "content_length": int(metadata.get(
-                                 "X-Object-Sysmeta-Ec-Content-Length", 0))})
+    return replace(spec, ec=replace(
+        spec.ec, local_index=int(metadata["X-Object-Sysmeta-Ec-Frag-Index"]),
+        timestamp=metadata["X-Timestamp"],
+        content_length=int(metadata.get("X-Object-Sysmeta-Ec-Content-Length", 0))))
 
 
 class TaskMiddleware:
@@ -231,8 +230,8 @@ class TaskMiddleware:
         now = time.monotonic()
         elapsed = [now - t for t in self.started]
         elapsed_ms = 1000 * sum(elapsed) / len(elapsed) if elapsed else 0.0
-        return format_load_header(self.running, self.queued, self.slots, self.service_ms,
-                                  elapsed_ms)
+        return wire.LoadReport(self.running, self.queued, self.slots, self.service_ms,
+                               elapsed_ms).header()
 
     @property
     def queued(self) -> int:
@@ -386,7 +385,7 @@ class TaskMiddleware:
                     result.error = refusal
                     return result, None
                 spec = with_fragment(spec, metadata)
-                result.bytes_in = int(spec.ec["content_length"] if spec.ec
+                result.bytes_in = int(spec.ec.content_length if spec.ec
                                       else metadata.get("Content-Length", 0))
                 # The open DiskFile pins this version of the object: the executor gets
                 # the same descriptor, so a concurrent overwrite does not change its input.
@@ -417,7 +416,7 @@ class TaskMiddleware:
         os.unlink(stdout_path)  # the executor writes through /proc/self/fd; nothing to clean
         try:
             ran = self.run_in_executor(replace(group, tasks=(spec,)), [input_fd, stdout_fd],
-                                       float(group.limits["time_s"]), client)
+                                       float(group.limits.time_s), client)
         except BaseException:
             os.close(stdout_fd)
             raise

@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from zerocompute.shuffle import line_aligned
+from zerocompute.wire import ErasureCode
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
@@ -63,17 +64,17 @@ class _Archive:
             self.connection.close()
 
 
-def _driver(ec: dict[str, Any]):
+def _driver(ec: ErasureCode):
     from pyeclib.ec_iface import ECDriver
-    return ECDriver(k=int(ec["k"]), m=int(ec["m"]), ec_type=str(ec["ec_type"]))
+    return ECDriver(k=ec.k, m=ec.m, ec_type=ec.ec_type)
 
 
-def _fetch(peer: list, ec: dict[str, Any], offset: int = 0) -> _Archive | None:
+def _fetch(peer: tuple[str, int, str, int], ec: ErasureCode, offset: int = 0) -> _Archive | None:
     """A peer's archive of the same version of the object (from ``offset``), or None."""
     ip, port, device, _index = peer
-    path = f"/{device}/{ec['partition']}{quote(ec['path'])}"
+    path = f"/{device}/{ec.partition}{quote(ec.path)}"
     connection = http.client.HTTPConnection(ip, int(port), timeout=CONNECT_TIMEOUT_S)
-    headers = {"X-Backend-Storage-Policy-Index": str(ec["policy"]),
+    headers = {"X-Backend-Storage-Policy-Index": str(ec.policy),
                "User-Agent": "zerocompute-ec"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -83,7 +84,7 @@ def _fetch(peer: list, ec: dict[str, Any], offset: int = 0) -> _Archive | None:
         resp = connection.getresponse()
         index = resp.getheader("X-Object-Sysmeta-Ec-Frag-Index")
         if resp.status != (206 if offset else 200) or index is None \
-                or resp.getheader("X-Backend-Timestamp") != ec["timestamp"]:
+                or resp.getheader("X-Backend-Timestamp") != ec.timestamp:
             connection.close()
             return None
         return _Archive(int(index), resp, connection)
@@ -92,11 +93,11 @@ def _fetch(peer: list, ec: dict[str, Any], offset: int = 0) -> _Archive | None:
         return None
 
 
-def _sources(local: _Archive, ec: dict[str, Any], offset: int = 0) -> list[_Archive]:
+def _sources(local: _Archive, ec: ErasureCode, offset: int = 0) -> list[_Archive]:
     """``k`` archives of distinct fragments: this node's, then data fragments, then parity."""
-    k = int(ec["k"])
+    k = ec.k
     sources = [local]
-    peers = sorted((p for p in ec["peers"] if int(p[3]) != local.index),
+    peers = sorted((p for p in ec.peers if int(p[3]) != local.index),
                    key=lambda p: (int(p[3]) >= k, int(p[3])))
     for peer in peers:
         if len(sources) == k:
@@ -118,10 +119,10 @@ def _sources(local: _Archive, ec: dict[str, Any], offset: int = 0) -> list[_Arch
 class Rebuilder:
     """The object's segments, decoded one at a time from ``first_segment`` on."""
 
-    def __init__(self, local_fd: int, local_index: int, ec: dict[str, Any],
+    def __init__(self, local_fd: int, local_index: int, ec: ErasureCode,
                  first_segment: int = 0):
         self.driver = _driver(ec)
-        self.fragment_size = int(ec["fragment_size"])
+        self.fragment_size = ec.fragment_size
         offset = first_segment * self.fragment_size
         self.own = os.fdopen(os.dup(local_fd), "rb")
         self.own.seek(offset)
@@ -152,7 +153,7 @@ class Rebuilder:
         self.own.close()
 
 
-def rebuild(local_fd: int, local_index: int, ec: dict[str, Any], out: BinaryIO) -> Rebuilt:
+def rebuild(local_fd: int, local_index: int, ec: ErasureCode, out: BinaryIO) -> Rebuilt:
     """Write the object whose fragment archive ``local_fd`` is into ``out``."""
     rebuilder = Rebuilder(local_fd, local_index, ec)
     try:
@@ -162,17 +163,17 @@ def rebuild(local_fd: int, local_index: int, ec: dict[str, Any], out: BinaryIO) 
             size += len(segment)
     finally:
         rebuilder.close()
-    if size != int(ec["content_length"]):
-        raise ECError(f"rebuilt {size} bytes, the object has {ec['content_length']}")
+    if size != ec.content_length:
+        raise ECError(f"rebuilt {size} bytes, the object has {ec.content_length}")
     return rebuilder.done(size)
 
 
-def rebuild_range(local_fd: int, local_index: int, ec: dict[str, Any],
+def rebuild_range(local_fd: int, local_index: int, ec: ErasureCode,
                   split: tuple[int, int], exact: bool, out: BinaryIO) -> tuple[int, Rebuilt]:
     """A split of the object (``shuffle.line_aligned``'s lines, or ``exact`` bytes), from
     only the segments that hold it: its size, and what was read."""
-    segment_size = int(ec["segment_size"])
-    size = int(ec["content_length"])
+    segment_size = ec.segment_size
+    size = ec.content_length
     start, end = min(split[0], size), min(split[1], size)
     first = max(0, start - 1) // segment_size
     base = first * segment_size

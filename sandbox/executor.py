@@ -147,7 +147,7 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
                 dir=os.path.join(cache_dir, "scratch"), prefix=f"{kind}-"))
         if spec.ec is not None:
             stdin = os.path.join(scratch_dir("ec"), "object")
-            local_index = int(spec.ec["local_index"])
+            local_index = spec.ec.local_index
             try:
                 with open(stdin, "wb") as out:
                     if spec.split is not None:  # only the segments that hold the split
@@ -179,7 +179,7 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
             stdout = os.path.join(core.scratch, shuffle_io.MAP_OUTPUT)
         started()
         cpu_before = _cpu_seconds()
-        with _cpu_limit(float(task.limits["cpu_s"])):
+        with _cpu_limit(float(task.limits.cpu_s)):
             ran = runtime.run(module, stdin, stdout, argv, [*task.env, *spec.env], limits,
                               mounts)
             cpu_ms = (_cpu_seconds() - cpu_before) * 1000

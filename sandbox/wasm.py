@@ -53,7 +53,7 @@ from wasmtime import (
     WasiConfig,
 )
 
-from zerocompute.wire import LIMIT_DEFAULTS
+from zerocompute.wire import LIMIT_DEFAULTS, Limits
 
 WASM_MAGIC = b"\0asm"
 TICK_S = 0.01
@@ -79,15 +79,13 @@ class GuestLimits:
     instances: int = LIMIT_DEFAULTS["instances"]
 
     @classmethod
-    def from_task(cls, limits: dict) -> GuestLimits:
-        """From the limits of a task request (the manifest's keys)."""
-        return cls(time_s=float(limits["time_s"]),
-                   memory_bytes=int(limits["memory_mb"]) * MIB,
-                   output_bytes=int(limits["output_mb"]) * MIB,
-                   stderr_bytes=int(limits["stderr_mb"]) * MIB,
-                   stderr_tail_bytes=int(limits["stderr_tail_kb"]) * 1024,
-                   table_elements=int(limits["table_elements"]),
-                   instances=int(limits["instances"]))
+    def from_task(cls, limits: Limits) -> GuestLimits:
+        """From the limits of a task group (the manifest's units)."""
+        return cls(time_s=float(limits.time_s), memory_bytes=int(limits.memory_mb) * MIB,
+                   output_bytes=int(limits.output_mb) * MIB,
+                   stderr_bytes=int(limits.stderr_mb) * MIB,
+                   stderr_tail_bytes=int(limits.stderr_tail_kb) * 1024,
+                   table_elements=int(limits.table_elements), instances=int(limits.instances))
 
 
 class Mount(NamedTuple):

@@ -22,7 +22,7 @@ def task_group(executable: bytes, args: list[str], paths: list[str],
         specs.append(wire.TaskSpec(f"{job}-{n}", device, int(part), "/" + rest))
     return wire.TaskGroup(job=job, exec_etag=hashlib.md5(executable).hexdigest(),
                           exec_name="guest.wasm", runtime=runtime, args=tuple(args), env=(),
-                          limits=Limits.from_conf({}).to_dict(), tasks=tuple(specs))
+                          limits=Limits.from_conf({}), tasks=tuple(specs))
 
 
 def group_request(secret: str, port: int, group: wire.TaskGroup,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zerocompute.scheduler import POLICIES as SCHEDULERS
-from zerocompute.wire import LIMIT_DEFAULTS
+from zerocompute.wire import LIMIT_DEFAULTS, Limits
 
 SCHEME = "swift://"
 OWN_ACCOUNT = "~"
@@ -107,36 +107,6 @@ class SwiftPath:
     def __str__(self) -> str:
         return f"{SCHEME}{self.account}/{self.container}/{self.obj}" if self.obj \
             else f"{SCHEME}{self.account}/{self.container}"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-task resource limits; ``None`` means the operator's maximum."""
-
-    time_s: float | None = None
-    cpu_s: float | None = None
-    memory_mb: int | None = None
-    output_mb: int | None = None
-    stderr_mb: int | None = None
-    stderr_tail_kb: int | None = None
-    table_elements: int | None = None
-    instances: int | None = None
-
-    @classmethod
-    def from_conf(cls, conf: dict[str, str]) -> Limits:
-        """The operator's maxima: ``max_<limit>`` keys of a filter's config."""
-        return cls(**{key: type(default)(conf.get(f"max_{key}", default))
-                      for key, default in LIMIT_DEFAULTS.items()})
-
-    def capped_by(self, maximum: Limits) -> Limits:
-        """Take each limit from the manifest, never above the operator's maximum."""
-        def pick(mine, most):
-            return most if mine is None else min(mine, most)
-        return Limits(**{key: pick(getattr(self, key), getattr(maximum, key))
-                         for key in LIMIT_DEFAULTS})
-
-    def to_dict(self) -> dict[str, float | int | None]:
-        return {key: getattr(self, key) for key in LIMIT_DEFAULTS}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from zerocompute.wire import LoadReport
+
 RANDOM = "random"
 LOAD_AWARE = "load-aware"
 POLICIES = (LOAD_AWARE, RANDOM)
@@ -82,27 +84,13 @@ def straggler_threshold_s(durations_s: Sequence[float], factor: float, min_s: fl
 
 
 def parse_load_header(value: str | None, now: float) -> NodeLoad | None:
-    """Parse ``running=1 queued=0 slots=2 service_ms=12.5 elapsed_ms=3.0`` (task filter)."""
-    if not value:
+    """A node's load from its ``X-Zerocompute-Load`` (``wire.LoadReport``)."""
+    report = LoadReport.parse(value, DEFAULT_SLOTS, DEFAULT_SERVICE_MS)
+    if report is None:
         return None
-    fields = {}
-    for item in value.split():
-        key, _, raw = item.partition("=")
-        try:
-            fields[key] = float(raw)
-        except ValueError:
-            continue
-    return NodeLoad(running=int(fields.get("running", 0)),
-                    queued=int(fields.get("queued", 0)),
-                    slots=max(1, int(fields.get("slots", DEFAULT_SLOTS))),
-                    service_ms=fields.get("service_ms", DEFAULT_SERVICE_MS),
-                    reported_at=now, elapsed_ms=fields.get("elapsed_ms", 0.0))
-
-
-def format_load_header(running: int, queued: int, slots: int, service_ms: float,
-                       elapsed_ms: float = 0.0) -> str:
-    return (f"running={running} queued={queued} slots={slots} service_ms={service_ms:.1f} "
-            f"elapsed_ms={elapsed_ms:.1f}")
+    return NodeLoad(running=report.running, queued=report.queued, slots=report.slots,
+                    service_ms=report.service_ms, reported_at=now,
+                    elapsed_ms=report.elapsed_ms)
 
 
 @dataclass

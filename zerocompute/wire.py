@@ -105,6 +105,111 @@ SHUFFLE_BUFFER_BYTES = 128 << 20
 SHUFFLE_STEPS = ("partition", "sort", "spill", "combine", "fetch", "merge")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Per-task resource limits.  In a manifest ``None`` means the operator's maximum;
+    in a task group every limit is set (the manifest's, capped by the maximum)."""
+
+    time_s: float | None = None
+    cpu_s: float | None = None
+    memory_mb: int | None = None
+    output_mb: int | None = None
+    stderr_mb: int | None = None
+    stderr_tail_kb: int | None = None
+    table_elements: int | None = None
+    instances: int | None = None
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, str]) -> Limits:
+        """The operator's maxima: ``max_<limit>`` keys of a filter's config."""
+        return cls(**{key: type(default)(conf.get(f"max_{key}", default))
+                      for key, default in LIMIT_DEFAULTS.items()})
+
+    def capped_by(self, maximum: Limits) -> Limits:
+        """Take each limit from the manifest, never above the operator's maximum."""
+        def pick(mine, most):
+            return most if mine is None else min(mine, most)
+        return Limits(**{key: pick(getattr(self, key), getattr(maximum, key))
+                         for key in LIMIT_DEFAULTS})
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {key: getattr(self, key) for key in LIMIT_DEFAULTS}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Limits:
+        """A task group's limits: each one given, or the default maximum."""
+        return cls(**{key: type(default)(doc.get(key, default))
+                      for key, default in LIMIT_DEFAULTS.items()})
+
+
+@dataclass(frozen=True)
+class ErasureCode:
+    """What a task over an erasure-coded object needs to rebuild it
+    (``zerocompute.sandbox.ec``): the policy's code, where the object is, and every
+    fragment holder.  The object server that runs the task fills in the rest from
+    the fragment archive it holds."""
+
+    k: int
+    m: int
+    ec_type: str
+    fragment_size: int
+    segment_size: int
+    policy: int
+    partition: int
+    path: str  # /account/container/object, unquoted
+    peers: tuple[tuple[str, int, str, int], ...]  # (ip, port, device, fragment index)
+    local_index: int = -1  # the fragment this node holds
+    timestamp: str = ""  # of the version it holds (peers must hold the same)
+    content_length: int = 0  # of the object, not of a fragment
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> ErasureCode:
+        return cls(k=int(doc["k"]), m=int(doc["m"]), ec_type=str(doc["ec_type"]),
+                   fragment_size=int(doc["fragment_size"]),
+                   segment_size=int(doc["segment_size"]), policy=int(doc["policy"]),
+                   partition=int(doc["partition"]), path=str(doc["path"]),
+                   peers=tuple((str(ip), int(port), str(device), int(index))
+                               for ip, port, device, index in doc["peers"]),
+                   local_index=int(doc.get("local_index", -1)),
+                   timestamp=str(doc.get("timestamp", "")),
+                   content_length=int(doc.get("content_length", 0)))
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """How busy an object server is (``X-Zerocompute-Load``, on every frame and probe):
+    ``running=1 queued=0 slots=2 service_ms=12.5 elapsed_ms=3.0``."""
+
+    running: int = 0
+    queued: int = 0
+    slots: int = 1
+    service_ms: float = 0.0  # its typical task's time
+    elapsed_ms: float = 0.0  # how long its running tasks have run, on average
+
+    def header(self) -> str:
+        return (f"running={self.running} queued={self.queued} slots={self.slots} "
+                f"service_ms={self.service_ms:.1f} elapsed_ms={self.elapsed_ms:.1f}")
+
+    @classmethod
+    def parse(cls, value: str | None, default_slots: int,
+              default_service_ms: float) -> LoadReport | None:
+        """The report in a header (None without one); what is missing or garbled is
+        the default."""
+        if not value:
+            return None
+        found: dict[str, float] = {}
+        for item in value.split():
+            key, _, raw = item.partition("=")
+            try:
+                found[key] = float(raw)
+            except ValueError:
+                continue
+        return cls(running=int(found.get("running", 0)), queued=int(found.get("queued", 0)),
+                   slots=max(1, int(found.get("slots", default_slots))),
+                   service_ms=found.get("service_ms", default_service_ms),
+                   elapsed_ms=found.get("elapsed_ms", 0.0))
+
+
 class BadSignature(Exception):
     pass
 
@@ -141,10 +246,8 @@ class TaskSpec:
     # A split of a large input: the byte range [start, end) whose lines it reads.
     split: tuple[int, int] | None = None
     exact: bool = False  # the split is exactly those bytes (a GET's Range), not lines
-    # An erasure-coded input: the policy's code (k, m, ec_type, fragment_size), the
-    # object's partition and path, and every fragment holder [ip, port, device, index]
-    # (``zerocompute.sandbox.ec``).
-    ec: dict[str, Any] | None = None
+    # An erasure-coded input: the policy's code and every fragment holder.
+    ec: ErasureCode | None = None
     # A segment of a large object: the bytes to skip at its start (a line begun in the
     # segment before), and the rest of its last line (base64), from the segment after.
     edges: tuple[int, str] | None = None
@@ -218,7 +321,7 @@ class TaskGroup:
     runtime: str  # wasm or python
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
-    limits: dict[str, float | int]
+    limits: Limits
     tasks: tuple[TaskSpec, ...]
     ts: float = 0.0
     kind: str = "map"  # map or reduce
@@ -227,7 +330,8 @@ class TaskGroup:
     shuffle: ShuffleSpec | None = None
 
     def encode(self) -> bytes:
-        doc = dict(_plain(self), tasks=[_plain(spec) for spec in self.tasks],
+        doc = dict(_plain(self), limits=self.limits.to_dict(),
+                   tasks=[_spec_doc(spec) for spec in self.tasks],
                    shuffle=None if self.shuffle is None else self.shuffle.to_doc())
         return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
@@ -244,7 +348,7 @@ class TaskGroup:
             sources=tuple((str(n), str(m)) for n, m in t.get("sources", ())),
             split=(int(t["split"][0]), int(t["split"][1])) if t.get("split") else None,
             exact=bool(t.get("exact", False)),
-            ec=dict(t["ec"]) if isinstance(t.get("ec"), dict) else None,
+            ec=ErasureCode.from_dict(t["ec"]) if isinstance(t.get("ec"), dict) else None,
             edges=(int(t["edges"][0]), str(t["edges"][1])) if t.get("edges") else None,
             stream_bytes=int(t.get("stream_bytes", -1))) for t in doc["tasks"])
         shuffle = doc.get("shuffle")
@@ -252,9 +356,16 @@ class TaskGroup:
                    exec_name=str(doc["exec_name"]), runtime=str(doc["runtime"]),
                    args=tuple(map(str, doc["args"])),
                    env=tuple((str(k), str(v)) for k, v in doc["env"]),
-                   limits=dict(doc["limits"]), tasks=tasks, ts=float(doc["ts"]),
+                   limits=Limits.from_dict(doc["limits"]), tasks=tasks, ts=float(doc["ts"]),
                    kind=str(doc.get("kind", "map")),
                    shuffle=ShuffleSpec.from_doc(shuffle) if isinstance(shuffle, dict) else None)
+
+
+def _spec_doc(spec: TaskSpec) -> dict[str, Any]:
+    doc = _plain(spec)
+    if spec.ec is not None:
+        doc["ec"] = _plain(spec.ec)
+    return doc
 
 
 def _mac(secret: str, method: str, path: str, body: bytes) -> str:

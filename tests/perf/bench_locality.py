@@ -36,7 +36,7 @@ from zerocompute.dev.devcluster import DevCluster
 from zerocompute.dev.hosts import available
 from zerocompute.guests import build_c_guest, source_path
 from zerocompute.sandbox.wasm import GuestLimits, WasmRuntime
-from zerocompute.wire import LIMIT_DEFAULTS
+from zerocompute.wire import Limits
 
 WORDS = ("storage compute swift object ring replica proxy account container partition "
          "wasm sandbox guest map reduce shuffle record key value node disk etag").split()
@@ -114,7 +114,7 @@ class ClientWasm:
         self.runtime = WasmRuntime(os.path.join(work, "client-cache"))
         self.prepared = self.runtime.prepare(wasm_path)
         self.args = args
-        self.limits = GuestLimits.from_task(dict(LIMIT_DEFAULTS))
+        self.limits = GuestLimits.from_task(Limits.from_dict({}))
         self.work = work
 
     def __call__(self, data: bytes) -> bytes:

@@ -24,10 +24,9 @@ from zerocompute.middleware.dispatch import (
     TaskState,
     node_key,
 )
-from zerocompute.scheduler import format_load_header
 
 TEMPLATE = wire.TaskGroup(job="j", exec_etag="0" * 32, exec_name="g.wasm", runtime="wasm",
-                          args=(), env=(), limits={"time_s": 10}, tasks=())
+                          args=(), env=(), limits=wire.Limits.from_dict({"time_s": 10}), tasks=())
 
 
 def node(port):
@@ -36,7 +35,7 @@ def node(port):
 
 def wire_load(service_ms, slots=1):
     """What an idle node of one slot with this service time reports of itself."""
-    return format_load_header(0, 0, slots, service_ms, 0.0)
+    return wire.LoadReport(0, 0, slots, service_ms, 0.0).header()
 
 
 class FakeResponse:

@@ -5,10 +5,12 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from swift.common.storage_policy import ECStoragePolicy
 
+from zerocompute import wire
 from zerocompute.sandbox import ec
 
 POLICY = ECStoragePolicy(2, "ec42", ec_type="liberasurecode_rs_vand", ec_ndata=4,
@@ -78,11 +80,11 @@ def cluster(tmp_path):
 
 
 def code(peers, data):
-    return {"k": 4, "m": 2, "ec_type": "liberasurecode_rs_vand",
-            "fragment_size": POLICY.fragment_size, "segment_size": POLICY.ec_segment_size,
-            "policy": 2, "partition": 7,
-            "path": "/AUTH_a/c/o", "peers": peers, "timestamp": TIMESTAMP,
-            "content_length": len(data)}
+    return wire.ErasureCode.from_dict({
+        "k": 4, "m": 2, "ec_type": "liberasurecode_rs_vand",
+        "fragment_size": POLICY.fragment_size, "segment_size": POLICY.ec_segment_size,
+        "policy": 2, "partition": 7, "path": "/AUTH_a/c/o", "peers": peers,
+        "timestamp": TIMESTAMP, "content_length": len(data)})
 
 
 def rebuild(tmp_path, local_index, local_archive, ec_code):
@@ -134,7 +136,7 @@ def test_too_few_fragments_is_an_error_to_retry_elsewhere(tmp_path, cluster):
 def test_a_short_rebuild_is_an_error(tmp_path, cluster):
     data, pieces, peers, directory = cluster
     with pytest.raises(ec.ECError, match="rebuilt"):
-        rebuild(tmp_path, 0, pieces[0], dict(code(peers, data), content_length=len(data) + 1))
+        rebuild(tmp_path, 0, pieces[0], replace(code(peers, data), content_length=len(data) + 1))
 
 
 def rebuild_split(tmp_path, archive, ec_code, split, exact=False):

@@ -34,7 +34,7 @@ def group(cache, wat, task="t1"):
     etag = hashlib.md5(wasm).hexdigest()
     ExecutableStore(cache).add(etag, wasm)
     return wire.TaskGroup(job="j", exec_etag=etag, exec_name="g.wasm", runtime="wasm",
-                          args=(), env=(), limits=dict(wire.LIMIT_DEFAULTS, time_s=60),
+                          args=(), env=(), limits=wire.Limits.from_dict({"time_s": 60}),
                           tasks=(wire.TaskSpec(task=task, device="sd1", partition=0,
                                                path="/a/c/o"),))
 

@@ -9,7 +9,6 @@ from zerocompute.scheduler import (
     backlog_ms,
     choose_node,
     expected_finish_ms,
-    format_load_header,
     group_size,
     has_free_slot,
     parse_load_header,
@@ -17,12 +16,13 @@ from zerocompute.scheduler import (
     update_service_ms,
     worth_spilling,
 )
+from zerocompute.wire import LoadReport
 
 NODES = ["n1", "n2", "n3"]
 
 
 def test_load_header_round_trip():
-    load = parse_load_header(format_load_header(2, 5, 4, 12.5, 900.0), now=7.0)
+    load = parse_load_header(LoadReport(2, 5, 4, 12.5, 900.0).header(), now=7.0)
     assert load == NodeLoad(running=2, queued=5, slots=4, service_ms=12.5, reported_at=7.0,
                             elapsed_ms=900.0)
     assert parse_load_header(None, 0) is None

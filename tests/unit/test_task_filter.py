@@ -77,7 +77,7 @@ def put_object(server, name, data, **metadata):
 
 def group(*names, device="sda1"):
     return wire.TaskGroup(job="j", exec_etag=ETAG, exec_name="g.wasm", runtime="wasm",
-                          args=("x",), env=(("A", "1"),), limits=Limits.from_conf({}).to_dict(),
+                          args=("x",), env=(("A", "1"),), limits=Limits.from_conf({}),
                           tasks=tuple(wire.TaskSpec(f"t{i}", device, 7, f"/AUTH_a/c/{n}", 0,
                                                     (("ZEROCOMPUTE_TASK", f"t{i}"),))
                                       for i, n in enumerate(names)))

@@ -6,7 +6,7 @@ from zerocompute import wire
 
 GROUP = wire.TaskGroup(
     job="j", exec_etag="0" * 32, exec_name="g.wasm", runtime="wasm", args=("a", "b"),
-    env=(("LC_ALL", "C"),), limits={"time_s": 5.0, "memory_mb": 64},
+    env=(("LC_ALL", "C"),), limits=wire.Limits.from_dict({"time_s": 5.0, "memory_mb": 64}),
     tasks=(wire.TaskSpec("m00000", "sdb1", 12, "/AUTH_t/c/o", 0,
                          (("ZEROCOMPUTE_TASK", "m00000"),)),
            wire.TaskSpec("m00001", "sdb2", 7, "/AUTH_t/c/ö p", 1)))
