@@ -324,7 +324,7 @@ class TaskMiddleware:
             return HTTPRequestEntityTooLarge(body=b"too many tasks in one group\n")
         self.reap_shuffle()
         return Response(status=200, content_type="application/octet-stream",
-                        app_iter=GroupRun(self, group, _client_socket(req),
+                        app_iter=GroupFrames(self, group, _client_socket(req),
                                           req.body_file if streamed else None))
 
     def replayed(self, signature: str) -> bool:
@@ -454,7 +454,7 @@ class TaskMiddleware:
             self._slots.release()
 
 
-class GroupRun:
+class GroupFrames:
     """The response body of a group: runs its tasks in order, yielding each frame.
 
     Closed early (the proxy hung up), it runs nothing more.

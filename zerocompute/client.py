@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from swiftclient.client import ClientException, Connection
 
-from zerocompute.jobs import JOB_QUERY, valid_job_id
+from zerocompute.async_state import JOB_QUERY, valid_job_id
 from zerocompute.wire import ASYNC_HEADER, EXECUTE_HEADER
 
 FINAL = ("succeeded", "failed", "cancelled")

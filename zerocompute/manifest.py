@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from zerocompute.errors import JobError
 from zerocompute.scheduler import POLICIES as SCHEDULERS
 from zerocompute.wire import LIMIT_DEFAULTS, Limits
 
@@ -44,20 +45,8 @@ PARTITIONERS = ("hash", "range")
 MAX_PARTITIONS = 1024
 
 
-class ManifestError(ValueError):
+class ManifestError(JobError, ValueError):
     """A manifest the cluster will not run; ``field`` says where it is wrong."""
-
-    def __init__(self, error: str, field: str | None = None, status: int = 400):
-        super().__init__(error)
-        self.error = error
-        self.field = field
-        self.status = status
-
-    def to_dict(self) -> dict[str, str]:
-        body = {"error": self.error}
-        if self.field:
-            body["field"] = self.field
-        return body
 
 
 @dataclass(frozen=True)

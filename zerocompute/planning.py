@@ -176,3 +176,11 @@ def evenly_spaced(count: int, wanted: int) -> list[int]:
     if count <= wanted:
         return list(range(count))
     return [number * count // wanted for number in range(wanted)]
+
+
+def job_file(output: SwiftPath, name: str) -> SwiftPath:
+    """Where a job's own files go (``_SUCCESS``, ``_report.json``): beside its outputs
+    (the output pattern's directory)."""
+    directory = output.obj.split("*", 1)[0].rpartition("/")[0]
+    return SwiftPath(output.account, output.container, f"{directory}/{name}" if directory
+                     else name)

@@ -125,13 +125,6 @@ class JobSpeeds:
             return statistics.median(mine)
         return self.median_ms
 
-    def relative_speed(self, node: str) -> float | None:
-        """The node's time on this job against the job's median (2.0: twice as slow)."""
-        mine, overall = self.samples.get(node), self.median_ms
-        if not mine or not overall:
-            return None
-        return statistics.median(mine) / overall
-
     def estimates(self, nodes: Sequence[str]) -> dict[str, float]:
         return {n: ms for n in nodes if (ms := self.task_ms(n)) is not None}
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from zerocompute.middleware.job import JobFilterConfig
+from zerocompute.middleware.proxy.config import ProxyConfig
 from zerocompute.middleware.task import TaskFilterConfig
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -62,7 +62,7 @@ def doc_table(section: str) -> dict[str, str]:
 
 
 FILTERS = [
-    ("proxy-server.conf-sample", "filter:zerocompute", JobFilterConfig.from_conf),
+    ("proxy-server.conf-sample", "filter:zerocompute", ProxyConfig.from_conf),
     ("object-server.conf-sample", "filter:zerocompute_object", TaskFilterConfig.from_conf),
 ]
 

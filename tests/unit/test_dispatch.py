@@ -7,118 +7,39 @@ Every test runs under an ``eventlet.Timeout``: a regression fails, it does
 not hang.
 """
 
-import io
-import logging
 import statistics
+from dataclasses import replace
 
 import eventlet
 import pytest
 
+from tests.unit.fakes import TEMPLATE, FakeDispatcher, node
 from zerocompute import wire
-from zerocompute.middleware.dispatch import (
+from zerocompute.middleware.proxy.config import ProxyConfig
+from zerocompute.middleware.proxy.dispatch import (
     LOST_RACE,
     PROBE_AGE_S,
-    Dispatcher,
-    JobRun,
+    PhaseDispatch,
     RunSettings,
     TaskState,
     node_key,
 )
 
-TEMPLATE = wire.TaskGroup(job="j", exec_etag="0" * 32, exec_name="g.wasm", runtime="wasm",
-                          args=(), env=(), limits=wire.Limits.from_dict({"time_s": 10}), tasks=())
-
-
-def node(port):
-    return {"ip": "127.0.0.1", "port": port, "device": f"sd{port}"}
-
-
-def wire_load(service_ms, slots=1):
-    """What an idle node of one slot with this service time reports of itself."""
-    return wire.LoadReport(0, 0, slots, service_ms, 0.0).header()
-
-
-class FakeResponse:
-    """An object server's streamed answer: one frame per task, each after ``delay``."""
-
-    def __init__(self, behaviour, group, stream):
-        self.status = behaviour.get("status", 200)
-        self.behaviour = behaviour
-        self.stream = stream
-        self.frames = list(group.tasks)
-        self.body = io.BytesIO()
-        self.connection = self
-        self.answered = 0
-
-    def getheader(self, name, default=None):
-        if name == "Retry-After" and self.status == 503:
-            return "0.05"
-        if name == wire.LOAD_HEADER and "service_ms" in self.behaviour:
-            return wire_load(self.behaviour["service_ms"])
-        return default
-
-    def read(self, n=-1):
-        if self.status != 200:
-            return b"refused"
-        return self.body.read(n)
-
-    def readline(self, limit=-1):
-        if not self.frames:
-            return b""
-        eventlet.sleep(self.behaviour.get("delay", 0))
-        if self.stream is not None and self.stream.cancelled:
-            raise ConnectionResetError("hung up")
-        if self.behaviour.get("answered", 0) == self.behaviour.get("die_after", -1):
-            self.behaviour["refuse"] = "node died"  # and stays dead
-            raise ConnectionResetError("node died")
-        self.behaviour["answered"] = self.behaviour.get("answered", 0) + 1
-        spec = self.frames.pop(0)
-        self.answered += 1
-        if self.behaviour.get("retry"):
-            result = wire.TaskResult(spec.task, retry=self.behaviour["retry"])
-            out = b""
-        else:
-            out = f"out-{spec.task}-{spec.device}".encode()
-            result = wire.TaskResult(spec.task, exit=self.behaviour.get("exit", 0),
-                                     error=self.behaviour.get("error"),
-                                     ms=self.behaviour.get("ms", 1.0), stdout_bytes=len(out))
-        head = result.frame_head()
-        self.body = io.BytesIO(out)
-        return head
-
-    def close(self):
-        pass
-
-
-class FakeDispatcher(Dispatcher):
-    def __init__(self, behaviour):
-        super().__init__("secret", 0.1, logging.getLogger("test"))
-        self.behaviour = behaviour
-        self.groups = []  # (port, [task ids])
-        self.probes = []
-
-    def _probe_one(self, node):
-        self.probes.append(node["port"])  # a node that never answers: the view stays unknown
-
-    def open_group(self, node, group, executable, stream=None):
-        self.groups.append((node["port"], [t.task for t in group.tasks]))
-        behaviour = self.behaviour[node["port"]]
-        if behaviour.get("refuse"):
-            eventlet.sleep(0)
-            raise ConnectionRefusedError(behaviour["refuse"])
-        if behaviour.get("busy_once"):
-            behaviour.pop("busy_once")
-            return FakeResponse({"status": 503}, group, stream)
-        if behaviour.get("busy"):
-            return FakeResponse({"status": 503}, group, stream)
-        return FakeResponse(behaviour, group, stream)
-
 
 def states(count, primaries, handoffs=()):
-    return [TaskState(index=i, task_id=f"m{i}", partition=1, path=f"/a/c/o{i}",
-                      policy_index=0, env=(),
+    return [TaskState(index=i, spec=wire.TaskSpec(task=f"m{i}", device="", partition=1,
+                                                  path=f"/a/c/o{i}"),
                       candidates=[[node(p) for p in primaries], [node(p) for p in handoffs]])
             for i in range(count)]
+
+
+def run_settings(**changes):
+    """A phase's dispatch settings: the proxy's defaults, a quicker tick."""
+    defaults = ProxyConfig(secret="s")
+    return RunSettings(**{"policy": "load-aware", "concurrency": defaults.concurrency,
+                          "max_group": defaults.max_group, "backups": defaults.backup_tasks,
+                          "backup_factor": defaults.backup_factor,
+                          "backup_min_s": defaults.backup_min_s, "tick_s": 0.02, **changes})
 
 
 def run(dispatcher, tasks, policy="load-aware", backups=False, on_result=None, **settings):
@@ -128,8 +49,8 @@ def run(dispatcher, tasks, policy="load-aware", backups=False, on_result=None, *
         data = stream.read(result.stdout_bytes)
         results.append((state.task_id, node["port"], result.exit, data))
     before = dict(dispatcher.in_flight)
-    job = JobRun(dispatcher, tasks, TEMPLATE, {}, RunSettings(
-        policy=policy, backups=backups, tick_s=0.02, **settings), on_result or collect)
+    job = PhaseDispatch(dispatcher, tasks, TEMPLATE, {}, run_settings(
+        policy=policy, backups=backups, **settings), on_result or collect)
     with eventlet.Timeout(10):
         job.run()
         while job.streams:  # the losers of races end soon after
@@ -248,7 +169,7 @@ def test_backup_races_the_straggler_and_only_the_winner_is_handed_on():
     d = FakeDispatcher({1: {"delay": 3.0}, 2: {"delay": 0.01}})
     tasks = states(1, [1, 2])
     d.in_flight[node_key(node(2))] = 5  # steer the first attempt to node 1
-    job = JobRun(d, tasks, TEMPLATE, {}, RunSettings(
+    job = PhaseDispatch(d, tasks, TEMPLATE, {}, run_settings(
         policy="load-aware", backups=True, backup_min_s=0.1, tick_s=0.02),
         lambda state, node, result, stream: results.append(node["port"]))
     results = []
@@ -257,7 +178,8 @@ def test_backup_races_the_straggler_and_only_the_winner_is_handed_on():
         job.run()
     d.in_flight[node_key(node(2))] = 0
     assert results == [2]
-    assert tasks[0].backed_up and job.backups == 1 and tasks[0].attempts == 2
+    assert tasks[0].backed_up and sum(t.backed_up for t in tasks) == 1 \
+        and tasks[0].attempts == 2
     assert [a.error for a in tasks[0].failed] == [LOST_RACE]
     assert [port for port, _ in d.groups] == [1, 2]
 
@@ -275,7 +197,7 @@ def test_no_backups_while_tasks_wait_for_dispatch():
 def test_stale_views_are_probed_before_placing_but_at_most_once_per_age(monkeypatch):
     d = FakeDispatcher({1: {}, 2: {}})
     clock = [1000.0]
-    monkeypatch.setattr("zerocompute.middleware.dispatch.time.time", lambda: clock[0])
+    monkeypatch.setattr("zerocompute.middleware.proxy.dispatch.time.time", lambda: clock[0])
     run(d, states(1, [1, 2]))
     assert sorted(d.probes) == [1, 2]
     run(d, states(1, [1, 2]))
@@ -298,7 +220,7 @@ def test_a_node_slow_on_this_job_gets_fewer_tasks(slow_ms):
     tasks = states(200, [1, 2])
     job, results = run(d, tasks, concurrency=2, max_group=4)
     on_slow = sum(1 for r in results if r[1] == 1)
-    assert job.speeds.relative_speed(node_key(node(1))) > 1.5
+    assert job.speeds.task_ms(node_key(node(1))) > 1.5 * job.speeds.median_ms
     assert on_slow < 60, f"{on_slow} of 200 tasks on the node ten times slower"
 
 
@@ -307,7 +229,7 @@ def test_abort_ends_every_unfinished_task_and_hangs_up_at_once():
     d = FakeDispatcher({1: {"delay": 0.05}, 2: {"delay": 0.05}})
     tasks = states(60, [1, 2])
     results = []
-    job = JobRun(d, tasks, TEMPLATE, {}, RunSettings(policy="load-aware", tick_s=0.02),
+    job = PhaseDispatch(d, tasks, TEMPLATE, {}, run_settings(policy="load-aware", tick_s=0.02),
                  lambda state, node, result, stream: results.append(
                      (state.task_id, stream.read(result.stdout_bytes))))
     eventlet.spawn_after(0.3, job.abort, "cancelled by request")
@@ -339,7 +261,7 @@ def test_a_slow_node_takes_the_newest_waiting_tasks_only_while_much_work_waits()
     assert sorted(int(task[1:]) for task, *_ in results) == list(range(150))
     dispatched = [(port, task) for port, tasks in d.groups for task in tasks]
     on_slow = [int(task[1:]) for port, task in dispatched if port == 2]
-    assert job.speeds.relative_speed(node_key(node(2))) > 3
+    assert job.speeds.task_ms(node_key(node(2))) > 3 * job.speeds.median_ms
     assert len(on_slow) >= 5, f"the slow node idled: {on_slow}"
     assert statistics.median(on_slow) > 100, f"not the newest tasks: {on_slow}"
     after_last = len(dispatched) - 1 - max(
@@ -354,7 +276,7 @@ def test_nodes_with_room_do_not_wait_behind_the_oldest_tasks_full_replicas():
     d = FakeDispatcher({port: dict(fast) for port in range(1, 7)})
     tasks = states(60, [1, 2, 3]) + states(60, [4, 5, 6])
     for i, state in enumerate(tasks):
-        state.index, state.task_id = i, f"m{i}"
+        state.index, state.spec = i, replace(state.spec, task=f"m{i}")
     job, results = run(d, tasks, concurrency=12, max_group=1)
     assert len(results) == 120
     first_half = [port for port, tasks in d.groups[:60] for _ in tasks]

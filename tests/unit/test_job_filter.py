@@ -3,149 +3,15 @@ and fake object servers (``tests/unit/test_dispatch.py``): what it reads and
 writes as the user, in what order, and what it answers."""
 
 import json
-import os
-from urllib.parse import parse_qs
 
 import eventlet
 import pytest
-import wasmtime
-from swift.common import utils
-from swift.common.ring import RingBuilder
-from swift.common.storage_policy import POLICIES
 from swift.common.swob import Request, Response
 
-from tests.unit.test_dispatch import FakeDispatcher
+from tests.unit.fakes import FakeDispatcher, config, manifest, post
 from zerocompute import wire
-from zerocompute.jobs import JobState
-from zerocompute.manifest import Limits
-from zerocompute.middleware import job
-from zerocompute.middleware.job import JobFilterConfig, JobMiddleware
-
-WASM = bytes(wasmtime.wat2wasm('(module (func (export "_start")))'))
-
-
-class FakeSwift:
-    """Accounts, containers and objects in a dict; ``errors`` overrides answers."""
-
-    def __init__(self):
-        self.objects: dict[str, bytes] = {}
-        self.containers = {"/v1/AUTH_a/apps", "/v1/AUTH_a/in"}
-        self.calls: list[tuple[str, str]] = []
-        self.meta: dict[str, dict[str, str]] = {}  # object path -> X-Object-Meta-* headers
-        self.errors: dict[tuple[str, str], list] = {}  # (method, path) -> statuses/exceptions
-
-    def __call__(self, env, start_response):
-        req = Request(env)
-        method, path = req.method, req.path
-        self.calls.append((method, path))
-        authorize = env.get("swift.authorize")
-        denial = authorize(req) if authorize else None  # as the proxy server does
-        if denial is not None:
-            return denial(env, start_response)
-        planned = self.errors.get((method, path))
-        if planned:
-            outcome = planned.pop(0)
-            if isinstance(outcome, Exception):
-                raise outcome
-            req.body  # noqa: B018 - a real server reads what it is sent
-            return Response(status=outcome)(env, start_response)
-        parts = path.split("/", 4)
-        if len(parts) == 3:
-            return Response(status=204)(env, start_response)
-        container = "/".join(parts[:4])
-        if len(parts) == 4:
-            return self.container(req, container)(env, start_response)
-        if container not in self.containers:
-            return Response(status=404)(env, start_response)
-        if method == "PUT":
-            self.objects[path] = req.body
-            self.meta[path] = {k: v for k, v in req.headers.items()
-                               if k.lower().startswith("x-object-meta-")}
-            return Response(status=201)(env, start_response)
-        if method == "DELETE":
-            found = self.objects.pop(path, None)
-            return Response(status=204 if found is not None else 404)(env, start_response)
-        if path not in self.objects:
-            return Response(status=404)(env, start_response)
-        body = self.objects[path]
-        resp = Response(status=200, body=body, headers=self.meta.get(path, {}))
-        return resp(env, start_response)
-
-    def container(self, req, container):
-        if req.method == "PUT":
-            self.containers.add(container)
-            return Response(status=201)
-        if container not in self.containers:
-            return Response(status=404)
-        if req.method == "HEAD":
-            return Response(status=204, headers={"X-Backend-Storage-Policy-Index": "0"})
-        query = {k: v[0] for k, v in parse_qs(req.query_string).items()}
-        names = sorted(p[len(container) + 1:] for p in self.objects
-                       if p.startswith(container + "/"))
-        names = [n for n in names if n.startswith(query.get("prefix", ""))
-                 and n > query.get("marker", "")][:int(query.get("limit", 10000))]
-        body = json.dumps([{"name": n, "bytes": len(self.objects[f"{container}/{n}"])}
-                           for n in names]).encode()
-        return Response(status=200, body=body, content_type="application/json")
-
-    def puts(self, prefix="/v1/AUTH_a/out"):
-        return [p for m, p in self.calls if m == "PUT" and p.startswith(prefix + "/")]
-
-
-@pytest.fixture(scope="module")
-def swift_dir(tmp_path_factory):
-    """An object ring of three fake object servers (ports 1, 2, 3), and a hash
-    suffix for it (restored afterwards: the process may hold another cluster's)."""
-    saved = utils.SWIFT_CONF_FILE, utils.HASH_PATH_PREFIX, utils.HASH_PATH_SUFFIX
-    utils.HASH_PATH_SUFFIX = b"endcap"
-    directory = tmp_path_factory.mktemp("ring")
-    builder = RingBuilder(4, 3, 1)
-    for i in range(3):
-        builder.add_dev({"id": i, "region": 1, "zone": i + 1, "ip": "127.0.0.1",
-                         "port": i + 1, "device": f"sd{i + 1}", "weight": 100.0})
-    builder.rebalance()
-    builder.get_ring().save(os.path.join(directory, "object.ring.gz"))
-    POLICIES[0].object_ring = None
-    POLICIES[0].load_ring(str(directory))
-    yield str(directory)
-    POLICIES[0].object_ring = None
-    utils.SWIFT_CONF_FILE, utils.HASH_PATH_PREFIX, utils.HASH_PATH_SUFFIX = saved
-
-
-def config(swift_dir, **changes):
-    values = dict(secret="s", swift_dir=swift_dir, maximum=Limits.from_conf({}),
-                  default_scheduler="load-aware", max_tasks=100, max_manifest_bytes=4096,
-                  max_executable_bytes=1 << 20, concurrency=4, max_group=8, backup_tasks=False,
-                  backup_factor=2.0, backup_min_s=1.0, conn_timeout=0.1, max_busy_wait_s=5.0,
-                  heartbeat_s=0.0, max_jobs_per_account=8)
-    values.update(changes)
-    return JobFilterConfig(**values)
-
-
-@pytest.fixture
-def cluster(swift_dir):
-    app = FakeSwift()
-    app.objects["/v1/AUTH_a/apps/g.wasm"] = WASM
-    for i in range(8):
-        app.objects[f"/v1/AUTH_a/in/part-{i}"] = f"input {i}\n".encode()
-    mw = JobMiddleware(app, config(swift_dir))
-    mw.dispatcher = FakeDispatcher({1: {}, 2: {}, 3: {}})
-    return mw
-
-
-def manifest(**changes):
-    doc = {"name": "j", "map": {"exec": "swift://~/apps/g.wasm", "inputs": ["swift://~/in/*"]},
-           "output": "swift://~/out/*.o"}
-    doc.update(changes)
-    return json.dumps(doc).encode()
-
-
-def post(mw, body):
-    req = Request.blank("/v1/AUTH_a", method="POST", body=body,
-                        headers={wire.EXECUTE_HEADER: "1"})
-    with eventlet.Timeout(10):
-        resp = req.get_response(mw)
-    return resp, json.loads(resp.body)
+from zerocompute.async_state import JobState
+from zerocompute.middleware.proxy import ProxyMiddleware, context
 
 
 def test_job_writes_every_output_then_its_report_then_success(cluster):
@@ -165,7 +31,7 @@ def test_job_writes_every_output_then_its_report_then_success(cluster):
 
 
 def test_listing_is_paginated_past_its_limit(cluster, monkeypatch):
-    monkeypatch.setattr(job, "LISTING_LIMIT", 3)
+    monkeypatch.setattr(context, "LISTING_LIMIT", 3)
     resp, report = post(cluster, manifest())
     assert report["status"] == "succeeded" and len(report["tasks"]) == 8
     listings = [p for m, p in cluster.app.calls if m == "GET" and p == "/v1/AUTH_a/in"]
@@ -327,7 +193,7 @@ def submit(mw, body, remote_user="a,a:u,AUTH_a"):
 
 def second_proxy(cluster, swift_dir, **changes):
     """Another proxy filter over the same Swift (as behind a load balancer)."""
-    other = JobMiddleware(cluster.app, config(swift_dir, **changes))
+    other = ProxyMiddleware(cluster.app, config(swift_dir, **changes))
     other.dispatcher = FakeDispatcher({1: {}, 2: {}, 3: {}})
     return other
 

@@ -12,7 +12,6 @@ import wasmtime
 from swift.common.storage_policy import POLICIES
 from swift.common.swob import Request, Response
 from swift.common.utils import Timestamp
-from swift.obj.diskfile import DiskFileRouter
 
 from tests.direct import frames
 from zerocompute import wire
@@ -58,13 +57,13 @@ def server(tmp_path):
     os.makedirs(tmp_path / "srv" / "sda1")
     config = TaskFilterConfig(secret=SECRET, slots=2, queue=1, cache_dir=str(tmp_path / "cache"))
     mw = TaskMiddleware(App(), config, pool=StubPool(), conf=conf)
-    mw.router = DiskFileRouter(conf, mw.logger)
     return mw
 
 
 def put_object(server, name, data, **metadata):
     policy = POLICIES[0]
-    df = server.router[policy].get_diskfile("sda1", "7", "AUTH_a", "c", name, policy=policy)
+    df = server.diskfile_router[policy].get_diskfile("sda1", "7", "AUTH_a", "c", name,
+                                                     policy=policy)
     timestamp = Timestamp.now()
     with df.create() as writer:
         writer.write(data)

@@ -12,12 +12,12 @@ job's id and a ``Location``: ``/v1/<account>?zerocompute_job=<id>``.
   writes nothing more, and records the status ``cancelled``.
 
 The state is one object per job in a reserved-namespace container of the
-account (:mod:`zerocompute.jobs`), written by the proxy itself: the user can
+account (:mod:`zerocompute.async_state`), written by the proxy itself: the user can
 reach it only through this API.  The proxy running a job renews its lease
 every ``job_lease_s / 3`` and looks for a cancel every ``job_poll_s``.  When
 a status read finds a lease lapsed (the proxy died or was restarted), the
 proxy answering it takes the job over: it rebuilds the job from the stored
-manifest, acting only within the job's :class:`~zerocompute.jobs.Grant`,
+manifest, acting only within the job's :class:`~zerocompute.async_state.Grant`,
 skips every task whose output this job had already committed (outputs carry
 ``X-Object-Meta-Zerocompute-Job``), and runs the rest.
 
@@ -33,7 +33,8 @@ import random
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import eventlet
@@ -43,7 +44,7 @@ from swift.common.utils import RESERVED
 from swift.common.wsgi import make_env, make_pre_authed_request
 
 from zerocompute import wire
-from zerocompute.jobs import (
+from zerocompute.async_state import (
     CANCEL_SUFFIX,
     INDEX_ACCOUNT,
     JOBS_CONTAINER,
@@ -54,12 +55,28 @@ from zerocompute.jobs import (
     status_location,
     valid_job_id,
 )
-from zerocompute.manifest import Manifest, ManifestError
+from zerocompute.errors import JobError
+from zerocompute.manifest import Manifest
 from zerocompute.middleware.bodies import json_response
+from zerocompute.middleware.proxy.config import ProxyConfig
+from zerocompute.middleware.proxy.runner import Job
 from zerocompute.report import JobReport
 
-if TYPE_CHECKING:
-    from zerocompute.middleware.job import JobMiddleware
+
+class JobFilter(Protocol):
+    """What the async API needs of the proxy filter that holds it."""
+
+    app: Any
+    config: ProxyConfig
+    logger: Any
+    running_jobs: Counter[str]  # per account, on this proxy
+
+    def account_for(self, account: str, report: JobReport) -> None: ...
+
+    def accept(self, req: Request, manifest: Manifest, job_id: str | None = None,
+               resume: bool = False) -> Job: ...
+
+    def parse(self, body: bytes, account: str) -> Manifest: ...
 
 # Why a job stopped when its user asked it to (its report's ``cancelled``).
 CANCELLED_BY_REQUEST = "cancelled by request"
@@ -130,9 +147,9 @@ class JobStore:
     def create(self, env: dict, state: JobState) -> None:
         failed = self.ensure_container(env, state.account)
         if failed is not None:
-            raise ManifestError(f"cannot keep the job's state: {failed.status}", status=503)
+            raise JobError(f"cannot keep the job's state: {failed.status}", status=503)
         if not self.save(env, state):
-            raise ManifestError("cannot keep the job's state", status=503)
+            raise JobError("cannot keep the job's state", status=503)
 
     def save(self, env: dict, state: JobState) -> bool:
         for _ in range(SAVE_TRIES):
@@ -145,7 +162,7 @@ class JobStore:
         if resp.status_int == 404:
             return None
         if not resp.is_success:
-            raise ManifestError(f"cannot read the job's state: {resp.status}", status=503)
+            raise JobError(f"cannot read the job's state: {resp.status}", status=503)
         return JobState.from_json(resp.body)
 
     def request_cancel(self, env: dict, account: str, job_id: str) -> bool:
@@ -176,10 +193,10 @@ class JobStore:
         return found
 
 
-class AsyncRun:
+class LeasedJob:
     """One async job running on this proxy: the job, its lease and its cancel watch."""
 
-    def __init__(self, jobs: AsyncJobs, job: Any, state: JobState, env: dict):
+    def __init__(self, jobs: AsyncJobs, job: Job, state: JobState, env: dict):
         self.jobs = jobs
         self.job = job
         self.state = state
@@ -244,15 +261,15 @@ class AsyncRun:
 class AsyncJobs:
     """The async job API of one proxy filter."""
 
-    def __init__(self, middleware: JobMiddleware):
+    def __init__(self, middleware: JobFilter):
         self.middleware = middleware
         self.config = middleware.config
         self.store = JobStore(middleware.app)
         self.instance = proxy_instance()
-        self.runs: dict[str, AsyncRun] = {}  # the jobs this proxy runs, by id
+        self.runs: dict[str, LeasedJob] = {}  # the jobs this proxy runs, by id
         self.sweeper: Any = None
 
-    def submit(self, req: Request, account: str, body: bytes, job: Any) -> Response:
+    def submit(self, req: Request, account: str, body: bytes, job: Job) -> Response:
         """Keep the accepted job's state, start it, and answer 202 with its location."""
         now = time.time()
         state = JobState(
@@ -272,8 +289,8 @@ class AsyncJobs:
                              "location": location},
             headers={"Location": location, wire.JOB_STATUS_HEADER: state.status})
 
-    def start(self, job: Any, state: JobState, env: dict) -> None:
-        run = AsyncRun(self, job, state, env)
+    def start(self, job: Job, state: JobState, env: dict) -> None:
+        run = LeasedJob(self, job, state, env)
         self.runs[state.id] = run
         run.start()
 
@@ -292,7 +309,7 @@ class AsyncJobs:
         state = self.store.load(req.environ, account, job_id)
         if state is None or not self.may_see(req, account, state):
             # The same answer for another's job: an id reveals nothing.
-            raise ManifestError(f"no job {job_id} in {account}", "job", status=404)
+            raise JobError(f"no job {job_id} in {account}", "job", status=404)
         return state
 
     def status(self, req: Request, account: str, job_id: str) -> Response:
@@ -307,7 +324,7 @@ class AsyncJobs:
         state = self.find(req, account, job_id)
         if not state.final:
             if not self.store.request_cancel(req.environ, account, job_id):
-                raise ManifestError("cannot record the cancel; try again", status=503)
+                raise JobError("cannot record the cancel; try again", status=503)
             run = self.runs.get(job_id)
             if run is not None:
                 run.cancel()
@@ -337,13 +354,11 @@ class AsyncJobs:
         try:
             manifest = self.middleware.parse(state.manifest.encode("utf-8"), state.account)
             job = self.middleware.accept(Request(self.grant_environ(env, state, manifest)),
-                                         manifest)
-        except ManifestError as err:
+                                         manifest, job_id=state.id, resume=True)
+        except JobError as err:
             self.end(env, state, JobReport(state.name, "", [], id=state.id,
                                            error=f"could not take the job over: {err.error}"))
             return state
-        job.job_id = state.id
-        job.resume = True
         self.start(job, state, env)
         return state
 

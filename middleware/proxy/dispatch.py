@@ -2,8 +2,8 @@
 
 A :class:`Dispatcher` belongs to the proxy filter: it keeps the load view of
 the object servers (their reports, this proxy's in-flight tasks, probes) and
-opens task-group requests.  A :class:`JobRun` belongs to one job: it places
-the job's tasks, packs co-located ones into *groups* (one request per node
+opens task-group requests.  A :class:`PhaseDispatch` belongs to one phase of a
+job: it places its tasks, packs co-located ones into *groups* (one request per node
 carrying several tasks, ``zerocompute.wire``), keeps at most ``concurrency``
 groups in flight, and hands each task's result to the job as its frame
 arrives, while the rest of the group is still running.
@@ -84,42 +84,37 @@ def node_label(node: dict[str, Any]) -> str:
 
 @dataclass(eq=False)
 class TaskState:
-    """One task of a job: where it may run, and its attempts so far."""
+    """One task of a job: what it is (its spec, sent to whichever node runs it), where
+    it may run, and its attempts so far."""
 
-    index: int
-    task_id: str
-    partition: int
-    path: str  # /account/container/object, unquoted
-    policy_index: int
-    env: tuple[tuple[str, str], ...]
+    index: int  # in its phase's reports
+    spec: wire.TaskSpec  # its device is the chosen node's, filled in when it is sent
     candidates: list[list[dict]]  # primaries, then handoffs
     tried: set[str] = field(default_factory=set)  # nodes that failed it
     busy_until: dict[str, float] = field(default_factory=dict)  # 503 + Retry-After
     failed: list[Attempt] = field(default_factory=list)
-    live: dict[str, Stream] = field(default_factory=dict)  # node key -> group carrying it
+    live: dict[str, GroupRequest] = field(default_factory=dict)  # node key -> its request
     first_sent: float | None = None
     running_since: float | None = None  # when it became the next task of its group
     backed_up: bool = False
     done: bool = False
     node: dict | None = None  # where the claiming result came from
     error: str | None = None  # why no node could run it
-    reduce_partition: int = -1  # a reduce task's partition, and the map outputs it merges
-    sources: tuple[tuple[str, str], ...] = ()
-    split: tuple[int, int] | None = None  # a split input's byte range
-    exact: bool = False  # the range is exactly the input (a GET's Range), not lines
-    ec: wire.ErasureCode | None = None  # an erasure-coded input
-    edges: tuple[int, str] | None = None  # a large object's segment (``wire.TaskSpec``)
-    # An input no node can read in place (encrypted): its size, and what opens its
-    # plaintext (through the proxy's read path) as (length, chunks) to stream to a node.
-    stream_bytes: int = -1
+    # An input no node can read in place (encrypted): what opens its plaintext (through
+    # the proxy's read path) as (length, chunks) to stream to a node
+    # (``spec.stream_bytes`` is its length).
     opener: Callable[[], tuple[int, Any]] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.spec.task
 
     @property
     def holders(self) -> list[dict]:
         """The nodes that hold the input: its replicas, or every fragment's holder."""
         if self.opener is not None:
             return []  # streamed to whichever node runs it: never local
-        if self.ec is not None:
+        if self.spec.ec is not None:
             return [*self.candidates[0], *self.candidates[1]]
         return self.candidates[0]
 
@@ -141,16 +136,21 @@ class TaskState:
         """The node of ``key`` if the task may try it now, else None."""
         return next((n for n in self.untried(now) if node_key(n) == key), None)
 
-    def spec(self, node: dict) -> wire.TaskSpec:
-        return wire.TaskSpec(
-            task=self.task_id, device=node["device"], partition=self.partition,
-            path=self.path, policy=self.policy_index, env=self.env,
-            reduce_partition=self.reduce_partition, sources=self.sources, split=self.split,
-            exact=self.exact, ec=self.ec, edges=self.edges, stream_bytes=self.stream_bytes)
+    def spec_for(self, node: dict) -> wire.TaskSpec:
+        """The task as sent to ``node``: on its device."""
+        return replace(self.spec, device=node["device"])
+
+    def attempt_afresh(self, **changes: Any) -> TaskState:
+        """The task again, as if never sent (every attempt forgotten), with ``changes``
+        (e.g. other candidates, or ``tried``: nodes not to try again)."""
+        return replace(self, **{"tried": set(), "busy_until": {}, "failed": [], "live": {},
+                                "first_sent": None, "running_since": None,
+                                "backed_up": False, "done": False, "node": None,
+                                "error": None, **changes})
 
 
 @dataclass(eq=False)
-class Stream:
+class GroupRequest:
     """One task-group request in flight to one node."""
 
     node: dict
@@ -237,9 +237,31 @@ class Dispatcher:
         if load is not None:
             self.loads[key] = load
 
+    # -- a job's map outputs --------------------------------------------------------
+    def delete_shuffle(self, nodes: list[dict], shuffle_id: str) -> None:
+        """Ask every node a job's groups went to to delete its map outputs (best effort:
+        the object servers reap what is left after ``shuffle_max_age_s``)."""
+        path = wire.shuffle_path(shuffle_id)
+        pile = eventlet.GreenPile(16)
+        for node in nodes:
+            pile.spawn(self._delete_shuffle, node, path, shuffle_id)
+        list(pile)
+
+    def _delete_shuffle(self, node: dict, path: str, shuffle_id: str) -> None:
+        try:
+            with ConnectionTimeout(self.conn_timeout):
+                conn = http_connect_raw(node["ip"], node["port"], "DELETE", path,
+                                        headers=wire.sign_request(self.secret, "DELETE", path))
+            with Timeout(10):
+                conn.getresponse().read()
+            conn.close()
+        except (Exception, Timeout):  # noqa: BLE001 - the reaper gets it later
+            self.logger.warning("zerocompute: could not delete map outputs of %s on %s",
+                                shuffle_id, node_key(node))
+
     # -- sending ----------------------------------------------------------------
     def open_group(self, node: dict, group: wire.TaskGroup, executables: dict[str, bytes],
-                   stream: Stream | None = None) -> Any:
+                   stream: GroupRequest | None = None) -> Any:
         """Send ``group`` to ``node``; the response (its frames unread).
 
         Only the group goes first: a node that already caches the executables
@@ -257,7 +279,7 @@ class Dispatcher:
         return resp
 
     def open_streamed(self, node: dict, group: wire.TaskGroup, executables: dict[str, bytes],
-                      stream: Stream, opener: Callable[[], tuple[int, Any]]) -> Any:
+                      stream: GroupRequest, opener: Callable[[], tuple[int, Any]]) -> Any:
         """Send a group of one task whose input follows it in the body (streamed).
 
         The node gets the executables first, through a group of no task (the usual
@@ -277,7 +299,7 @@ class Dispatcher:
                 close()
 
     def _send(self, node: dict, group: wire.TaskGroup, executable: bytes,
-              stream: Stream | None, source: tuple[int, Any] | None = None) -> Any:
+              stream: GroupRequest | None, source: tuple[int, Any] | None = None) -> Any:
         body, headers = wire.sign_group(self.secret, group)
         streamed = source[0] if source else 0
         headers["Content-Length"] = str(len(body) + len(executable) + streamed)
@@ -321,17 +343,21 @@ def _retry_after(resp: Any) -> float | None:
 
 @dataclass(frozen=True)
 class RunSettings:
+    """How a phase is dispatched: the job's policy, and the proxy's settings
+    (``ProxyConfig``, where their defaults are)."""
+
     policy: str
-    concurrency: int = 16
-    max_group: int = 32
-    backups: bool = True
-    backup_factor: float = 2.0
-    backup_min_s: float = 1.0
-    tick_s: float = 0.2
+    concurrency: int
+    max_group: int
+    backups: bool
+    backup_factor: float
+    backup_min_s: float
+    tick_s: float = 0.2  # how often the dispatch looks at its tasks when nothing happens
 
 
-class JobRun:
-    """The dispatch of one job's tasks, until each is claimed or has failed."""
+class PhaseDispatch:
+    """The dispatch of one phase of a job, until each of its tasks is claimed or has
+    failed."""
 
     def __init__(self, dispatcher: Dispatcher, tasks: list[TaskState],
                  template: wire.TaskGroup, executables: dict[str, bytes], settings: RunSettings,
@@ -344,10 +370,9 @@ class JobRun:
         self.on_result = on_result
         self.speeds = JobSpeeds()
         self.durations: list[float] = []  # claimed tasks, from running to result
-        self.backups = 0
         self.bytes = 0  # task traffic through the proxy: groups, executables, frames
         self.nodes: dict[str, dict] = {}  # every node sent a group, winners or not
-        self.streams: set[Stream] = set()
+        self.streams: set[GroupRequest] = set()
         self.in_flight: dict[str, int] = defaultdict(int)  # this job's tasks per node
         self.unfinished = len(tasks)
         self.pending: OrderedDict[int, TaskState] = OrderedDict()
@@ -488,8 +513,8 @@ class JobRun:
             self._dequeue(state)
         return group
 
-    def _start(self, node: dict, group: list[TaskState], backup: bool = False) -> Stream:
-        stream = Stream(node, group)
+    def _start(self, node: dict, group: list[TaskState], backup: bool = False) -> GroupRequest:
+        stream = GroupRequest(node, group)
         self.nodes[stream.key] = node
         now = time.monotonic()
         for state in group:
@@ -529,7 +554,7 @@ class JobRun:
         self.unfinished -= 1
 
     # -- one group's request ------------------------------------------------------
-    def _run_stream(self, stream: Stream) -> None:
+    def _run_stream(self, stream: GroupRequest) -> None:
         error, retry_after = "", None
         try:
             group = self._group_for(stream)
@@ -563,15 +588,15 @@ class JobRun:
             resp.connection.close()
             self._stream_over(stream, error, retry_after)
 
-    def _group_for(self, stream: Stream) -> wire.TaskGroup:
+    def _group_for(self, stream: GroupRequest) -> wire.TaskGroup:
         key = stream.key
         specs = []
         for state in stream.tasks:
             node = next(n for g in state.candidates for n in g if node_key(n) == key)
-            specs.append(state.spec(node))
+            specs.append(state.spec_for(node))
         return replace(self.template, tasks=tuple(specs))
 
-    def _read_frames(self, stream: Stream, resp: Any) -> None:
+    def _read_frames(self, stream: GroupRequest, resp: Any) -> None:
         timeout = float(self.template.limits.time_s) + wire.PREPARE_TIMEOUT_S + FRAME_GRACE_S
         frames = wire.read_frames(resp)
         while stream.head() is not None:
@@ -583,7 +608,7 @@ class JobRun:
             stream.bytes += head_bytes + result.stdout_bytes
             self._take_frame(stream, result, body)
 
-    def _answer(self, stream: Stream) -> TaskState:
+    def _answer(self, stream: GroupRequest) -> TaskState:
         """Take the group's next task off the node: answered, no longer in flight there."""
         state = stream.tasks[stream.answered]
         stream.answered += 1
@@ -591,7 +616,7 @@ class JobRun:
         state.live.pop(stream.key, None)
         return state
 
-    def _take_frame(self, stream: Stream, result: wire.TaskResult, body: Any) -> None:
+    def _take_frame(self, stream: GroupRequest, result: wire.TaskResult, body: Any) -> None:
         head = stream.head()
         if head is None or result.task != head.task_id:
             raise wire.BadFrame(f"result for {result.task!r} out of order")
@@ -610,7 +635,7 @@ class JobRun:
             self._claim(state, stream, result, body, now)
         self._wake.put(None)
 
-    def _claim(self, state: TaskState, stream: Stream, result: wire.TaskResult, body: Any,
+    def _claim(self, state: TaskState, stream: GroupRequest, result: wire.TaskResult, body: Any,
                now: float) -> None:
         state.done = True
         state.node = stream.node
@@ -645,7 +670,7 @@ class JobRun:
         self.dispatcher.logger.info("zerocompute: task %s failed on %s: %s; trying another",
                                     state.task_id, node_label(node), error)
 
-    def _fail_unanswered(self, stream: Stream, error: str) -> None:
+    def _fail_unanswered(self, stream: GroupRequest, error: str) -> None:
         while stream.head() is not None:
             state = self._answer(stream)
             if not state.done:
@@ -654,7 +679,7 @@ class JobRun:
                 state.error = error
                 self.unfinished -= 1
 
-    def _stream_over(self, stream: Stream, error: str, retry_after: float | None = None,
+    def _stream_over(self, stream: GroupRequest, error: str, retry_after: float | None = None,
                      ) -> None:
         """The request ended: its unanswered tasks go back to wait for a node."""
         while stream.head() is not None:
@@ -684,7 +709,6 @@ class JobRun:
             ready = [n for n in state.untried(now) if node_key(n) not in state.live]
             if ready:
                 self._start(self._choose(state, ready), [state], backup=True)
-                self.backups += 1
 
 
 def _describe(err: BaseException) -> str:

@@ -2,7 +2,7 @@
 
 import json
 
-from zerocompute.jobs import (
+from zerocompute.async_state import (
     Grant,
     JobState,
     identity_digest,
