@@ -50,3 +50,18 @@ def test_summary_of_a_takeover_and_of_an_empty_report():
     text = summary(JOB, report(takeovers=[{"previous": "p1", "by": "p2"}], tasks=[]))
     assert "takeovers p1 -> p2" in text
     assert summary(JOB, {}).splitlines()[1] == "status    ?"
+
+
+def test_summary_of_a_mapreduce_job_says_where_the_time_went():
+    phases = {"map": {"tasks": 16, "guest": {"wall_ms": 2100.0, "cpu_ms": 1980.0},
+                      "shuffle": {"partition": {"wall_ms": 10.0, "cpu_ms": 9.0},
+                                  "sort": {"wall_ms": 4.0, "cpu_ms": 4.0}},
+                      "records": 1042118, "records_shuffled": 30126},
+              "reduce": {"tasks": 4, "guest": {"wall_ms": 110.0, "cpu_ms": 100.0},
+                         "shuffle": {"fetch": {"wall_ms": 30.0, "cpu_ms": 20.0}}}}
+    lines = summary(JOB, report(phases=phases)).splitlines()
+    (map_line,) = [line for line in lines if line.startswith("map ")]
+    assert map_line.split(None, 1)[1] == (
+        "16 tasks: guests 2.10 s (CPU 1.98), shuffle s: partition 0.01, sort 0.00; "
+        "1,042,118 records, 30,126 shuffled")
+    assert any(line.startswith("reduce    4 tasks: guests 0.11 s") for line in lines)
