@@ -356,12 +356,14 @@ static inline int zc_reduce(FILE *in, FILE *out, zc_fold_fn fold) {
 
 /* -- the map side: emitting, with in-mapper combining ------------------------------------- */
 /* One key kept in memory: short keys live in the entry itself (no allocation, no
- * second place to read when the key comes again). */
+ * second place to read when the key comes again).  Entries are dense, in the order
+ * their keys first came (a frequent key comes early: the ones used most sit together
+ * in the cache); the probe table beside them is small slots of a hash tag and an
+ * index, so that a probe reads 8 bytes, not an entry. */
 #define ZC_INLINE_KEY 24
 typedef struct {
     uint64_t hash;
     uint32_t key_len, count;
-    int live;
     char inline_key[ZC_INLINE_KEY];
     char *long_key;
     char *values;  /* [u32 length][bytes] ... */
@@ -375,8 +377,9 @@ typedef struct {
 typedef struct zc_mapper {
     FILE *out;
     zc_fold_fn fold;   /* NULL: records go straight out */
-    zc__kept *table;
-    size_t capacity, used, bytes, budget;
+    zc__kept *entries;
+    struct zc__slot { uint32_t tag, index; } *slots;  /* index 0: empty; else entry + 1 */
+    size_t capacity, used, entries_cap, bytes, budget;
     int framed, failed;
     char *buf;
     size_t buf_len;
@@ -488,9 +491,8 @@ static inline int zc__fold_kept(zc_mapper *m, zc__kept *k) {
 
 /* Write out everything kept (each key's values folded into one) and forget it. */
 static inline int zc__flush(zc_mapper *m) {
-    for (size_t i = 0; i < m->capacity; i++) {
-        zc__kept *k = &m->table[i];
-        if (!k->live) continue;
+    for (size_t i = 0; i < m->used; i++) {
+        zc__kept *k = &m->entries[i];
         if (k->count > 1 && zc__fold_kept(m, k)) return -1;
         if (k->count == 1) {
             uint32_t n;
@@ -500,24 +502,32 @@ static inline int zc__flush(zc_mapper *m) {
         free(k->long_key);
         free(k->values);
     }
-    memset(m->table, 0, m->capacity * sizeof *m->table);
+    memset(m->entries, 0, m->used * sizeof *m->entries);
+    memset(m->slots, 0, m->capacity * sizeof *m->slots);
     m->used = m->bytes = 0;
     return 0;
 }
 
 static inline int zc__grow(zc_mapper *m) {
-    size_t old = m->capacity;
-    zc__kept *was = m->table;
-    m->capacity = old ? old * 2 : 1024;
-    m->table = calloc(m->capacity, sizeof *m->table);
-    if (!m->table) return -1;
-    for (size_t i = 0; i < old; i++) {
-        if (!was[i].live) continue;
-        size_t j = was[i].hash & (m->capacity - 1);
-        while (m->table[j].live) j = (j + 1) & (m->capacity - 1);
-        m->table[j] = was[i];
+    if (m->used == m->entries_cap) {
+        size_t cap = m->entries_cap ? m->entries_cap * 2 : 512;
+        zc__kept *grown = realloc(m->entries, cap * sizeof *grown);
+        if (!grown) return -1;
+        memset(grown + m->entries_cap, 0, (cap - m->entries_cap) * sizeof *grown);
+        m->entries = grown;
+        m->entries_cap = cap;
     }
-    free(was);
+    if ((m->used + 1) * 2 <= m->capacity) return 0;
+    free(m->slots);
+    m->capacity = m->capacity ? m->capacity * 2 : 1024;
+    m->slots = calloc(m->capacity, sizeof *m->slots);
+    if (!m->slots) return -1;
+    for (size_t i = 0; i < m->used; i++) {
+        size_t j = m->entries[i].hash & (m->capacity - 1);
+        while (m->slots[j].index) j = (j + 1) & (m->capacity - 1);
+        m->slots[j].tag = (uint32_t)(m->entries[i].hash >> 32);
+        m->slots[j].index = (uint32_t)i + 1;
+    }
     return 0;
 }
 
@@ -525,26 +535,28 @@ static inline int zc__grow(zc_mapper *m) {
 static inline int zc_map_emit(zc_mapper *m, const void *key, uint32_t key_len, const void *value,
                        uint32_t value_len) {
     if (!m->fold) return zc__put(m, key, key_len, value, value_len);
-    if ((m->used + 1) * 2 > m->capacity && zc__grow(m)) return -1;
+    if ((m->used == m->entries_cap || (m->used + 1) * 2 > m->capacity) && zc__grow(m))
+        return -1;
     uint64_t h = zc__hash(key, key_len);
+    uint32_t tag = (uint32_t)(h >> 32);
     size_t j = h & (m->capacity - 1);
-    zc__kept *k;
-    for (;;) {
-        k = &m->table[j];
-        if (!k->live) break;
-        if (k->hash == h && k->key_len == key_len && zc__same(zc__key(k), key, key_len)) break;
-        j = (j + 1) & (m->capacity - 1);
+    zc__kept *k = NULL;
+    for (; m->slots[j].index; j = (j + 1) & (m->capacity - 1)) {
+        if (m->slots[j].tag != tag) continue;
+        zc__kept *e = &m->entries[m->slots[j].index - 1];
+        if (e->key_len == key_len && zc__same(zc__key(e), key, key_len)) { k = e; break; }
     }
-    if (!k->live) {
+    if (!k) {
+        k = &m->entries[m->used];
+        m->slots[j].tag = tag;
+        m->slots[j].index = (uint32_t)++m->used;
         if (key_len > ZC_INLINE_KEY) {
             k->long_key = malloc(key_len);
             if (!k->long_key) return -1;
         }
         memcpy(key_len <= ZC_INLINE_KEY ? k->inline_key : k->long_key, key, key_len);
-        k->live = 1;
         k->key_len = key_len;
         k->hash = h;
-        m->used++;
         m->bytes += key_len + sizeof *k + 16;
     }
     size_t need = k->values_len + 4 + value_len;
@@ -572,9 +584,11 @@ static inline int zc_map_emit(zc_mapper *m, const void *key, uint32_t key_len, c
 
 /* The map's end: what is kept goes out.  0, or 65 on failure. */
 static inline int zc_map_end(zc_mapper *m) {
-    int failed = m->fold && m->table ? zc__flush(m) : 0;
-    free(m->table);
-    m->table = NULL;
+    int failed = m->fold && m->entries ? zc__flush(m) : 0;
+    free(m->entries);
+    free(m->slots);
+    m->entries = NULL;
+    m->slots = NULL;
     failed = failed || zc__drain(m);
     free(m->buf);
     m->buf = NULL;
