@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-swift lint bench-sandbox bench-scheduler bench-scale bench-mapreduce bench-shuffle simulate clean
+.PHONY: demo test test-swift lint bench-sandbox bench-scheduler bench-scale bench-mapreduce bench-shuffle bench-interference simulate clean
 
 $(BIN)/zerocompute: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench-scale: $(BIN)/zerocompute
 
 bench-mapreduce: $(BIN)/zerocompute
 	$(BIN)/python -m tests.perf.bench_mapreduce
+
+bench-interference: $(BIN)/zerocompute
+	$(BIN)/python -m tests.perf.bench_interference
 
 bench-shuffle: $(BIN)/zerocompute
 	$(BIN)/python -m tests.perf.bench_shuffle

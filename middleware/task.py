@@ -40,6 +40,12 @@ Configuration, in ``object-server.conf``::
     # cache_dir = /var/cache/swift/zerocompute
     # Map outputs of jobs whose proxy died are removed after this many seconds.
     # shuffle_max_age_s = 86400
+    # Executors' CPU and I/O priority, below the server's (doc/sandbox.md).
+    # nice_priority = 19
+    # ionice_class = IOPRIO_CLASS_BE
+    # ionice_priority = 7
+    # cpu_cgroup =
+    # cpu_weight =
 
 ``GET /zerocompute/shuffle/<id>/<map>/<partition>`` and ``DELETE
 /zerocompute/shuffle/<id>`` (signed, from reducers and proxies only) serve
@@ -91,6 +97,7 @@ from zerocompute import wire
 from zerocompute.middleware.bodies import FileIter
 from zerocompute.sandbox import shuffle_io
 from zerocompute.sandbox.executor import CANCELLED, ExecutorPool, hung_up
+from zerocompute.sandbox.priority import Priority, check_cgroup, set_cpu_weight
 from zerocompute.sandbox.wasm import ExecutableStore, InvalidExecutable
 from zerocompute.scheduler import DEFAULT_SERVICE_MS, update_service_ms
 
@@ -106,6 +113,8 @@ class TaskFilterConfig:
     queue: int
     cache_dir: str
     shuffle_max_age_s: float = 86400.0
+    priority: Priority = Priority()
+    cpu_weight: int | None = None
 
     @classmethod
     def from_conf(cls, conf: dict[str, str]) -> TaskFilterConfig:
@@ -113,11 +122,17 @@ class TaskFilterConfig:
         if not secret:
             raise ValueError("zerocompute_object: 'secret' must be set (same as the proxy's)")
         slots = config_positive_int_value(conf.get("slots", os.cpu_count() or 1))
+        priority = Priority.from_conf(conf)
+        weight = conf.get("cpu_weight", "").strip()
+        if weight and not priority.cpu_cgroup:
+            raise ValueError("zerocompute_object: cpu_weight needs cpu_cgroup")
         return cls(secret=secret, slots=slots,
                    queue=non_negative_int(conf.get("queue", 2 * slots)),
                    cache_dir=conf.get("cache_dir", "/var/cache/swift/zerocompute"),
                    shuffle_max_age_s=non_negative_float(
-                       conf.get("shuffle_max_age_s", 86400)))
+                       conf.get("shuffle_max_age_s", 86400)),
+                   priority=priority,
+                   cpu_weight=config_positive_int_value(weight) if weight else None)
 
 
 def pump_into_pipe(source: Any, fd: int, length: int) -> int:
@@ -191,8 +206,12 @@ class TaskMiddleware:
         # This server's own map outputs: object servers of one host may share cache_dir.
         self.shuffle_root = shuffle_io.shuffle_root(
             config.cache_dir, f"{conf.get('bind_ip', '0.0.0.0')}:{conf.get('bind_port', 6200)}")
+        if config.priority.cpu_cgroup:
+            check_cgroup(config.priority.cpu_cgroup)
+        if config.cpu_weight is not None:
+            set_cpu_weight(config.priority.cpu_cgroup, config.cpu_weight)
         self.pool = pool or ExecutorPool(config.slots, config.cache_dir, config.secret,
-                                         self.shuffle_root)
+                                         self.shuffle_root, config.priority)
         self.seen: set[str] = set()  # signatures of groups received lately (replays)
         self.seen_order: collections.deque[tuple[float, str]] = collections.deque()
         self.reaped_at = 0.0

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import math
 import os
 import resource
@@ -45,6 +46,7 @@ import eventlet
 
 from zerocompute import shuffle
 from zerocompute.sandbox import ec, python, shuffle_io
+from zerocompute.sandbox.priority import PRIORITY_ENV, Priority, lower_own_priority
 from zerocompute.sandbox.shuffle_core import Core, CoreFailed
 from zerocompute.sandbox.shuffle_io import SECRET_ENV
 from zerocompute.sandbox.wasm import (
@@ -315,6 +317,9 @@ def _cpu_limit(seconds: float):
 
 
 def main() -> None:
+    if os.environ.get(PRIORITY_ENV):
+        lower_own_priority(Priority.parse(os.environ[PRIORITY_ENV]),
+                           logging.getLogger("zerocompute.executor"))
     sock = socket.socket(fileno=int(sys.argv[1]))
     control = socket.socket(fileno=int(sys.argv[3])) if len(sys.argv) > 3 else None
     serve(sock, sys.argv[2], control)
@@ -331,7 +336,10 @@ class ExecutorGone(Exception):
 class Executor:
     """One executor process, seen from the object server (eventlet-friendly)."""
 
-    def __init__(self, cache_dir: str, secret: str = "", shuffle_root: str = ""):
+    def __init__(self, cache_dir: str, secret: str = "", shuffle_root: str = "",
+                 priority: Priority | None = None):
+        """``priority`` is the process's (:mod:`zerocompute.sandbox.priority`); None
+        leaves it at the object server's."""
         from eventlet.green import subprocess as green_subprocess
         from eventlet.patcher import original
 
@@ -343,6 +351,8 @@ class Executor:
         # the executor's environment (theirs is built from the task alone).
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", SECRET_ENV: secret,
                shuffle_io.ROOT_ENV: shuffle_root or os.path.join(cache_dir, "shuffle")}
+        if priority is not None:
+            env[PRIORITY_ENV] = priority.encode()
         for name in ("PYTHONPATH", "HOME"):  # HOME: where zig caches its builds
             if os.environ.get(name):
                 env[name] = os.environ[name]
@@ -459,10 +469,12 @@ def _watch_hang_up(client: Any, executor: Executor, cancelled: list[bool]) -> No
 class ExecutorPool:
     """At most ``size`` executor processes; a task waits for an idle one."""
 
-    def __init__(self, size: int, cache_dir: str, secret: str = "", shuffle_root: str = ""):
+    def __init__(self, size: int, cache_dir: str, secret: str = "", shuffle_root: str = "",
+                 priority: Priority | None = None):
         from eventlet.queue import LightQueue
 
         self.size = size
+        self.priority = priority
         self.cache_dir = cache_dir
         self.secret = secret
         self.shuffle_root = shuffle_root
@@ -474,7 +486,7 @@ class ExecutorPool:
         if self.idle.qsize() == 0 and self.started < self.size:
             self.started += 1
             try:
-                return Executor(self.cache_dir, self.secret, self.shuffle_root)
+                return Executor(self.cache_dir, self.secret, self.shuffle_root, self.priority)
             except BaseException:
                 self.started -= 1
                 raise

@@ -1,8 +1,9 @@
 """Durable (asynchronous) jobs: their state document, lease and authority, with no I/O.
 
 An asynchronous job's state is one JSON object per job in a container of the
-caller's account that lives in Swift's reserved namespace (users cannot list,
-read or write it; only the proxy filter does, on the user's behalf).  The
+internal account ``.zerocompute``, one container per user account, in Swift's
+reserved namespace (users cannot list, read or write it; only the proxy filter
+does, on the user's behalf; the user's account never counts it).  The
 proxy running the job rewrites the state every ``lease_s / 3`` with its
 progress and a new lease; a cancel is a separate marker object, so that the
 owner's rewrites never erase it.  When the lease has lapsed, another proxy
@@ -24,12 +25,12 @@ from typing import Any
 from zerocompute.manifest import Manifest, SwiftPath
 from zerocompute.report import CANCELLED, FAILED, SUCCEEDED
 
-# The reserved container (``get_reserved_name(JOBS_CONTAINER)``) that holds the
-# account's async jobs, and the query parameter that addresses one of them.
+# In the internal account INDEX_ACCOUNT, ``get_reserved_name(JOBS_CONTAINER, account)``
+# holds an account's async jobs, and ``get_reserved_name(JOBS_CONTAINER)`` the
+# cluster-wide index of running ones (``<account>/<id>`` names) for the operator's
+# sweep.  JOB_QUERY is the query parameter that addresses one job.
 JOBS_CONTAINER = "zerocompute-jobs"
 JOB_QUERY = "zerocompute_job"
-# The cluster-wide index of running async jobs (``<account>/<id>`` names in the same
-# reserved container of this internal account), for the operator's sweep.
 INDEX_ACCOUNT = ".zerocompute"
 CANCEL_SUFFIX = ".cancel"
 

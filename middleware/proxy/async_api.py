@@ -12,8 +12,9 @@ job's id and a ``Location``: ``/v1/<account>?zerocompute_job=<id>``.
   writes nothing more, and records the status ``cancelled``.
 
 The state is one object per job in a reserved-namespace container of the
-account (:mod:`zerocompute.async_state`), written by the proxy itself: the user can
-reach it only through this API.  The proxy running a job renews its lease
+internal account ``.zerocompute`` (:mod:`zerocompute.async_state`), written by
+the proxy itself: the user can reach it only through this API, and the user's
+account (its ``HEAD``, listings, quotas) never sees it.  The proxy running a job renews its lease
 every ``job_lease_s / 3`` and looks for a cancel every ``job_poll_s``.  When
 a status read finds a lease lapsed (the proxy died or was restarted), the
 proxy answering it takes the job over: it rebuilds the job from the stored
@@ -113,19 +114,33 @@ class GrantAuthorizer:
         return HTTPForbidden(request=req)
 
 
+# The sweep's index of running jobs: ``<account>/<id>`` names.
+INDEX = f"/v1/{INDEX_ACCOUNT}/{get_reserved_name(JOBS_CONTAINER)}"
+
+
 class JobStore:
-    """An account's async job states, read and written by the proxy on its own
-    authority, in the account's reserved container."""
+    """Async job states, read and written by the proxy on its own authority, in the
+    internal account ``.zerocompute``: one reserved container per user account for
+    its jobs' states and cancels, and one for the sweep's index of running jobs.
+    Nothing is kept in the user's account, whose ``HEAD``, listings, quotas and
+    container count never see a job (``doc/operations.md``)."""
 
     def __init__(self, app: Any):
         self.app = app
-        self.containers: set[str] = set()  # accounts whose jobs container this proxy made
+        self.containers: set[str] = set()  # containers this proxy has made
 
-    def _request(self, env: dict, method: str, account: str, name: str = "",
+    @staticmethod
+    def states_of(account: str) -> str:
+        return f"/v1/{INDEX_ACCOUNT}/{get_reserved_name(JOBS_CONTAINER, account)}"
+
+    @staticmethod
+    def legacy_states_of(account: str) -> str:
+        """Where the first layout kept an account's states: in the account itself."""
+        return f"/v1/{account}/{get_reserved_name(JOBS_CONTAINER)}"
+
+    def _request(self, env: dict, method: str, container: str, name: str = "",
                  body: bytes | None = None, query: str = "") -> Response:
-        path = f"/v1/{account}/{get_reserved_name(JOBS_CONTAINER)}"
-        if name:
-            path += "/" + get_reserved_name(name)
+        path = container + ("/" + get_reserved_name(name) if name else "")
         headers = {"X-Backend-Allow-Reserved-Names": "true",
                    "Content-Type": "application/json"}
         if body is not None:
@@ -134,55 +149,63 @@ class JobStore:
                                       swift_source=wire.SWIFT_SOURCE, headers=headers)
         return sub.get_response(self.app)
 
-    def ensure_container(self, env: dict, account: str) -> Response | None:
-        """Make the account's jobs container, once per proxy: the failure, if it fails."""
-        if account in self.containers:
+    def ensure_container(self, env: dict, container: str) -> Response | None:
+        """Make a container, once per proxy: the failure, if it fails."""
+        if container in self.containers:
             return None
-        resp = self._request(env, "PUT", account)
+        resp = self._request(env, "PUT", container)
         if not resp.is_success:
             return resp
-        self.containers.add(account)
+        self.containers.add(container)
         return None
 
     def create(self, env: dict, state: JobState) -> None:
-        failed = self.ensure_container(env, state.account)
+        failed = self.ensure_container(env, self.states_of(state.account))
         if failed is not None:
             raise JobError(f"cannot keep the job's state: {failed.status}", status=503)
         if not self.save(env, state):
             raise JobError("cannot keep the job's state", status=503)
 
     def save(self, env: dict, state: JobState) -> bool:
+        container = self.states_of(state.account)
         for _ in range(SAVE_TRIES):
-            if self._request(env, "PUT", state.account, state.id, state.to_json()).is_success:
+            resp = self._request(env, "PUT", container, state.id, state.to_json())
+            if resp.is_success:
                 return True
+            if resp.status_int == 404:  # no container yet: a job of the first layout
+                self.containers.discard(container)
+                self.ensure_container(env, container)
         return False
 
     def load(self, env: dict, account: str, job_id: str) -> JobState | None:
-        resp = self._request(env, "GET", account, job_id)
-        if resp.status_int == 404:
-            return None
-        if not resp.is_success:
-            raise JobError(f"cannot read the job's state: {resp.status}", status=503)
-        return JobState.from_json(resp.body)
+        for container in (self.states_of(account), self.legacy_states_of(account)):
+            resp = self._request(env, "GET", container, job_id)
+            if resp.is_success:
+                return JobState.from_json(resp.body)
+            if resp.status_int != 404:
+                raise JobError(f"cannot read the job's state: {resp.status}", status=503)
+        return None
 
     def request_cancel(self, env: dict, account: str, job_id: str) -> bool:
-        return self._request(env, "PUT", account, job_id + CANCEL_SUFFIX, b"").is_success
+        return self._request(env, "PUT", self.states_of(account), job_id + CANCEL_SUFFIX,
+                             b"").is_success
 
     def cancel_requested(self, env: dict, account: str, job_id: str) -> bool:
-        return self._request(env, "HEAD", account, job_id + CANCEL_SUFFIX).is_success
+        return self._request(env, "HEAD", self.states_of(account),
+                             job_id + CANCEL_SUFFIX).is_success
 
     # -- the cluster-wide index of running jobs (for the sweep) ----------------------
     def index(self, env: dict, state: JobState) -> bool:
-        self.ensure_container(env, INDEX_ACCOUNT)
-        return self._request(env, "PUT", INDEX_ACCOUNT, f"{state.account}/{state.id}",
+        self.ensure_container(env, INDEX)
+        return self._request(env, "PUT", INDEX, f"{state.account}/{state.id}",
                              b"").is_success
 
     def unindex(self, env: dict, account: str, job_id: str) -> None:
-        self._request(env, "DELETE", INDEX_ACCOUNT, f"{account}/{job_id}")
+        self._request(env, "DELETE", INDEX, f"{account}/{job_id}")
 
     def indexed(self, env: dict) -> list[tuple[str, str]]:
         """(account, job id) of every job indexed as running."""
-        resp = self._request(env, "GET", INDEX_ACCOUNT, query="format=json")
+        resp = self._request(env, "GET", INDEX, query="format=json")
         if resp.status_int != 200:
             return []
         found = []

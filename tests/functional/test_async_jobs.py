@@ -263,3 +263,49 @@ def test_the_sweep_takes_over_a_job_nobody_asks_about(swept, sleepy_wasm):
     assert takeover["at"] > killed
     for i in range(16):
         assert swift.get_object("swept-out", f"p{i:02d}.o")[1] == expected(i)
+
+
+def account_stats(swift) -> tuple[int, int, int]:
+    headers = swift.head_account()
+    return (int(headers["x-account-container-count"]),
+            int(headers["x-account-object-count"]), int(headers["x-account-bytes-used"]))
+
+
+def test_an_async_job_leaves_nothing_in_the_accounts_counts_but_its_outputs(
+        durable, sleepy_wasm):
+    """The account's HEAD counts the job's outputs and nothing else: its state, cancels
+    and index live in the internal account.  An account of its own, that has never
+    run an async job."""
+    swift = durable.connection("test2:tester2")
+    for container in ("apps", "in", "counted-out"):
+        swift.put_container(container)
+    swift.put_object("apps", "sleepy.wasm", sleepy_wasm)
+    for i in range(4):
+        swift.put_object("in", f"p{i}", expected(i))
+    # A container PUT makes the container server report its stats to the account now
+    # (the dev cluster runs no container-updater).
+    for container in ("apps", "in", "counted-out"):
+        swift.put_container(container)
+    before = account_stats(swift)
+    url, token = swift.get_auth()
+    code, _h, accepted = call(url, token, "POST", manifest("swift://~/counted-out/*.o", 0),
+                              {"X-Zerocompute-Execute": "1", "X-Zerocompute-Async": "1"})
+    assert code == 202, accepted
+    location = accepted["location"]
+    assert location.startswith("/v1/AUTH_test2?")
+    final = None
+    for _ in range(300):
+        _code, _h, state = call(durable.url_of("proxy2") + location, token)
+        if state["status"] != "running":
+            final = state
+            break
+        time.sleep(0.2)
+    assert final is not None and final["status"] == "succeeded", final
+    # Cancelling a finished job writes nothing either.
+    assert call(durable.url_of("proxy") + location, token, "DELETE")[0] == 200
+    swift.put_container("counted-out")
+    _headers, outputs = swift.get_container("counted-out")
+    assert len(outputs) >= 4
+    assert account_stats(swift) == (before[0], before[1] + len(outputs),
+                                     before[2] + sum(o["bytes"] for o in outputs))
+    assert [c["name"] for c in swift.get_account()[1]] == ["apps", "counted-out", "in"]

@@ -82,6 +82,8 @@ def test_every_option_read_is_in_the_sample_and_the_doc(sample, section, parse):
 
 def same(shown: str, default: object) -> bool:
     shown = shown.strip().strip("`").lower()
+    if shown in ("", "(none)"):
+        return default in ("", None)
     try:
         return float(shown) == float(default)
     except (TypeError, ValueError):

@@ -221,10 +221,14 @@ def test_async_job_is_accepted_then_any_proxy_reads_its_state(swift_dir, cluster
     state = wait_final(other, accepted["location"])
     assert state["status"] == "succeeded" and state["progress"]["done"] == 8
     assert state["report"]["id"] == accepted["job"]
-    # The state lives in the account's reserved namespace; every output names its job.
+    # The state lives in the internal account's reserved namespace, nothing of it in
+    # the user's account; every output names its job.
     path, stored = stored_state(cluster.app)
-    assert path == f"/v1/AUTH_a/%00zerocompute-jobs/%00{accepted['job']}"  # quoted \x00
+    assert path == (f"/v1/.zerocompute/%00zerocompute-jobs%00AUTH_a/"
+                    f"%00{accepted['job']}")  # quoted \x00
     assert stored["status"] == "succeeded"
+    assert not [p for p in {*cluster.app.containers, *cluster.app.objects}
+                if p.startswith("/v1/AUTH_a/%00")]
     for output in (p for p in cluster.app.objects if p.endswith(".o")):
         assert cluster.app.meta[output] == {"X-Object-Meta-Zerocompute-Job": accepted["job"]}
 
@@ -233,6 +237,30 @@ def test_a_bad_async_manifest_gets_its_error_at_once_and_no_state(cluster):
     resp, error = submit(cluster, manifest(map={"exec": "swift://~/apps/g.wasm"}))
     assert resp.status_int == 400 and error["field"] == "map.inputs"
     assert not any("zerocompute-jobs" in p for p in cluster.app.objects)
+
+
+def test_a_job_of_the_first_layout_is_still_found_and_taken_over_into_the_new(
+        swift_dir, cluster):
+    """State the first layout kept in the user's account is read from there; a
+    takeover writes it on in the internal account."""
+    cluster.dispatcher.behaviour = {p: {"delay": 30} for p in (1, 2, 3)}
+    resp, accepted = submit(cluster, manifest())
+    job_id = accepted["job"]
+    run = cluster.async_jobs.runs[job_id]
+    run.job.cancel("the proxy died")
+    run.fenced = True
+    path, stored = stored_state(cluster.app)
+    stored["lease_until"] = 0.0
+    legacy_container = "/v1/AUTH_a/%00zerocompute-jobs"
+    cluster.app.containers.add(legacy_container)
+    cluster.app.objects[f"{legacy_container}/%00{job_id}"] = json.dumps(stored).encode()
+    del cluster.app.objects[path]
+    cluster.app.containers.discard(path.rsplit("/", 1)[0])
+    cluster.dispatcher.behaviour = {}
+    other = second_proxy(cluster, swift_dir)
+    state = wait_final(other, accepted["location"])
+    assert state["status"] == "succeeded" and len(state["takeovers"]) == 1
+    assert json.loads(cluster.app.objects[path])["status"] == "succeeded"
 
 
 def test_another_users_status_read_looks_like_no_job(cluster):

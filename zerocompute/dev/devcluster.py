@@ -114,10 +114,12 @@ class DevCluster:
     def __init__(self, directory: str = DEFAULT_DIR, object_servers: int = OBJECT_SERVERS,
                  task_slots: int = 2, slots: dict[str, int] | None = None,
                  proxy_options: dict[str, str] | None = None, proxies: int = 1,
+                 object_options: dict[str, str] | None = None,
                  hosts: bool = False, link_rate: str | None = None,
                  encryption: bool = False):
         """``slots`` overrides ``task_slots`` per object server (``{"object1": 1}``);
-        ``proxy_options`` are added to the proxies' ``[filter:zerocompute]``;
+        ``proxy_options`` are added to the proxies' ``[filter:zerocompute]``, and
+        ``object_options`` to the object servers' ``[filter:zerocompute_object]``;
         ``proxies`` > 1 runs more proxy processes (``proxy2``, ...), as behind a load
         balancer: same rings, same secret, same tempauth keys.  ``hosts`` puts every
         server in a network namespace of its own (:mod:`zerocompute.dev.hosts`), with
@@ -131,6 +133,7 @@ class DevCluster:
         self.task_slots = task_slots
         self.slots = slots or {}
         self.proxy_options = proxy_options or {}
+        self.object_options = object_options or {}
         self.proxy_count = proxies
         self.hosts, self.link_rate = hosts, link_rate
         self.encryption = encryption
@@ -384,7 +387,7 @@ use = egg:zerocompute#zerocompute_object
 secret = {self.secret}
 slots = {self.slots.get(server.name, self.task_slots)}
 cache_dir = {os.path.join(self.directory, 'cache')}
-"""
+""" + "".join(f"{k} = {v}\n" for k, v in self.object_options.items())
         return common + f"""
 [pipeline:main]
 pipeline = healthcheck {server.kind}-server

@@ -4,8 +4,11 @@
 the source distribution of the installed Swift version (the wheel has no
 ``test/``), starts a dev cluster of its own (the suite deletes every
 container of its accounts), points the suite at it with
-``SWIFT_TEST_CONFIG_FILE`` and runs the files below with pytest.  Extra
-arguments go to pytest (``-k``, ``-x`` ...).
+``SWIFT_TEST_CONFIG_FILE`` and runs the files below with pytest.  First, as
+both of the suite's accounts, it runs one job of every kind
+(:mod:`zerocompute.dev.every_job`; ``--no-jobs`` skips them): Swift must
+look like Swift to everyone, whatever jobs its users ran.  Other arguments
+go to pytest (``-k``, ``-x`` ...).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tempfile
 from importlib import metadata
 
 from zerocompute.dev.devcluster import DevCluster
+from zerocompute.dev.every_job import run_every_kind_of_job
 
 SUITE = ["test_object.py", "test_container.py", "test_account.py", "tests.py",
          "test_access_control.py", "test_symlink.py", "test_slo.py", "test_dlo.py"]
@@ -66,6 +70,8 @@ collate = C
 
 
 def main(argv: list[str]) -> int:
+    jobs_first = "--no-jobs" not in argv
+    argv = [a for a in argv if a != "--no-jobs"]
     version = metadata.version("swift")
     root = swift_tests(version)
     with tempfile.TemporaryDirectory(prefix="zc-swift-functional-") as directory:
@@ -74,6 +80,11 @@ def main(argv: list[str]) -> int:
             if cluster.data_note:
                 print(f"note: {cluster.data_note}", file=sys.stderr)
             env = dict(os.environ, SWIFT_TEST_CONFIG_FILE=test_config(cluster))
+            if not jobs_first:
+                print("(--no-jobs: on a cluster that has run no job)")
+            for user in ("test:tester", "test2:tester2") if jobs_first else ():
+                print(f"First, every kind of job as {user}:", flush=True)
+                run_every_kind_of_job(cluster.connection(user))
             print(f"Swift {version}'s functional tests against {cluster.proxy_url} "
                   "(zerocompute in the pipeline)", flush=True)
             files = [os.path.join("test", "functional", name) for name in SUITE]

@@ -1,0 +1,118 @@
+"""How executors yield to the storage they live beside.
+
+An object server's first job is to serve objects.  Its executors (the
+processes guests run in) start at a lower CPU and I/O priority than the
+server, as Swift's own background daemons (replicator, auditor,
+reconstructor) do with the same three options; where the host has the
+cgroup ``cpu`` controller, they can also join a group of their own whose
+CPU weight the operator sets.  In the ``[filter:zerocompute_object]``
+section of ``object-server.conf``::
+
+    # The executors' nice value (-20..19); empty leaves them at the server's.
+    # nice_priority = 19
+    # Their I/O class (IOPRIO_CLASS_RT, IOPRIO_CLASS_BE, IOPRIO_CLASS_IDLE) and
+    # priority in it (0..7); an empty class leaves them at the server's.
+    # ionice_class = IOPRIO_CLASS_BE
+    # ionice_priority = 7
+    # A cgroup (v1 cpu controller or v2) the executors join, writable by the
+    # server's user, and the CPU weight the server gives it at start (cpu.shares
+    # in v1, 1024 a process's default; cpu.weight in v2, 100 the default).
+    # cpu_cgroup =
+    # cpu_weight =
+
+Linux keeps a nice value and an I/O priority per thread, and a thread starts
+with its creator's: the executor lowers its own before it starts any thread
+(wasmtime's among them), so every thread a guest runs on has them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from swift.common.utils import modify_priority
+from swift.common.utils.libc import IO_CLASS_ENUM
+
+PRIORITY_ENV = "ZEROCOMPUTE_EXECUTOR_PRIORITY"
+
+DEFAULT_NICE = 19
+DEFAULT_IONICE_CLASS = "IOPRIO_CLASS_BE"
+DEFAULT_IONICE_PRIORITY = 7
+
+
+@dataclass(frozen=True)
+class Priority:
+    """The executors' priority: ``None`` leaves a setting at the object server's."""
+
+    nice_priority: int | None = DEFAULT_NICE
+    ionice_class: str | None = DEFAULT_IONICE_CLASS
+    ionice_priority: int = DEFAULT_IONICE_PRIORITY
+    cpu_cgroup: str = ""
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, str]) -> Priority:
+        nice = _optional(conf, "nice_priority", str(DEFAULT_NICE))
+        io_class = _optional(conf, "ionice_class", DEFAULT_IONICE_CLASS)
+        io_priority = int(conf.get("ionice_priority", DEFAULT_IONICE_PRIORITY))
+        if nice is not None and not -20 <= int(nice) <= 19:
+            raise ValueError(f"zerocompute_object: nice_priority {nice} is not in -20..19")
+        if io_class is not None and io_class not in IO_CLASS_ENUM:
+            raise ValueError(f"zerocompute_object: ionice_class {io_class!r} is not one of "
+                             f"{', '.join(sorted(IO_CLASS_ENUM))}")
+        if not 0 <= io_priority <= 7:
+            raise ValueError(f"zerocompute_object: ionice_priority {io_priority} "
+                             "is not in 0..7")
+        return cls(nice_priority=None if nice is None else int(nice), ionice_class=io_class,
+                   ionice_priority=io_priority, cpu_cgroup=conf.get("cpu_cgroup", "").strip())
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def parse(cls, text: str) -> Priority:
+        return cls(**json.loads(text))
+
+
+def _optional(conf: dict[str, str], name: str, default: str) -> str | None:
+    value = conf.get(name, default).strip()
+    return value or None
+
+
+def lower_own_priority(priority: Priority, logger: Any) -> None:
+    """Give this process (and every thread it starts from now on) ``priority``."""
+    if priority.cpu_cgroup:
+        join_cgroup(priority.cpu_cgroup)
+    conf: dict[str, Any] = {}
+    if priority.nice_priority is not None:
+        conf["nice_priority"] = priority.nice_priority
+    if priority.ionice_class is not None:
+        conf["ionice_class"] = priority.ionice_class
+        conf["ionice_priority"] = priority.ionice_priority
+    modify_priority(conf, logger)
+
+
+def check_cgroup(cgroup: str) -> None:
+    """Refuse, at the server's start, a cgroup its executors could not join."""
+    if not os.access(os.path.join(cgroup, "cgroup.procs"), os.W_OK):
+        raise ValueError(f"zerocompute_object: cpu_cgroup {cgroup}: no cgroup.procs this "
+                         "server may write (make the group, and give it to this user)")
+
+
+def join_cgroup(cgroup: str) -> None:
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+
+
+def set_cpu_weight(cgroup: str, weight: int) -> None:
+    """Set the group's CPU weight: ``cpu.shares`` under cgroup v1, ``cpu.weight``
+    under v2 (whichever the directory has)."""
+    for name in ("cpu.shares", "cpu.weight"):
+        path = os.path.join(cgroup, name)
+        if os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(str(weight))
+            return
+    raise ValueError(f"zerocompute_object: {cgroup} has neither cpu.shares nor cpu.weight "
+                     "(is it a cgroup with the cpu controller?)")

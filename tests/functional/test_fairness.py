@@ -1,0 +1,90 @@
+"""Two tenants at once: each gets a fair share of the task slots while both run.
+
+Two accounts submit equal jobs at the same moment on a cluster of four object
+servers of two slots; every task sleeps (occupies a slot, not the CPU) and
+stamps when it began.  Neither job waits for the other: each has tasks
+running within 2 s, and each finishes within 2.3x its time alone.
+"""
+
+import threading
+import time
+
+import pytest
+
+from tests.functional.helpers import own_cluster
+from zerocompute.client import submit_job
+
+TASKS = 48
+TASK_MS = 400
+USERS = ("test:tester", "test2:tester2")
+
+
+@pytest.fixture(scope="module")
+def tenants(tmp_path_factory, sleepy_wasm):
+    for cluster in own_cluster(tmp_path_factory, "fairness"):
+        conns = {}
+        for user in USERS:
+            conn = cluster.connection(user)
+            conn.put_container("apps")
+            conn.put_object("apps", "sleepy.wasm", sleepy_wasm)
+            conn.put_container("in")
+            for i in range(TASKS):
+                conn.put_object("in", f"p{i:02d}", b"x\n")
+            conn.put_container("out")
+            conns[user] = conn
+        yield conns
+
+
+def job(conn, name: str) -> dict:
+    report = submit_job(conn, {
+        "name": name, "backup_tasks": False,
+        "map": {"exec": "swift://~/apps/sleepy.wasm", "args": [str(TASK_MS), "stamp"],
+                "inputs": ["swift://~/in/*"]},
+        "output": f"swift://~/out/{name}"})
+    assert report["status"] == "succeeded", report
+    return report
+
+
+def starts(conn, name: str) -> list[float]:
+    body = conn.get_object("out", name)[1].decode()
+    return sorted(float(line.split()[1]) for line in body.splitlines()
+                  if line.startswith("started "))
+
+
+def test_two_accounts_jobs_at_once_share_the_slots(tenants):
+    for conn in tenants.values():
+        job(conn, "warm")  # executables cached, executors started
+    alone = {}
+    for user, conn in tenants.items():
+        began = time.monotonic()
+        job(conn, "alone")
+        alone[user] = time.monotonic() - began
+    submitted = time.time()
+    took, errors = {}, []
+    barrier = threading.Barrier(len(tenants))
+
+    def run(user, conn):
+        try:
+            barrier.wait()
+            began = time.monotonic()
+            job(conn, "together")
+            took[user] = time.monotonic() - began
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=item) for item in tenants.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for user, conn in tenants.items():
+        stamps = starts(conn, "together")
+        assert len(stamps) == TASKS
+        assert stamps[0] - submitted < 2.0, (user, stamps[0] - submitted)
+        assert took[user] <= 2.3 * alone[user], (user, took, alone)
+    # Both ran all along: each job's last task began after the other's first half.
+    halves = {user: starts(conn, "together")[TASKS // 2] for user, conn in tenants.items()}
+    lasts = {user: starts(conn, "together")[-1] for user, conn in tenants.items()}
+    for user, other in (USERS, USERS[::-1]):
+        assert lasts[user] > halves[other], (lasts, halves)

@@ -1,0 +1,260 @@
+"""Interference benchmark: does a CPU-heavy job slow other tenants' reads and writes?
+
+Run from the repository: ``make bench-interference`` (or ``.venv/bin/python -m
+tests.perf.bench_interference [--rounds 2] [--tasks 64] [--spin 150]``).
+
+Two dev clusters side by side (four object servers, each with as many task
+slots as this machine has cores), identical but for the executors' priority:
+
+- **equal priority**: ``nice_priority`` and ``ionice_class`` empty, so guests
+  run at the object servers' own priority (what zerocompute did before);
+- **storage first**: the filter's defaults (nice 19, best-effort I/O class
+  at its lowest priority, ``doc/sandbox.md``);
+- with ``--cgroup`` (root, cgroup v1 ``cpu`` controller), also the defaults
+  plus a cgroup for the executors with ``cpu_weight`` 64.
+
+Another tenant (test2:tester2) PUTs and GETs 4 KiB objects through the proxy,
+one request at a time, for ``--idle-s`` seconds with nothing else running
+(idle), then for as long as a CPU-bound map job runs (``--tasks`` tasks of the
+``spin`` guest, more than the slots of every server).  Printed side by side:
+p50 and p99 of the requests idle and during the job, their ratio, the job's
+time, and where the CPU went during the job (the Swift servers' processes
+against the executors').  Rounds alternate between the clusters; each
+figure is the median over ``--rounds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+
+from tests.perf.bench_sandbox import percentile
+from zerocompute.client import submit_job
+from zerocompute.dev.devcluster import DevCluster
+from zerocompute.guests import build_c_guest
+
+SPIN = "tests/guests/spin.c"
+CGROUP_CPU = "/sys/fs/cgroup/cpu"
+SMALL = 4096
+NAMES = 64
+EQUAL = {"nice_priority": "", "ionice_class": ""}
+
+
+class Traffic:
+    """One tenant's small PUTs and GETs, one at a time, each timed."""
+
+    def __init__(self, cluster: DevCluster):
+        self.conn = cluster.connection("test2:tester2")
+        self.conn.put_container("small")
+        self.body = os.urandom(SMALL)
+        for i in range(NAMES):
+            self.conn.put_object("small", f"o{i}", self.body)
+        self.n = 0
+
+    def run_while(self, keep_going) -> dict[str, list[float]]:
+        times: dict[str, list[float]] = {"GET": [], "PUT": []}
+        while keep_going():
+            self.n += 1
+            name = f"o{self.n % NAMES}"
+            began = time.perf_counter()
+            self.conn.put_object("small", name, self.body)
+            times["PUT"].append((time.perf_counter() - began) * 1000)
+            began = time.perf_counter()
+            _headers, body = self.conn.get_object("small", name)
+            times["GET"].append((time.perf_counter() - began) * 1000)
+            if body != self.body:
+                raise SystemExit(f"GET of {name} returned other bytes")
+        return times
+
+
+def cpu_ticks(cluster: DevCluster) -> dict[str, float]:
+    """CPU seconds so far of the cluster's servers and of their executors."""
+    groups = set(cluster.state["pids"].values())
+    totals = {"servers": 0.0, "executors": 0.0}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if int(fields[2]) not in groups:
+            continue
+        kind = "executors" if b"zerocompute.sandbox.executor" in cmdline else "servers"
+        totals[kind] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return totals
+
+
+def spin_job(conn, tasks: int, spin: int, n: int) -> dict:
+    report = submit_job(conn, {
+        "name": f"spin-{n}", "backup_tasks": False,
+        "map": {"exec": "swift://~/apps/spin.wasm", "args": [str(spin)],
+                "inputs": ["swift://~/spin-in/*"]},
+        "output": f"swift://~/out/spin-{n}/all"})
+    if report["status"] != "succeeded":
+        raise SystemExit(f"job failed: {json.dumps(report)[:3000]}")
+    return report
+
+
+class Setting:
+    """One cluster, its tenants and its measurements."""
+
+    def __init__(self, label: str, options: dict[str, str], args, spin_wasm: bytes):
+        self.label, self.args = label, args
+        self.cluster = DevCluster(tempfile.mkdtemp(prefix="zc-bench-interference-"),
+                                  task_slots=os.cpu_count() or 1,
+                                  object_options=options).start()
+        self.conn = self.cluster.connection()
+        self.conn.put_container("apps")
+        self.conn.put_object("apps", "spin.wasm", spin_wasm)
+        self.conn.put_container("spin-in")
+        for i in range(args.tasks):
+            self.conn.put_object("spin-in", f"part-{i:04d}", f"input {i}\n".encode())
+        self.conn.put_container("out")
+        self.traffic = Traffic(self.cluster)
+        self.rounds: list[dict] = []
+        self.jobs = 0
+        spin_job(self.conn, args.tasks, 1, self.next_job())  # warm: executors, modules
+
+    def next_job(self) -> int:
+        self.jobs += 1
+        return self.jobs
+
+    def measure(self) -> dict:
+        until = time.monotonic() + self.args.idle_s
+        idle = self.traffic.run_while(lambda: time.monotonic() < until)
+        done = threading.Event()
+        job: dict = {}
+
+        def run_job():
+            try:
+                job["report"] = spin_job(self.conn, self.args.tasks, self.args.spin,
+                                         self.next_job())
+            finally:
+                done.set()
+
+        before, began = cpu_ticks(self.cluster), time.perf_counter()
+        thread = threading.Thread(target=run_job)
+        thread.start()
+        loaded = self.traffic.run_while(lambda: not done.is_set())
+        thread.join()
+        wall = time.perf_counter() - began
+        after = cpu_ticks(self.cluster)
+        if "report" not in job:
+            raise SystemExit("the job did not finish")
+        result = {"job_s": job["report"]["ms"] / 1000, "wall_s": wall,
+                  "cpu_s": {k: after[k] - before[k] for k in after},
+                  "requests_per_s": {"idle": len(idle["GET"]) / self.args.idle_s,
+                                     "during": len(loaded["GET"]) / wall}}
+        for op in ("GET", "PUT"):
+            result[op] = {"idle_p50": statistics.median(idle[op]),
+                          "idle_p99": percentile(idle[op], 99),
+                          "during_p50": statistics.median(loaded[op]),
+                          "during_p99": percentile(loaded[op], 99)}
+        self.rounds.append(result)
+        return result
+
+    def summary(self) -> dict:
+        def med(get):
+            return statistics.median(get(r) for r in self.rounds)
+        out = {"job_s": med(lambda r: r["job_s"]),
+               "servers_cpu_s": med(lambda r: r["cpu_s"]["servers"]),
+               "executors_cpu_s": med(lambda r: r["cpu_s"]["executors"]),
+               "requests_per_s_idle": med(lambda r: r["requests_per_s"]["idle"]),
+               "requests_per_s_during": med(lambda r: r["requests_per_s"]["during"])}
+        for op in ("GET", "PUT"):
+            for key in ("idle_p50", "idle_p99", "during_p50", "during_p99"):
+                out[f"{op}_{key}"] = med(lambda r, op=op, key=key: r[op][key])
+            out[f"{op}_p99_ratio"] = out[f"{op}_during_p99"] / out[f"{op}_idle_p99"]
+        return out
+
+    def stop(self) -> None:
+        self.cluster.stop(wipe=True)
+
+
+class Cgroup:
+    """A cpu cgroup for one cluster's executors (removed at the end)."""
+
+    def __init__(self):
+        self.path = os.path.join(CGROUP_CPU, f"zerocompute-bench-{os.getpid()}")
+
+    def __enter__(self) -> str:
+        os.makedirs(self.path, exist_ok=True)
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        for _ in range(50):
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                time.sleep(0.1)  # its last executors are still exiting
+
+
+def print_table(summaries: dict[str, dict], args) -> None:
+    print(f"\nSmall GETs and PUTs ({SMALL} B, one at a time, another tenant) through the "
+          f"proxy, idle and while a job of {args.tasks} CPU-bound tasks (spin {args.spin}) "
+          f"fills every slot of 4 object servers x {os.cpu_count()} slots, on "
+          f"{os.cpu_count()} cores; medians of {args.rounds} rounds")
+    header = (f"{'':24} {'GET p50':>8} {'p99':>7} {'PUT p50':>8} {'p99':>7}  "
+              f"{'p99 x idle':>10}  {'job s':>6}  {'CPU s servers/executors':>23}")
+    print(header)
+    for label, s in summaries.items():
+        print(f"{label + ', idle':24} {s['GET_idle_p50']:8.1f} {s['GET_idle_p99']:7.1f} "
+              f"{s['PUT_idle_p50']:8.1f} {s['PUT_idle_p99']:7.1f}")
+        print(f"{label + ', during job':24} {s['GET_during_p50']:8.1f} "
+              f"{s['GET_during_p99']:7.1f} {s['PUT_during_p50']:8.1f} "
+              f"{s['PUT_during_p99']:7.1f}  {s['GET_p99_ratio']:5.2f}/{s['PUT_p99_ratio']:<4.2f}"
+              f"  {s['job_s']:6.2f}  {s['servers_cpu_s']:11.1f}/{s['executors_cpu_s']:<11.1f}")
+    equal = summaries["equal priority"]
+    for label, s in summaries.items():
+        if label != "equal priority":
+            print(f"{label}: p99 during the job / idle: GET {s['GET_p99_ratio']:.2f}, PUT "
+                  f"{s['PUT_p99_ratio']:.2f} (target <= 1.3); job time / at equal priority: "
+                  f"{s['job_s'] / equal['job_s']:.2f} (target <= 1.3)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tasks", type=int, default=64)
+    parser.add_argument("--spin", type=int, default=150, help="million rounds per task")
+    parser.add_argument("--idle-s", type=float, default=10.0)
+    parser.add_argument("--cgroup", action="store_true",
+                        help="also: the executors in a cpu cgroup of weight 64")
+    args = parser.parse_args(argv)
+    with open(build_c_guest(SPIN), "rb") as f:
+        spin = f.read()
+    settings: list[Setting] = []
+    with contextlib.ExitStack() as stack:
+        cgroup = stack.enter_context(Cgroup()) if args.cgroup else ""
+        stack.callback(lambda: [setting.stop() for setting in settings])  # before rmdir
+        settings.append(Setting("equal priority", EQUAL, args, spin))
+        settings.append(Setting("storage first", {}, args, spin))
+        if cgroup:
+            settings.append(Setting("storage first + cgroup",
+                                    {"cpu_cgroup": cgroup, "cpu_weight": "64"}, args, spin))
+        for n in range(args.rounds):
+            for setting in settings:
+                result = setting.measure()
+                print(f"round {n + 1}, {setting.label}: job {result['job_s']:.2f} s, GET p99 "
+                      f"{result['GET']['idle_p99']:.1f} -> {result['GET']['during_p99']:.1f} "
+                      f"ms, PUT p99 {result['PUT']['idle_p99']:.1f} -> "
+                      f"{result['PUT']['during_p99']:.1f} ms", flush=True)
+        summaries = {s.label: s.summary() for s in settings}
+    print_table(summaries, args)
+    print(json.dumps(summaries, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Executors yield to storage: their every thread runs at the configured nice value, I/O
+priority and cgroup (real executor processes, real wasmtime)."""
+
+import os
+import socket
+import subprocess
+
+import eventlet
+import pytest
+
+from tests.unit.test_executor import SPIN, group
+from zerocompute.middleware.task import TaskFilterConfig
+from zerocompute.sandbox.executor import CANCELLED, ExecutorPool
+from zerocompute.sandbox.priority import Priority, set_cpu_weight
+
+CGROUP_CPU = "/sys/fs/cgroup/cpu"
+
+
+@pytest.fixture
+def cache(tmp_path):
+    os.makedirs(tmp_path / "scratch")
+    return str(tmp_path)
+
+
+def executors_of(parent: int) -> list[int]:
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if ppid == parent and b"zerocompute.sandbox.executor" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def threads_while_a_guest_runs(cache, tmp_path, priority):
+    """Each thread of the executor, while its guest spins: (nice, ionice, cgroups)."""
+    pool = ExecutorPool(1, cache, priority=priority)
+    server_side, requester = socket.socketpair()
+    try:
+        with open(os.devnull, "rb") as empty, open(tmp_path / "out", "wb") as out:
+            fds = [os.dup(empty.fileno()), os.dup(out.fileno())]
+        running = eventlet.spawn(pool.run, group(cache, SPIN), fds, 60, server_side)
+        eventlet.sleep(1.5)  # the module is compiled and the guest spins
+        (pid,) = executors_of(os.getpid())
+        seen = {}
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                nice = int(f.read().rsplit(")", 1)[1].split()[16])
+            io = subprocess.run(["ionice", "-p", tid], capture_output=True, text=True).stdout
+            with open(f"/proc/{pid}/task/{tid}/cgroup") as f:
+                seen[tid] = (nice, io.strip(), f.read())
+        requester.close()
+        with eventlet.Timeout(20):
+            assert running.wait().error == CANCELLED
+        for fd in fds:
+            os.close(fd)
+        return seen
+    finally:
+        server_side.close()
+        pool.close()
+
+
+def test_every_thread_of_an_executor_runs_at_the_default_low_priority(cache, tmp_path):
+    seen = threads_while_a_guest_runs(cache, tmp_path, Priority())
+    assert len(seen) > 1, "no threads but the main one: the inheritance is not tested"
+    assert {nice for nice, _io, _cg in seen.values()} == {19}
+    assert {io for _nice, io, _cg in seen.values()} == {"best-effort: prio 7"}
+
+
+def test_empty_settings_leave_the_executor_at_the_servers_priority(cache, tmp_path):
+    seen = threads_while_a_guest_runs(
+        cache, tmp_path, Priority.from_conf({"nice_priority": "", "ionice_class": ""}))
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    own_io = subprocess.run(["ionice", "-p", str(os.getpid())], capture_output=True,
+                            text=True).stdout.strip()
+    assert {nice for nice, _io, _cg in seen.values()} == {ours}
+    assert {io for _nice, io, _cg in seen.values()} == {own_io}
+
+
+@pytest.mark.skipif(not os.access(CGROUP_CPU, os.W_OK), reason="needs the cgroup v1 cpu "
+                    "controller, writable (root)")
+def test_executors_join_the_configured_cgroup_with_its_weight(cache, tmp_path):
+    path = os.path.join(CGROUP_CPU, f"zerocompute-test-{os.getpid()}")
+    os.makedirs(path)
+    try:
+        set_cpu_weight(path, 64)
+        seen = threads_while_a_guest_runs(cache, tmp_path, Priority(cpu_cgroup=path))
+        name = "/" + os.path.basename(path)
+        for _nice, _io, cgroups in seen.values():
+            assert any(line.split(":")[1] in ("cpu,cpuacct", "cpu", "cpuacct,cpu") and
+                       line.split(":")[2] == name for line in cgroups.splitlines()), cgroups
+        with open(os.path.join(path, "cpu.shares")) as f:
+            assert f.read().strip() == "64"
+    finally:
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                eventlet.sleep(0.1)
+
+
+@pytest.mark.parametrize("conf, message", [
+    ({"nice_priority": "20"}, "nice_priority 20 is not in -20..19"),
+    ({"ionice_class": "IOPRIO_CLASS_FAST"}, "ionice_class 'IOPRIO_CLASS_FAST' is not one of"),
+    ({"ionice_priority": "8"}, "ionice_priority 8 is not in 0..7"),
+    ({"cpu_weight": "64"}, "cpu_weight needs cpu_cgroup"),
+])
+def test_a_bad_priority_setting_stops_the_filter_with_its_name(conf, message):
+    with pytest.raises(ValueError, match=message):
+        TaskFilterConfig.from_conf({"secret": "s", **conf})
+
+
+def test_the_defaults_protect_storage():
+    config = TaskFilterConfig.from_conf({"secret": "s"})
+    assert config.priority == Priority(19, "IOPRIO_CLASS_BE", 7, "")
+    assert config.cpu_weight is None
+
+
+def test_a_directory_without_the_cpu_controller_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="neither cpu.shares nor cpu.weight"):
+        set_cpu_weight(str(tmp_path), 64)
+
+
+def test_a_cgroup_the_executors_could_not_join_stops_the_filter(tmp_path):
+    from zerocompute.middleware.task import TaskMiddleware
+
+    config = TaskFilterConfig.from_conf({"secret": "s", "cpu_cgroup": str(tmp_path / "no"),
+                                         "cache_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="no cgroup.procs this server may write"):
+        TaskMiddleware(None, config, pool=object())
