@@ -19,8 +19,11 @@ Guests run in a pool of ``slots`` executor processes
 (``zerocompute.sandbox.executor``): the eventlet hub never waits on a guest,
 and a crashing guest or runtime takes down one executor, never the object
 server.  Each task of a group takes a slot for itself, so several groups
-share the slots task by task.  Beyond ``slots + queue`` groups at once the
-server answers 503 with ``Retry-After`` so the proxy places them elsewhere.
+share the slots task by task, and accounts share them fairly: a freed slot
+goes to the waiting account that runs the fewest tasks here
+(``zerocompute.middleware.slots``).  Beyond ``slots + queue`` groups at once
+(twice that for an account holding less than its share) the server answers
+503 with ``Retry-After`` so the proxy places them elsewhere.
 When the proxy hangs up (it cancelled the attempt), the running guest is
 killed and the rest of the group is dropped.
 
@@ -66,7 +69,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import eventlet
-from eventlet.semaphore import Semaphore
 from swift.common.exceptions import (
     DiskFileDeleted,
     DiskFileDeviceUnavailable,
@@ -95,6 +97,7 @@ from swift.obj.diskfile import DiskFileRouter
 
 from zerocompute import wire
 from zerocompute.middleware.bodies import FileIter
+from zerocompute.middleware.slots import FairAdmission, FairSlots
 from zerocompute.sandbox import shuffle_io
 from zerocompute.sandbox.executor import CANCELLED, ExecutorPool, hung_up
 from zerocompute.sandbox.priority import Priority, check_cgroup, set_cpu_weight
@@ -215,9 +218,9 @@ class TaskMiddleware:
         self.seen: set[str] = set()  # signatures of groups received lately (replays)
         self.seen_order: collections.deque[tuple[float, str]] = collections.deque()
         self.reaped_at = 0.0
-        self._slots = Semaphore(config.slots)
+        self._slots = FairSlots(config.slots)
+        self.admission = FairAdmission(config.slots + config.queue)
         self.diskfile_router = DiskFileRouter(conf, self.logger)
-        self.groups = 0  # task groups being served
         self.pending = 0  # tasks of those groups that wait for their turn in the group
         self.waiting = 0  # tasks whose turn came, waiting for a slot
         self.service_ms = DEFAULT_SERVICE_MS
@@ -336,7 +339,7 @@ class TaskMiddleware:
             return HTTPBadRequest(body=str(err).encode())
         if missing:
             return HTTPPreconditionFailed(headers={wire.NEED_EXECUTABLE_HEADER: missing[0]})
-        if self.groups >= self.slots + self.config.queue:
+        if not self.admission.admits(group.account):
             return HTTPServiceUnavailable(headers={"Retry-After": "1"},
                                           body=b"zerocompute: all task slots busy\n")
         if len(group.tasks) > 4096:
@@ -457,12 +460,12 @@ class TaskMiddleware:
         """Wait for a slot, then run; the counters feed the load header."""
         self.waiting += 1
         try:
-            self._slots.acquire()
+            self._slots.acquire(task.account)
         finally:
             self.waiting -= 1
         if client is not None and hung_up(client):
             # Cancelled while it waited (the proxy ran it elsewhere): do not run it.
-            self._slots.release()
+            self._slots.release(task.account)
             return wire.TaskResult(task.tasks[0].task, error=CANCELLED)
         began = time.monotonic()
         self.started.append(began)
@@ -470,7 +473,7 @@ class TaskMiddleware:
             return self.pool.run(task, fds, time_s, client)
         finally:
             self.started.remove(began)
-            self._slots.release()
+            self._slots.release(task.account)
 
 
 class GroupFrames:
@@ -486,7 +489,7 @@ class GroupFrames:
         self.client = client
         self.source = source  # the request body still to read: a streamed input
         self.left = len(group.tasks)
-        server.groups += 1
+        server.admission.enter(group.account)
         server.pending += self.left
         self._closed = False
 
@@ -532,7 +535,7 @@ class GroupFrames:
         self._closed = True
         self.server.pending -= self.left
         self.left = 0
-        self.server.groups -= 1
+        self.server.admission.leave(self.group.account)
 
 
 def filter_factory(global_conf: dict, **local_conf: str):

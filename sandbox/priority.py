@@ -23,12 +23,25 @@ section of ``object-server.conf``::
 Linux keeps a nice value and an I/O priority per thread, and a thread starts
 with its creator's: the executor lowers its own before it starts any thread
 (wasmtime's among them), so every thread a guest runs on has them.
+
+Where the kernel groups processes by session (``kernel.sched_autogroup_enabled
+= 1``, the default of most distributions), it shares the CPU between sessions
+first and a nice value counts only inside one: executors niced in the object
+server's session would still take their session's full share from the proxy,
+the container and account servers, and other object servers.  So an executor
+that is not in a cgroup of its own starts a session of its own and gives that
+session its nice value (``/proc/self/autogroup``, sched(7)); it dies with its
+server (``PR_SET_PDEATHSIG``), as it would have with the server's session.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import signal
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -36,6 +49,8 @@ from swift.common.utils import modify_priority
 from swift.common.utils.libc import IO_CLASS_ENUM
 
 PRIORITY_ENV = "ZEROCOMPUTE_EXECUTOR_PRIORITY"
+AUTOGROUP_SWITCH = "/proc/sys/kernel/sched_autogroup_enabled"
+PR_SET_PDEATHSIG = 1
 
 DEFAULT_NICE = 19
 DEFAULT_IONICE_CLASS = "IOPRIO_CLASS_BE"
@@ -84,6 +99,8 @@ def lower_own_priority(priority: Priority, logger: Any) -> None:
     """Give this process (and every thread it starts from now on) ``priority``."""
     if priority.cpu_cgroup:
         join_cgroup(priority.cpu_cgroup)
+    elif priority.nice_priority is not None and sessions_share_the_cpu():
+        start_own_session(priority.nice_priority, logger)
     conf: dict[str, Any] = {}
     if priority.nice_priority is not None:
         conf["nice_priority"] = priority.nice_priority
@@ -116,3 +133,49 @@ def set_cpu_weight(cgroup: str, weight: int) -> None:
             return
     raise ValueError(f"zerocompute_object: {cgroup} has neither cpu.shares nor cpu.weight "
                      "(is it a cgroup with the cpu controller?)")
+
+
+def sessions_share_the_cpu() -> bool:
+    """Whether the kernel's autogroups are on (the CPU shared between sessions first)."""
+    try:
+        with open(AUTOGROUP_SWITCH) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def start_own_session(nice: int, logger: Any, patience_s: float = 5.0) -> None:
+    """Leave the server's session for one whose CPU share has ``nice``'s weight.
+
+    The kernel lets an unprivileged process change an autogroup's nice value
+    only once per 100 ms system-wide (EAGAIN otherwise): executors starting
+    together take turns.
+    """
+    parent = os.getppid()
+    die_with_parent(parent)
+    try:
+        os.setsid()
+    except PermissionError:  # already a group's leader: its own session is all we can use
+        pass
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(nice))
+            return
+        except OSError as err:
+            if err.errno != errno.EAGAIN or time.monotonic() > deadline:
+                logger.warning("zerocompute executor: cannot set its session's nice value "
+                               "(%s); guests compete with the servers as equals", err)
+                return
+            time.sleep(0.05)
+
+
+def die_with_parent(parent: int) -> None:
+    """Be killed when the server that started us dies (out of its session, its
+    group's signals no longer reach us)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(1)

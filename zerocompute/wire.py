@@ -328,6 +328,9 @@ class TaskGroup:
     # A task of a MapReduce job: a map's output is partitioned where it ran, a reduce
     # fetches its partition from the maps' nodes.
     shuffle: ShuffleSpec | None = None
+    # The account whose job this is: an object server shares its slots between
+    # accounts (middleware/slots.py).
+    account: str = ""
 
     def encode(self) -> bytes:
         doc = dict(_plain(self), limits=self.limits.to_dict(),
@@ -357,7 +360,7 @@ class TaskGroup:
                    args=tuple(map(str, doc["args"])),
                    env=tuple((str(k), str(v)) for k, v in doc["env"]),
                    limits=Limits.from_dict(doc["limits"]), tasks=tasks, ts=float(doc["ts"]),
-                   kind=str(doc.get("kind", "map")),
+                   kind=str(doc.get("kind", "map")), account=str(doc.get("account", "")),
                    shuffle=ShuffleSpec.from_doc(shuffle) if isinstance(shuffle, dict) else None)
 
 

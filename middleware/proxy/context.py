@@ -54,6 +54,7 @@ class JobContext:
         self.config = config
         self.logger = logger
         self.field: str | None = None  # the manifest field being checked, for errors
+        self.account = req.split_path(2, 4, rest_with_last=True)[1]
 
     @contextlib.contextmanager
     def checking(self, field: str | None) -> Iterator[None]:

@@ -259,7 +259,9 @@ class PhaseRunner:
             return
         self.dispatcher.probe(list({node_key(n): n for s in phase.states
                                     for n in s.candidates[0]}.values()))
-        run = PhaseDispatch(self.dispatcher, phase.states, phase.template, phase.executables,
+        # The tasks take this account's share of each server's slots (middleware/slots.py).
+        template = replace(phase.template, account=self.ctx.account)
+        run = PhaseDispatch(self.dispatcher, phase.states, template, phase.executables,
                      self.settings, phase.on_result)
         # Listed until its failed attempts are in the reports: progress() counts both.
         self.runs.append(run)

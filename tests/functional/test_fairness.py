@@ -3,13 +3,16 @@
 Two accounts submit equal jobs at the same moment on a cluster of four object
 servers of two slots; every task sleeps (occupies a slot, not the CPU) and
 stamps when it began.  Neither job waits for the other: each has tasks
-running within 2 s, and each finishes within 2.3x its time alone.
+running within 2 s, and each finishes within 2.3x its time alone.  Shares are
+per account, not per job: an account that submits three jobs gets no more
+slots than one that submits one (``zerocompute.middleware.slots``).
 """
 
 import threading
 import time
 
 import pytest
+import swiftclient
 
 from tests.functional.helpers import own_cluster
 from zerocompute.client import submit_job
@@ -88,3 +91,41 @@ def test_two_accounts_jobs_at_once_share_the_slots(tenants):
     lasts = {user: starts(conn, "together")[-1] for user, conn in tenants.items()}
     for user, other in (USERS, USERS[::-1]):
         assert lasts[user] > halves[other], (lasts, halves)
+
+
+def test_an_account_with_more_jobs_gets_no_bigger_share(tenants):
+    """Slots are shared between accounts, not jobs: three jobs of one account and one
+    of another, submitted together, and the lone job still gets half the slots."""
+    many, lone = USERS
+    for conn in tenants.values():
+        job(conn, "warm")
+    names = {(many, f"many-{n}") for n in range(3)} | {(lone, "lone")}
+    took, errors = {}, []
+    barrier = threading.Barrier(len(names))
+
+    def run(user, name):
+        try:
+            conn = tenants[user]
+            own = swiftclient.Connection(preauthurl=conn.url, preauthtoken=conn.token)
+            barrier.wait()
+            began = time.monotonic()
+            job(own, name)
+            took[name] = time.monotonic() - began
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=item) for item in sorted(names)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    # Until the lone job's last task began, the lone account had about half of the
+    # task starts (a share per job would give it a quarter).
+    lone_starts = starts(tenants[lone], "lone")
+    until = lone_starts[-1]
+    many_starts = [t for n in range(3) for t in starts(tenants[many], f"many-{n}")
+                   if t <= until]
+    share = len(lone_starts) / (len(lone_starts) + len(many_starts))
+    assert share >= 0.4, (share, took)
+    assert took["lone"] <= 0.6 * max(took[f"many-{n}"] for n in range(3)), took

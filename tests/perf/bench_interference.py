@@ -1,7 +1,8 @@
 """Interference benchmark: does a CPU-heavy job slow other tenants' reads and writes?
 
 Run from the repository: ``make bench-interference`` (or ``.venv/bin/python -m
-tests.perf.bench_interference [--rounds 2] [--tasks 64] [--spin 150]``).
+tests.perf.bench_interference [--rounds 3] [--tasks 64] [--spin 300] [--rate 5]
+[--cgroup]``).
 
 Two dev clusters side by side (four object servers, each with as many task
 slots as this machine has cores), identical but for the executors' priority:
@@ -13,19 +14,22 @@ slots as this machine has cores), identical but for the executors' priority:
 - with ``--cgroup`` (root, cgroup v1 ``cpu`` controller), also the defaults
   plus a cgroup for the executors with ``cpu_weight`` 64.
 
-Another tenant (test2:tester2) PUTs and GETs 4 KiB objects through the proxy,
-one request at a time, for ``--idle-s`` seconds with nothing else running
-(idle), then for as long as a CPU-bound map job runs (``--tasks`` tasks of the
-``spin`` guest, more than the slots of every server).  Printed side by side:
+Another tenant (test2:tester2) PUTs and GETs 4 KiB objects through the proxy
+at a steady rate (``--rate`` pairs a second, open loop), for ``--idle-s``
+seconds with nothing else running (idle), then for as long as a CPU-bound map
+job runs (``--tasks`` tasks of the ``spin`` guest, more than the slots of every
+server).  Printed side by side:
 p50 and p99 of the requests idle and during the job, their ratio, the job's
 time, and where the CPU went during the job (the Swift servers' processes
-against the executors').  Rounds alternate between the clusters; each
-figure is the median over ``--rounds``.
+against the executors').  Rounds alternate between the clusters; latencies
+are percentiles of every round's requests together, times and CPU medians
+over ``--rounds``.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -47,39 +51,58 @@ EQUAL = {"nice_priority": "", "ionice_class": ""}
 
 
 class Traffic:
-    """One tenant's small PUTs and GETs, one at a time, each timed."""
+    """Another tenant's small PUTs and GETs at a steady rate, each timed.
 
-    def __init__(self, cluster: DevCluster):
-        self.conn = cluster.connection("test2:tester2")
-        self.conn.put_container("small")
+    Open loop, as a service's clients are: a PUT and a GET of one name every
+    ``1 / rate`` seconds whether or not the last pair has finished (a closed loop
+    would send less when the servers are slower, and so load them less exactly
+    when it matters).  Each request is timed from the moment it was due.
+    """
+
+    def __init__(self, cluster: DevCluster, rate: float):
+        self.cluster, self.rate = cluster, rate
+        self.local = threading.local()
         self.body = os.urandom(SMALL)
+        self.conn().put_container("small")
         for i in range(NAMES):
-            self.conn.put_object("small", f"o{i}", self.body)
+            self.conn().put_object("small", f"o{i}", self.body)
         self.n = 0
+
+    def conn(self):
+        if not hasattr(self.local, "conn"):  # a swiftclient Connection per thread
+            self.local.conn = self.cluster.connection("test2:tester2")
+        return self.local.conn
+
+    def pair(self, name: str, due: float, times: dict[str, list[float]]) -> None:
+        self.conn().put_object("small", name, self.body)
+        put_done = time.perf_counter()
+        times["PUT"].append((put_done - due) * 1000)
+        _headers, body = self.conn().get_object("small", name)
+        times["GET"].append((time.perf_counter() - put_done) * 1000)
+        if body != self.body:
+            raise SystemExit(f"GET of {name} returned other bytes")
 
     def run_while(self, keep_going) -> dict[str, list[float]]:
         times: dict[str, list[float]] = {"GET": [], "PUT": []}
-        while keep_going():
-            self.n += 1
-            name = f"o{self.n % NAMES}"
-            began = time.perf_counter()
-            self.conn.put_object("small", name, self.body)
-            times["PUT"].append((time.perf_counter() - began) * 1000)
-            began = time.perf_counter()
-            _headers, body = self.conn.get_object("small", name)
-            times["GET"].append((time.perf_counter() - began) * 1000)
-            if body != self.body:
-                raise SystemExit(f"GET of {name} returned other bytes")
+        due = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            pending = []
+            while keep_going():
+                self.n += 1
+                pending.append(pool.submit(self.pair, f"o{self.n % NAMES}", due, times))
+                due += 1 / self.rate
+                time.sleep(max(0.0, due - time.perf_counter()))
+            for future in pending:
+                future.result()
         return times
 
 
 def cpu_ticks(cluster: DevCluster) -> dict[str, float]:
-    """CPU seconds so far of the cluster's servers and of their executors."""
+    """CPU seconds so far of the cluster's servers and of their executors (which may
+    run in sessions of their own: found by parentage)."""
     groups = set(cluster.state["pids"].values())
-    totals = {"servers": 0.0, "executors": 0.0}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    procs = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -87,10 +110,15 @@ def cpu_ticks(cluster: DevCluster) -> dict[str, float]:
                 cmdline = f.read()
         except OSError:
             continue
-        if int(fields[2]) not in groups:
-            continue
+        ticks = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        procs[int(entry)] = (int(fields[1]), int(fields[2]), cmdline, ticks)
+    ours = {pid for pid, (_ppid, pgid, _c, _t) in procs.items() if pgid in groups}
+    ours |= {pid for pid, (ppid, _g, _c, _t) in procs.items() if ppid in ours}
+    totals = {"servers": 0.0, "executors": 0.0}
+    for pid in ours:
+        _ppid, _pgid, cmdline, ticks = procs[pid]
         kind = "executors" if b"zerocompute.sandbox.executor" in cmdline else "servers"
-        totals[kind] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        totals[kind] += ticks
     return totals
 
 
@@ -120,8 +148,9 @@ class Setting:
         for i in range(args.tasks):
             self.conn.put_object("spin-in", f"part-{i:04d}", f"input {i}\n".encode())
         self.conn.put_container("out")
-        self.traffic = Traffic(self.cluster)
+        self.traffic = Traffic(self.cluster, args.rate)
         self.rounds: list[dict] = []
+        self.samples: list[dict] = []  # each round's request times, idle and during
         self.jobs = 0
         spin_job(self.conn, args.tasks, 1, self.next_job())  # warm: executors, modules
 
@@ -153,14 +182,15 @@ class Setting:
             raise SystemExit("the job did not finish")
         result = {"job_s": job["report"]["ms"] / 1000, "wall_s": wall,
                   "cpu_s": {k: after[k] - before[k] for k in after},
-                  "requests_per_s": {"idle": len(idle["GET"]) / self.args.idle_s,
-                                     "during": len(loaded["GET"]) / wall}}
+                  "requests_per_s": {"idle": 2 * len(idle["GET"]) / self.args.idle_s,
+                                     "during": 2 * len(loaded["GET"]) / wall}}
         for op in ("GET", "PUT"):
             result[op] = {"idle_p50": statistics.median(idle[op]),
                           "idle_p99": percentile(idle[op], 99),
                           "during_p50": statistics.median(loaded[op]),
                           "during_p99": percentile(loaded[op], 99)}
         self.rounds.append(result)
+        self.samples.append({"idle": idle, "during": loaded})
         return result
 
     def summary(self) -> dict:
@@ -171,9 +201,13 @@ class Setting:
                "executors_cpu_s": med(lambda r: r["cpu_s"]["executors"]),
                "requests_per_s_idle": med(lambda r: r["requests_per_s"]["idle"]),
                "requests_per_s_during": med(lambda r: r["requests_per_s"]["during"])}
+        # Percentiles of every round's requests together: a p99 of one round's hundred
+        # requests is its worst but one.
         for op in ("GET", "PUT"):
-            for key in ("idle_p50", "idle_p99", "during_p50", "during_p99"):
-                out[f"{op}_{key}"] = med(lambda r, op=op, key=key: r[op][key])
+            for when in ("idle", "during"):
+                times = [t for r in self.samples for t in r[when][op]]
+                out[f"{op}_{when}_p50"] = statistics.median(times)
+                out[f"{op}_{when}_p99"] = percentile(times, 99)
             out[f"{op}_p99_ratio"] = out[f"{op}_during_p99"] / out[f"{op}_idle_p99"]
         return out
 
@@ -201,17 +235,17 @@ class Cgroup:
 
 
 def print_table(summaries: dict[str, dict], args) -> None:
-    print(f"\nSmall GETs and PUTs ({SMALL} B, one at a time, another tenant) through the "
+    print(f"\nSmall GETs and PUTs ({SMALL} B, {args.rate:g} pairs/s, another tenant) through the "
           f"proxy, idle and while a job of {args.tasks} CPU-bound tasks (spin {args.spin}) "
           f"fills every slot of 4 object servers x {os.cpu_count()} slots, on "
-          f"{os.cpu_count()} cores; medians of {args.rounds} rounds")
-    header = (f"{'':24} {'GET p50':>8} {'p99':>7} {'PUT p50':>8} {'p99':>7}  "
+          f"{os.cpu_count()} cores; {args.rounds} rounds")
+    header = (f"{'':36} {'GET p50':>8} {'p99':>7} {'PUT p50':>8} {'p99':>7}  "
               f"{'p99 x idle':>10}  {'job s':>6}  {'CPU s servers/executors':>23}")
     print(header)
     for label, s in summaries.items():
-        print(f"{label + ', idle':24} {s['GET_idle_p50']:8.1f} {s['GET_idle_p99']:7.1f} "
+        print(f"{label + ', idle':36} {s['GET_idle_p50']:8.1f} {s['GET_idle_p99']:7.1f} "
               f"{s['PUT_idle_p50']:8.1f} {s['PUT_idle_p99']:7.1f}")
-        print(f"{label + ', during job':24} {s['GET_during_p50']:8.1f} "
+        print(f"{label + ', during job':36} {s['GET_during_p50']:8.1f} "
               f"{s['GET_during_p99']:7.1f} {s['PUT_during_p50']:8.1f} "
               f"{s['PUT_during_p99']:7.1f}  {s['GET_p99_ratio']:5.2f}/{s['PUT_p99_ratio']:<4.2f}"
               f"  {s['job_s']:6.2f}  {s['servers_cpu_s']:11.1f}/{s['executors_cpu_s']:<11.1f}")
@@ -225,10 +259,12 @@ def print_table(summaries: dict[str, dict], args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=64)
-    parser.add_argument("--spin", type=int, default=150, help="million rounds per task")
-    parser.add_argument("--idle-s", type=float, default=10.0)
+    parser.add_argument("--spin", type=int, default=300, help="million rounds per task")
+    parser.add_argument("--idle-s", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=5.0,
+                        help="the other tenant's PUT+GET pairs per second")
     parser.add_argument("--cgroup", action="store_true",
                         help="also: the executors in a cpu cgroup of weight 64")
     args = parser.parse_args(argv)

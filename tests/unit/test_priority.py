@@ -2,8 +2,13 @@
 priority and cgroup (real executor processes, real wasmtime)."""
 
 import os
+import signal
 import socket
 import subprocess
+import sys
+import textwrap
+import time
+from typing import NamedTuple
 
 import eventlet
 import pytest
@@ -11,7 +16,7 @@ import pytest
 from tests.unit.test_executor import SPIN, group
 from zerocompute.middleware.task import TaskFilterConfig
 from zerocompute.sandbox.executor import CANCELLED, ExecutorPool
-from zerocompute.sandbox.priority import Priority, set_cpu_weight
+from zerocompute.sandbox.priority import Priority, sessions_share_the_cpu, set_cpu_weight
 
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 
@@ -37,8 +42,14 @@ def executors_of(parent: int) -> list[int]:
     return pids
 
 
-def threads_while_a_guest_runs(cache, tmp_path, priority):
-    """Each thread of the executor, while its guest spins: (nice, ionice, cgroups)."""
+class Seen(NamedTuple):
+    threads: dict[str, tuple[int, str, str]]  # each thread's nice, ionice and cgroups
+    session: int
+    autogroup: str
+
+
+def threads_while_a_guest_runs(cache, tmp_path, priority) -> Seen:
+    """The executor while its guest spins: its threads' priorities, its session."""
     pool = ExecutorPool(1, cache, priority=priority)
     server_side, requester = socket.socketpair()
     try:
@@ -54,12 +65,15 @@ def threads_while_a_guest_runs(cache, tmp_path, priority):
             io = subprocess.run(["ionice", "-p", tid], capture_output=True, text=True).stdout
             with open(f"/proc/{pid}/task/{tid}/cgroup") as f:
                 seen[tid] = (nice, io.strip(), f.read())
+        with open(f"/proc/{pid}/autogroup") as f:
+            autogroup = f.read().strip()
+        session = os.getsid(pid)
         requester.close()
         with eventlet.Timeout(20):
             assert running.wait().error == CANCELLED
         for fd in fds:
             os.close(fd)
-        return seen
+        return Seen(seen, session, autogroup)
     finally:
         server_side.close()
         pool.close()
@@ -68,8 +82,54 @@ def threads_while_a_guest_runs(cache, tmp_path, priority):
 def test_every_thread_of_an_executor_runs_at_the_default_low_priority(cache, tmp_path):
     seen = threads_while_a_guest_runs(cache, tmp_path, Priority())
     assert len(seen) > 1, "no threads but the main one: the inheritance is not tested"
-    assert {nice for nice, _io, _cg in seen.values()} == {19}
-    assert {io for _nice, io, _cg in seen.values()} == {"best-effort: prio 7"}
+    assert {nice for nice, _io, _cg in seen.threads.values()} == {19}
+    assert {io for _nice, io, _cg in seen.threads.values()} == {"best-effort: prio 7"}
+
+
+@pytest.mark.skipif(not sessions_share_the_cpu(), reason="the kernel's autogroups are off")
+def test_where_sessions_share_the_cpu_an_executor_nices_a_session_of_its_own(cache,
+                                                                             tmp_path):
+    seen = threads_while_a_guest_runs(cache, tmp_path, Priority())
+    assert seen.session != os.getsid(0)
+    assert seen.autogroup.endswith(" nice 19"), seen.autogroup
+
+
+def test_an_executor_in_a_session_of_its_own_dies_with_its_server(cache, tmp_path):
+    # A "server" whose executor spins a guest (deaf to its socket), SIGKILLed.
+    server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, time, eventlet
+        from tests.unit.test_executor import SPIN, group
+        from zerocompute.sandbox.executor import ExecutorPool
+        from zerocompute.sandbox.priority import Priority
+        pool = ExecutorPool(1, {cache!r}, priority=Priority())
+        fds = [os.open(os.devnull, os.O_RDONLY), os.open({str(tmp_path / "out")!r},
+                                                         os.O_WRONLY | os.O_CREAT)]
+        eventlet.spawn(pool.run, group({cache!r}, SPIN), fds, 60)
+        eventlet.sleep(1.5)
+        print(pool.idle.qsize(), pool.started, flush=True)
+        eventlet.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        assert server.stdout.readline().split() == ["0", "1"]  # its executor is busy
+        (executor,) = executors_of(server.pid)
+        assert os.getsid(executor) != os.getsid(server.pid)
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        deadline = time.monotonic() + 10
+        while alive(executor) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(executor), "the executor outlived its server"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
 
 
 def test_empty_settings_leave_the_executor_at_the_servers_priority(cache, tmp_path):
@@ -78,8 +138,8 @@ def test_empty_settings_leave_the_executor_at_the_servers_priority(cache, tmp_pa
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     own_io = subprocess.run(["ionice", "-p", str(os.getpid())], capture_output=True,
                             text=True).stdout.strip()
-    assert {nice for nice, _io, _cg in seen.values()} == {ours}
-    assert {io for _nice, io, _cg in seen.values()} == {own_io}
+    assert {nice for nice, _io, _cg in seen.threads.values()} == {ours}
+    assert {io for _nice, io, _cg in seen.threads.values()} == {own_io}
 
 
 @pytest.mark.skipif(not os.access(CGROUP_CPU, os.W_OK), reason="needs the cgroup v1 cpu "
@@ -91,7 +151,7 @@ def test_executors_join_the_configured_cgroup_with_its_weight(cache, tmp_path):
         set_cpu_weight(path, 64)
         seen = threads_while_a_guest_runs(cache, tmp_path, Priority(cpu_cgroup=path))
         name = "/" + os.path.basename(path)
-        for _nice, _io, cgroups in seen.values():
+        for _nice, _io, cgroups in seen.threads.values():
             assert any(line.split(":")[1] in ("cpu,cpuacct", "cpu", "cpuacct,cpu") and
                        line.split(":")[2] == name for line in cgroups.splitlines()), cgroups
         with open(os.path.join(path, "cpu.shares")) as f:

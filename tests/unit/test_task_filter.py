@@ -108,7 +108,8 @@ def test_runs_each_task_of_a_group_in_order_and_streams_its_output(server):
     assert task.tasks[0].task == "t1" and task.args == ("x",) and task.env == (("A", "1"),)
     assert task.tasks[0].env == (("ZEROCOMPUTE_TASK", "t1"),)
     assert server.app.calls == [], "a task never reaches the object server app"
-    assert (server.groups, server.pending, server.waiting, server.running) == (0, 0, 0, 0)
+    assert (server.admission.total, server.pending, server.waiting, server.running) == \
+        (0, 0, 0, 0)
 
 
 def test_an_object_this_node_lacks_is_handed_back_and_the_rest_still_runs(server):
@@ -177,7 +178,8 @@ def test_invalid_executable_is_refused(server):
 
 
 def test_a_full_server_answers_busy(server):
-    server.groups = server.slots + server.config.queue
+    for _ in range(server.slots + server.config.queue):
+        server.admission.enter(group("a").account)
     resp = send(server, group("a"), WASM)
     assert resp.status_int == 503 and resp.headers["Retry-After"] == "1"
     assert wire.LOAD_HEADER in resp.headers
