@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-swift lint bench-sandbox bench-scheduler bench-scale bench-mapreduce bench-shuffle bench-interference simulate clean
+.PHONY: demo test test-swift lint bench-sandbox bench-scheduler bench-scale bench-mapreduce bench-shuffle bench-interference soak simulate clean
 
 $(BIN)/zerocompute: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench-mapreduce: $(BIN)/zerocompute
 
 bench-interference: $(BIN)/zerocompute
 	$(BIN)/python -m tests.perf.bench_interference
+
+# Chaos soak: every kind of job, ordinary traffic, servers killed at random (minutes).
+soak: $(BIN)/zerocompute
+	$(BIN)/python -m tests.perf.soak
 
 bench-shuffle: $(BIN)/zerocompute
 	$(BIN)/python -m tests.perf.bench_shuffle

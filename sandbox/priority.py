@@ -14,6 +14,10 @@ section of ``object-server.conf``::
     # priority in it (0..7); an empty class leaves them at the server's.
     # ionice_class = IOPRIO_CLASS_BE
     # ionice_priority = 7
+    # Their CPU scheduling policy: idle (SCHED_IDLE: run only when nothing else
+    # wants the CPU, and give it up the moment something wakes), batch, or
+    # empty to keep the server's.
+    # cpu_policy = idle
     # A cgroup (v1 cpu controller or v2) the executors join, writable by the
     # server's user, and the CPU weight the server gives it at start (cpu.shares
     # in v1, 1024 a process's default; cpu.weight in v2, 100 the default).
@@ -55,6 +59,8 @@ PR_SET_PDEATHSIG = 1
 DEFAULT_NICE = 19
 DEFAULT_IONICE_CLASS = "IOPRIO_CLASS_BE"
 DEFAULT_IONICE_PRIORITY = 7
+DEFAULT_CPU_POLICY = "idle"
+CPU_POLICIES = {"idle": os.SCHED_IDLE, "batch": os.SCHED_BATCH}
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class Priority:
     ionice_class: str | None = DEFAULT_IONICE_CLASS
     ionice_priority: int = DEFAULT_IONICE_PRIORITY
     cpu_cgroup: str = ""
+    cpu_policy: str | None = DEFAULT_CPU_POLICY
 
     @classmethod
     def from_conf(cls, conf: dict[str, str]) -> Priority:
@@ -76,11 +83,16 @@ class Priority:
         if io_class is not None and io_class not in IO_CLASS_ENUM:
             raise ValueError(f"zerocompute_object: ionice_class {io_class!r} is not one of "
                              f"{', '.join(sorted(IO_CLASS_ENUM))}")
+        cpu_policy = _optional(conf, "cpu_policy", DEFAULT_CPU_POLICY)
+        if cpu_policy is not None and cpu_policy not in CPU_POLICIES:
+            raise ValueError(f"zerocompute_object: cpu_policy {cpu_policy!r} is not one of "
+                             f"{', '.join(sorted(CPU_POLICIES))} (or empty)")
         if not 0 <= io_priority <= 7:
             raise ValueError(f"zerocompute_object: ionice_priority {io_priority} "
                              "is not in 0..7")
         return cls(nice_priority=None if nice is None else int(nice), ionice_class=io_class,
-                   ionice_priority=io_priority, cpu_cgroup=conf.get("cpu_cgroup", "").strip())
+                   ionice_priority=io_priority, cpu_cgroup=conf.get("cpu_cgroup", "").strip(),
+                   cpu_policy=cpu_policy)
 
     def encode(self) -> str:
         return json.dumps(asdict(self))
@@ -108,6 +120,8 @@ def lower_own_priority(priority: Priority, logger: Any) -> None:
         conf["ionice_class"] = priority.ionice_class
         conf["ionice_priority"] = priority.ionice_priority
     modify_priority(conf, logger)
+    if priority.cpu_policy is not None:
+        os.sched_setscheduler(0, CPU_POLICIES[priority.cpu_policy], os.sched_param(0))
 
 
 def check_cgroup(cgroup: str) -> None:

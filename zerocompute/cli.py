@@ -314,6 +314,8 @@ BENCHMARKS = {
     "mapreduce": ("bench_mapreduce", [], "word count against its floors, downloading and "
                                          "Lithops; TeraSort against the PUT (long)"),
     "shuffle": ("bench_shuffle", [], "the shuffle's options: Python, WebAssembly, native C"),
+    "interference": ("bench_interference", [], "another tenant's small GETs and PUTs, idle "
+                                               "and under a CPU-heavy job (long)"),
 }
 QUICK = ["locality", "locality-slow-links", "scale", "policies"]
 

@@ -7,10 +7,13 @@ tests.perf.bench_interference [--rounds 3] [--tasks 64] [--spin 300] [--rate 5]
 Two dev clusters side by side (four object servers, each with as many task
 slots as this machine has cores), identical but for the executors' priority:
 
-- **equal priority**: ``nice_priority`` and ``ionice_class`` empty, so guests
-  run at the object servers' own priority (what zerocompute did before);
-- **storage first**: the filter's defaults (nice 19, best-effort I/O class
-  at its lowest priority, ``doc/sandbox.md``);
+- **equal priority**: ``nice_priority``, ``ionice_class`` and ``cpu_policy``
+  empty, so guests run at the object servers' own priority (what zerocompute
+  did before);
+- **nice 19 only**: the defaults but ``cpu_policy`` empty (nice 19 in a
+  session of their own, best-effort I/O at its lowest priority; no SCHED_IDLE);
+- **storage first**: the filter's defaults (all of that, and SCHED_IDLE:
+  ``doc/sandbox.md``);
 - with ``--cgroup`` (root, cgroup v1 ``cpu`` controller), also the defaults
   plus a cgroup for the executors with ``cpu_weight`` 64.
 
@@ -47,7 +50,7 @@ SPIN = "tests/guests/spin.c"
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 SMALL = 4096
 NAMES = 64
-EQUAL = {"nice_priority": "", "ionice_class": ""}
+EQUAL = {"nice_priority": "", "ionice_class": "", "cpu_policy": ""}
 
 
 class Traffic:
@@ -275,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         cgroup = stack.enter_context(Cgroup()) if args.cgroup else ""
         stack.callback(lambda: [setting.stop() for setting in settings])  # before rmdir
         settings.append(Setting("equal priority", EQUAL, args, spin))
+        settings.append(Setting("nice 19 only", {"cpu_policy": ""}, args, spin))
         settings.append(Setting("storage first", {}, args, spin))
         if cgroup:
             settings.append(Setting("storage first + cgroup",

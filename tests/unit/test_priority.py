@@ -44,12 +44,14 @@ def executors_of(parent: int) -> list[int]:
 
 class Seen(NamedTuple):
     threads: dict[str, tuple[int, str, str]]  # each thread's nice, ionice and cgroups
+    policies: set[int]  # the threads' scheduling policies
     session: int
     autogroup: str
 
 
 def threads_while_a_guest_runs(cache, tmp_path, priority) -> Seen:
     """The executor while its guest spins: its threads' priorities, its session."""
+    policies = set()
     pool = ExecutorPool(1, cache, priority=priority)
     server_side, requester = socket.socketpair()
     try:
@@ -61,7 +63,9 @@ def threads_while_a_guest_runs(cache, tmp_path, priority) -> Seen:
         seen = {}
         for tid in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                nice = int(f.read().rsplit(")", 1)[1].split()[16])
+                fields = f.read().rsplit(")", 1)[1].split()
+                nice, policy = int(fields[16]), int(fields[38])
+            policies.add(policy)
             io = subprocess.run(["ionice", "-p", tid], capture_output=True, text=True).stdout
             with open(f"/proc/{pid}/task/{tid}/cgroup") as f:
                 seen[tid] = (nice, io.strip(), f.read())
@@ -73,7 +77,7 @@ def threads_while_a_guest_runs(cache, tmp_path, priority) -> Seen:
             assert running.wait().error == CANCELLED
         for fd in fds:
             os.close(fd)
-        return Seen(seen, session, autogroup)
+        return Seen(seen, policies, session, autogroup)
     finally:
         server_side.close()
         pool.close()
@@ -81,9 +85,10 @@ def threads_while_a_guest_runs(cache, tmp_path, priority) -> Seen:
 
 def test_every_thread_of_an_executor_runs_at_the_default_low_priority(cache, tmp_path):
     seen = threads_while_a_guest_runs(cache, tmp_path, Priority())
-    assert len(seen) > 1, "no threads but the main one: the inheritance is not tested"
+    assert len(seen.threads) > 1, "no threads but the main one: the inheritance is not tested"
     assert {nice for nice, _io, _cg in seen.threads.values()} == {19}
     assert {io for _nice, io, _cg in seen.threads.values()} == {"best-effort: prio 7"}
+    assert seen.policies == {os.SCHED_IDLE}
 
 
 @pytest.mark.skipif(not sessions_share_the_cpu(), reason="the kernel's autogroups are off")
@@ -134,12 +139,14 @@ def alive(pid: int) -> bool:
 
 def test_empty_settings_leave_the_executor_at_the_servers_priority(cache, tmp_path):
     seen = threads_while_a_guest_runs(
-        cache, tmp_path, Priority.from_conf({"nice_priority": "", "ionice_class": ""}))
+        cache, tmp_path, Priority.from_conf({"nice_priority": "", "ionice_class": "",
+                                             "cpu_policy": ""}))
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     own_io = subprocess.run(["ionice", "-p", str(os.getpid())], capture_output=True,
                             text=True).stdout.strip()
     assert {nice for nice, _io, _cg in seen.threads.values()} == {ours}
     assert {io for _nice, io, _cg in seen.threads.values()} == {own_io}
+    assert seen.policies == {os.sched_getscheduler(0)}
 
 
 @pytest.mark.skipif(not os.access(CGROUP_CPU, os.W_OK), reason="needs the cgroup v1 cpu "
@@ -169,6 +176,7 @@ def test_executors_join_the_configured_cgroup_with_its_weight(cache, tmp_path):
     ({"nice_priority": "20"}, "nice_priority 20 is not in -20..19"),
     ({"ionice_class": "IOPRIO_CLASS_FAST"}, "ionice_class 'IOPRIO_CLASS_FAST' is not one of"),
     ({"ionice_priority": "8"}, "ionice_priority 8 is not in 0..7"),
+    ({"cpu_policy": "fifo"}, "cpu_policy 'fifo' is not one of batch, idle"),
     ({"cpu_weight": "64"}, "cpu_weight needs cpu_cgroup"),
 ])
 def test_a_bad_priority_setting_stops_the_filter_with_its_name(conf, message):
@@ -178,7 +186,7 @@ def test_a_bad_priority_setting_stops_the_filter_with_its_name(conf, message):
 
 def test_the_defaults_protect_storage():
     config = TaskFilterConfig.from_conf({"secret": "s"})
-    assert config.priority == Priority(19, "IOPRIO_CLASS_BE", 7, "")
+    assert config.priority == Priority(19, "IOPRIO_CLASS_BE", 7, "", "idle")
     assert config.cpu_weight is None
 
 

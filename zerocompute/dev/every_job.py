@@ -14,7 +14,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from swiftclient.client import Connection
 
@@ -41,9 +41,17 @@ def parse_counts(body: bytes) -> Counter:
     return counts
 
 
+class JobFailed(Exception):
+    """A job that did not succeed (its report says why)."""
+
+    def __init__(self, what: str, report: dict):
+        super().__init__(f"{what}: the job did not succeed: {json.dumps(report)[:2000]}")
+        self.report = report
+
+
 def check(what: str, report: dict) -> dict:
     if report.get("status") != SUCCEEDED:
-        raise SystemExit(f"{what}: the job did not succeed: {json.dumps(report)[:2000]}")
+        raise JobFailed(what, report)
     return report
 
 
@@ -82,14 +90,22 @@ def parts_counts(conn: Connection, prefix: str) -> Counter:
     return counts
 
 
-def run_every_kind_of_job(conn: Connection, say: Callable[[str], Any] = print) -> None:
-    """Run each kind of job in ``conn``'s account; SystemExit names the first wrong one."""
-    stage(conn)
-    want = expected_counts(TEXTS)
+class Kind(NamedTuple):
+    """One kind of job: what it is, where its outputs go, and how to run and read it."""
+
+    what: str
+    output: str  # its outputs' names in zc-out start with this
+    run: Callable[[], Counter]  # runs the job; the word counts its outputs hold
+
+
+def job_kinds(conn: Connection, tag: str = "",
+              async_ids: list[str] | None = None) -> list[Kind]:
+    """A job of each kind in ``conn``'s account (staged), its outputs named with
+    ``tag``; each run raises :class:`JobFailed` if the job does not succeed.  The
+    async job's id goes into ``async_ids``."""
     mapreduce = {"map": {"exec": WC, "args": ["map"], "inputs": ["swift://~/zc-in/*"]},
                  "combine": {"exec": WC, "args": ["reduce"]},
                  "reduce": {"exec": WC, "args": ["reduce"], "partitions": 3}}
-    jobs: list[tuple[str, Callable[[], Counter]]] = []
 
     def map_only(name: str, inputs: str) -> Counter:
         check(name, submit_job(conn, {"name": name, "map": {
@@ -97,43 +113,64 @@ def run_every_kind_of_job(conn: Connection, say: Callable[[str], Any] = print) -
             "output": f"swift://~/zc-out/{name}"}))
         return gathered_counts(conn, name)
 
-    jobs.append(("map-only", lambda: map_only("map-only", "swift://~/zc-in/*")))
-    jobs.append(("erasure-coded input", lambda: map_only("ec", "swift://~/zc-ec/all")))
-    jobs.append(("SLO input", lambda: map_only("slo", "swift://~/zc-slo/all")))
-
     def with_combiner() -> Counter:
-        check("MapReduce", submit_job(conn, {"name": "mr", **mapreduce,
-                                             "output": "swift://~/zc-out/mr/"}))
-        return parts_counts(conn, "mr/")
+        check("MapReduce", submit_job(conn, {"name": f"mr{tag}", **mapreduce,
+                                             "output": f"swift://~/zc-out/mr{tag}/"}))
+        return parts_counts(conn, f"mr{tag}/")
 
     def steps() -> Counter:
-        check("steps", submit_job(conn, {"name": "steps", "steps": [
-            {**mapreduce, "output": "swift://~/zc-out/steps-1/"},
+        check("steps", submit_job(conn, {"name": f"steps{tag}", "steps": [
+            {**mapreduce, "output": f"swift://~/zc-out/steps{tag}-1/"},
             {"map": {"exec": WC, "args": ["reduce"]},
-             "output": "swift://~/zc-out/steps-2"}]}))
-        return gathered_counts(conn, "steps-2")
+             "output": f"swift://~/zc-out/steps{tag}-2"}]}))
+        return gathered_counts(conn, f"steps{tag}-2")
 
     def async_job() -> Counter:
-        accepted = submit_async(conn, {"name": "async", **mapreduce,
-                                       "output": "swift://~/zc-out/async/"})
+        accepted = submit_async(conn, {"name": f"async{tag}", **mapreduce,
+                                       "output": f"swift://~/zc-out/async{tag}/"})
+        if async_ids is not None:
+            async_ids.append(accepted["job"])
         state = wait_for_job(conn, accepted["job"])
         check("async", state.get("report") or state)
         cancel_job(conn, accepted["job"])  # of a job that has ended: changes nothing
-        return parts_counts(conn, "async/")
+        return parts_counts(conn, f"async{tag}/")
 
     def on_get() -> Counter:
         _headers, body = conn.get_object("zc-in", "t0", headers={
             "X-Zerocompute-Run": WC, "X-Zerocompute-Args": json.dumps(["count"])})
         return parse_counts(body) + expected_counts(TEXTS[1:])
 
-    jobs += [("MapReduce with a combiner", with_combiner), ("steps", steps),
-             ("async MapReduce", async_job), ("execution on GET", on_get)]
-    for what, run in jobs:
-        got = run()
-        if got != want:
-            raise SystemExit(f"{what}: wrong counts: {sorted((got - want).items())[:5]} "
-                             f"more, {sorted((want - got).items())[:5]} fewer")
-        say(f"  {what}: ok")
+    return [Kind("map-only", f"map-only{tag}",
+                 lambda: map_only(f"map-only{tag}", "swift://~/zc-in/*")),
+            Kind("erasure-coded input", f"ec{tag}",
+                 lambda: map_only(f"ec{tag}", "swift://~/zc-ec/all")),
+            Kind("SLO input", f"slo{tag}", lambda: map_only(f"slo{tag}", "swift://~/zc-slo/all")),
+            Kind("MapReduce with a combiner", f"mr{tag}/", with_combiner),
+            Kind("steps", f"steps{tag}-", steps),
+            Kind("async MapReduce", f"async{tag}/", async_job),
+            Kind("execution on GET", "", on_get)]
+
+
+def wrong_counts(got: Counter) -> str | None:
+    """What is wrong with a job's word counts (None: they are exact)."""
+    want = expected_counts(TEXTS)
+    if got == want:
+        return None
+    return (f"wrong counts: {sorted((got - want).items())[:5]} more, "
+            f"{sorted((want - got).items())[:5]} fewer")
+
+
+def run_every_kind_of_job(conn: Connection, say: Callable[[str], Any] = print) -> None:
+    """Run each kind of job in ``conn``'s account; SystemExit names the first wrong one."""
+    stage(conn)
+    for kind in job_kinds(conn):
+        try:
+            wrong = wrong_counts(kind.run())
+        except JobFailed as err:
+            raise SystemExit(str(err)) from None
+        if wrong:
+            raise SystemExit(f"{kind.what}: {wrong}")
+        say(f"  {kind.what}: ok")
 
 
 def main() -> int:
