@@ -61,6 +61,8 @@ DEFAULT_IONICE_CLASS = "IOPRIO_CLASS_BE"
 DEFAULT_IONICE_PRIORITY = 7
 DEFAULT_CPU_POLICY = "idle"
 CPU_POLICIES = {"idle": os.SCHED_IDLE, "batch": os.SCHED_BATCH}
+# The filter's options that leave executors at their server's priority.
+AT_THE_SERVERS_PRIORITY = {"nice_priority": "", "ionice_class": "", "cpu_policy": ""}
 
 
 @dataclass(frozen=True)

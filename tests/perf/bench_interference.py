@@ -45,12 +45,12 @@ from tests.perf.bench_sandbox import percentile
 from zerocompute.client import submit_job
 from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
+from zerocompute.sandbox.priority import AT_THE_SERVERS_PRIORITY
 
 SPIN = "tests/guests/spin.c"
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 SMALL = 4096
 NAMES = 64
-EQUAL = {"nice_priority": "", "ionice_class": "", "cpu_policy": ""}
 
 
 class Traffic:
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         cgroup = stack.enter_context(Cgroup()) if args.cgroup else ""
         stack.callback(lambda: [setting.stop() for setting in settings])  # before rmdir
-        settings.append(Setting("equal priority", EQUAL, args, spin))
+        settings.append(Setting("equal priority", AT_THE_SERVERS_PRIORITY, args, spin))
         settings.append(Setting("nice 19 only", {"cpu_policy": ""}, args, spin))
         settings.append(Setting("storage first", {}, args, spin))
         if cgroup:

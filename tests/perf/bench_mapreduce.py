@@ -3,7 +3,8 @@ TeraSort against the PUT of the same bytes, and named outputs.
 
 Run from the repository: ``make bench-mapreduce`` (or ``.venv/bin/python -m
 tests.perf.bench_mapreduce [--mib 128 256] [--records 1000000 10000000]
-[--rounds 2] [--no-lithops] [--events-mib 16]``).  Everything runs on one dev
+[--rounds 2] [--no-lithops] [--no-python] [--events-mib 16] [--equal-priority]
+[--object-option KEY=VALUE]``).  Everything runs on one dev
 cluster (four object servers of two slots, on this machine's two cores);
 each measurement is the best of ``--rounds``, the rounds interleaved.
 
@@ -59,6 +60,7 @@ from zerocompute.client import submit_job
 from zerocompute.dev import terasort
 from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest, source_path
+from zerocompute.sandbox.priority import AT_THE_SERVERS_PRIORITY
 
 OBJECT_MIB = 8
 PARTITIONS = 4
@@ -400,9 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-lithops", action="store_true")
     parser.add_argument("--no-python", action="store_true",
                         help="skip the Python guests (minutes: CPython in WebAssembly)")
+    parser.add_argument("--equal-priority", action="store_true",
+                        help="guests at the servers' priority, not below (doc/sandbox.md)")
+    parser.add_argument("--object-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the object servers' [filter:zerocompute_object]")
     args = parser.parse_args(argv)
+    options = dict(AT_THE_SERVERS_PRIORITY) if args.equal_priority else {}
+    options.update(option.split("=", 1) for option in args.object_option)
     work = tempfile.mkdtemp(prefix="zc-bench-mr-")
-    cluster = DevCluster(os.path.join(work, "cluster")).start()
+    cluster = DevCluster(os.path.join(work, "cluster"), object_options=options).start()
     results: dict[str, Any] = {"word_count": [], "terasort": []}
     try:
         conn = cluster.connection()

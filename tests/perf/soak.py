@@ -2,7 +2,7 @@
 SIGKILLed and restarted at random moments.
 
 Run from the repository: ``make soak`` (or ``.venv/bin/python -m tests.perf.soak
-[--rounds 3] [--seed N] [--kill-every 6]``).  Minutes, not hours.
+[--rounds 12] [--seed N] [--kill-every 3]``).  Minutes, not hours.
 
 One dev cluster of four object servers and two proxies.  For ``--rounds``
 rounds, two accounts (test:tester through the first proxy, test2:tester2
@@ -66,7 +66,8 @@ class Chaos(threading.Thread):
         super().__init__(daemon=True)
         self.cluster, self.rng, self.mean_s = cluster, rng, mean_s
         self.stopping = threading.Event()
-        self.kills: list[str] = []
+        self.kills: list[tuple[float, str, float]] = []  # when, what, down for (s)
+        self.began = time.monotonic()
         self.errors: list[str] = []
 
     def run(self) -> None:
@@ -74,9 +75,10 @@ class Chaos(threading.Thread):
         victims.append(self.cluster.server("proxy2"))
         while not self.stopping.wait(self.rng.expovariate(1 / self.mean_s)):
             victim = self.rng.choice(victims)
+            killed = time.monotonic()
             self.cluster.kill(victim)
-            self.kills.append(victim.name)
             self.stopping.wait(self.rng.uniform(1, 5))
+            self.kills.append((killed - self.began, victim.name, time.monotonic() - killed))
             try:
                 self.cluster.restart(victim)
             except Exception as err:  # noqa: BLE001 - reported at the end
@@ -263,9 +265,9 @@ def settle(conns: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--kill-every", type=float, default=6.0,
+    parser.add_argument("--kill-every", type=float, default=3.0,
                         help="mean seconds between kills")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                          object_options={"shuffle_max_age_s": str(SHUFFLE_MAX_AGE_S)}).start()
     problems: list[str] = []
     outcomes: list[Outcome] = []
+    chaos = traffic = None
+    took = 0.0
     try:
         conns = {user: cluster.connection(user, proxy, retries=4)
                  for user, proxy in TENANTS}
@@ -312,25 +316,27 @@ def main(argv: list[str] | None = None) -> int:
         problems += leaks(cluster, conns, async_ids)
     except Exception:  # noqa: BLE001 - the soak itself broke: say where
         problems.append("the soak stopped: " + traceback.format_exc())
-        took = 0.0
     finally:
         cluster.stop(wipe=True)
     print_summary(outcomes, took, chaos, traffic, problems)
     return 1 if problems else 0
 
 
-def print_summary(outcomes: list[Outcome], took: float, chaos: Chaos, traffic: Traffic,
-                  problems: list[str]) -> None:
+def print_summary(outcomes: list[Outcome], took: float, chaos: Chaos | None,
+                  traffic: Traffic | None, problems: list[str]) -> None:
     ok = [o for o in outcomes if o.ok]
     failed = [o for o in outcomes if not o.ok and not o.wrong]
     print(f"\n{len(outcomes)} jobs started in {took:.0f} s, {len(ok)} succeeded, "
-          f"{len(failed)} failed, {len(outcomes) - len(ok) - len(failed)} wrong; "
-          f"{len(chaos.kills)} kills ({', '.join(sorted(set(chaos.kills)))})")
+          f"{len(failed)} failed, {len(outcomes) - len(ok) - len(failed)} wrong")
+    if chaos is not None:
+        print(f"{len(chaos.kills)} SIGKILLs: " + ", ".join(
+            f"{name} at {at:.1f} s (down {down:.1f} s)" for at, name, down in chaos.kills))
     for outcome in failed:
         print(f"  failed: {outcome.user} {outcome.kind.what} round {outcome.round + 1}: "
               f"{outcome.reason}")
-    print(f"ordinary traffic: {len(traffic.acked)} PUTs acknowledged, failed requests "
-          f"{dict(traffic.failed) or 0}")
+    if traffic is not None:
+        print(f"ordinary traffic: {len(traffic.acked)} PUTs acknowledged, failed requests "
+              f"{dict(traffic.failed) or 0}")
     if problems:
         print(f"\n{len(problems)} PROBLEMS:")
         for problem in problems:
