@@ -47,7 +47,7 @@ Configuration, in ``object-server.conf``::
     # nice_priority = 19
     # ionice_class = IOPRIO_CLASS_BE
     # ionice_priority = 7
-    # cpu_policy = idle
+    # cpu_policy =
     # cpu_cgroup =
     # cpu_weight =
 

@@ -17,7 +17,7 @@ section of ``object-server.conf``::
     # Their CPU scheduling policy: idle (SCHED_IDLE: run only when nothing else
     # wants the CPU, and give it up the moment something wakes), batch, or
     # empty to keep the server's.
-    # cpu_policy = idle
+    # cpu_policy =
     # A cgroup (v1 cpu controller or v2) the executors join, writable by the
     # server's user, and the CPU weight the server gives it at start (cpu.shares
     # in v1, 1024 a process's default; cpu.weight in v2, 100 the default).
@@ -59,7 +59,7 @@ PR_SET_PDEATHSIG = 1
 DEFAULT_NICE = 19
 DEFAULT_IONICE_CLASS = "IOPRIO_CLASS_BE"
 DEFAULT_IONICE_PRIORITY = 7
-DEFAULT_CPU_POLICY = "idle"
+DEFAULT_CPU_POLICY = ""  # idle starved guests past their wall-clock limits (doc/sandbox.md)
 CPU_POLICIES = {"idle": os.SCHED_IDLE, "batch": os.SCHED_BATCH}
 # The filter's options that leave executors at their server's priority.
 AT_THE_SERVERS_PRIORITY = {"nice_priority": "", "ionice_class": "", "cpu_policy": ""}
@@ -73,7 +73,7 @@ class Priority:
     ionice_class: str | None = DEFAULT_IONICE_CLASS
     ionice_priority: int = DEFAULT_IONICE_PRIORITY
     cpu_cgroup: str = ""
-    cpu_policy: str | None = DEFAULT_CPU_POLICY
+    cpu_policy: str | None = None
 
     @classmethod
     def from_conf(cls, conf: dict[str, str]) -> Priority:

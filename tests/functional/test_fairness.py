@@ -128,4 +128,4 @@ def test_an_account_with_more_jobs_gets_no_bigger_share(tenants):
                    if t <= until]
     share = len(lone_starts) / (len(lone_starts) + len(many_starts))
     assert share >= 0.4, (share, took)
-    assert took["lone"] <= 0.6 * max(took[f"many-{n}"] for n in range(3)), took
+    assert took["lone"] <= 0.75 * max(took[f"many-{n}"] for n in range(3)), took

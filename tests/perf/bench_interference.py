@@ -10,10 +10,9 @@ slots as this machine has cores), identical but for the executors' priority:
 - **equal priority**: ``nice_priority``, ``ionice_class`` and ``cpu_policy``
   empty, so guests run at the object servers' own priority (what zerocompute
   did before);
-- **nice 19 only**: the defaults but ``cpu_policy`` empty (nice 19 in a
-  session of their own, best-effort I/O at its lowest priority; no SCHED_IDLE);
-- **storage first**: the filter's defaults (all of that, and SCHED_IDLE:
-  ``doc/sandbox.md``);
+- **storage first**: the filter's defaults (nice 19 in a session of their
+  own, best-effort I/O at its lowest priority: ``doc/sandbox.md``);
+- **storage first + SCHED_IDLE**: the defaults and ``cpu_policy = idle``;
 - with ``--cgroup`` (root, cgroup v1 ``cpu`` controller), also the defaults
   plus a cgroup for the executors with ``cpu_weight`` 64.
 
@@ -278,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         cgroup = stack.enter_context(Cgroup()) if args.cgroup else ""
         stack.callback(lambda: [setting.stop() for setting in settings])  # before rmdir
         settings.append(Setting("equal priority", AT_THE_SERVERS_PRIORITY, args, spin))
-        settings.append(Setting("nice 19 only", {"cpu_policy": ""}, args, spin))
         settings.append(Setting("storage first", {}, args, spin))
+        settings.append(Setting("storage first + SCHED_IDLE", {"cpu_policy": "idle"}, args,
+                                spin))
         if cgroup:
             settings.append(Setting("storage first + cgroup",
                                     {"cpu_cgroup": cgroup, "cpu_weight": "64"}, args, spin))

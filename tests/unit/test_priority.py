@@ -88,6 +88,12 @@ def test_every_thread_of_an_executor_runs_at_the_default_low_priority(cache, tmp
     assert len(seen.threads) > 1, "no threads but the main one: the inheritance is not tested"
     assert {nice for nice, _io, _cg in seen.threads.values()} == {19}
     assert {io for _nice, io, _cg in seen.threads.values()} == {"best-effort: prio 7"}
+    assert seen.policies == {os.sched_getscheduler(0)}  # the policy is left alone
+
+
+def test_every_thread_of_an_executor_takes_the_configured_cpu_policy(cache, tmp_path):
+    seen = threads_while_a_guest_runs(cache, tmp_path, Priority(cpu_policy="idle"))
+    assert len(seen.threads) > 1
     assert seen.policies == {os.SCHED_IDLE}
 
 
@@ -186,7 +192,7 @@ def test_a_bad_priority_setting_stops_the_filter_with_its_name(conf, message):
 
 def test_the_defaults_protect_storage():
     config = TaskFilterConfig.from_conf({"secret": "s"})
-    assert config.priority == Priority(19, "IOPRIO_CLASS_BE", 7, "", "idle")
+    assert config.priority == Priority(19, "IOPRIO_CLASS_BE", 7, "", None)
     assert config.cpu_weight is None
 
 
