@@ -121,17 +121,33 @@ class Traffic(threading.Thread):
         self.stopping.set()
         self.join()
 
-    def read_back(self) -> list[str]:
-        """The acknowledged objects that do not read back as they were stored."""
+    def read_back(self, patience_s: float = 90.0) -> list[str]:
+        """The acknowledged objects that do not read back as they were stored.
+
+        A read that fails is tried again until ``patience_s`` has passed: right
+        after the chaos, Swift's proxy still error-limits the nodes that died (60 s
+        after ten errors) and may answer 404 or 503 for an object whose every
+        copy is on them.  A lost object fails however long one waits.
+        """
         bad = list(self.bad_reads)
-        for name, md5 in self.acked.items():
-            try:
-                _headers, got = self.conn.get_object("traffic", name)
-            except Exception as err:  # noqa: BLE001
-                bad.append(f"{name}: {err}")
-                continue
-            if hashlib.md5(got).hexdigest() != md5:
-                bad.append(name)
+        unread = dict(self.acked)
+        deadline = time.monotonic() + patience_s
+        while unread:
+            for name, md5 in list(unread.items()):
+                try:
+                    _headers, got = self.conn.get_object("traffic", name)
+                except Exception as err:  # noqa: BLE001 - tried again below
+                    unread[name] = md5
+                    last = f"{name}: {str(err)[:120]}"
+                    continue
+                del unread[name]
+                if hashlib.md5(got).hexdigest() != md5:
+                    bad.append(name)
+            if unread and time.monotonic() > deadline:
+                bad += [f"{name} (last: {last})" for name in unread]
+                break
+            if unread:
+                time.sleep(5)
         return bad
 
 
@@ -256,11 +272,14 @@ def settle(conns: dict[str, Any]) -> None:
     of the ordinary objects (hundreds: a group reaches every server)."""
     time.sleep(SHUFFLE_MAX_AGE_S + 1)
     conn = conns["test2:tester2"]
-    report = submit_job(conn, {"name": "settle", "map": {
-        "exec": WC, "args": ["count"], "inputs": ["swift://~/traffic/o1*"]},
-        "output": "swift://~/zc-out/settle"})
-    if report["status"] != "succeeded":
-        raise RuntimeError(f"the settling job failed: {report.get('error')}")
+    for _attempt in range(6):  # the proxy may still error-limit nodes that died
+        report = submit_job(conn, {"name": "settle", "map": {
+            "exec": WC, "args": ["count"], "inputs": ["swift://~/traffic/o1*"]},
+            "output": "swift://~/zc-out/settle"})
+        if report["status"] == "succeeded":
+            return
+        time.sleep(10)
+    raise RuntimeError(f"the settling job failed: {report.get('error')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                 if left:
                     problems.append(f"{outcome.user} {outcome.kind.what} round "
                                     f"{outcome.round + 1} failed and left {left}")
+        settle(conns)
         problems += [f"acknowledged PUT {name} does not read back" for name in
                      traffic.read_back()]
-        settle(conns)
         async_ids = [(o.user, job) for o in outcomes for job in o.async_jobs]
         problems += leaks(cluster, conns, async_ids)
     except Exception:  # noqa: BLE001 - the soak itself broke: say where
