@@ -100,7 +100,7 @@ from zerocompute import wire
 from zerocompute.middleware.bodies import FileIter
 from zerocompute.middleware.slots import FairAdmission, FairSlots
 from zerocompute.sandbox import shuffle_io
-from zerocompute.sandbox.executor import CANCELLED, ExecutorPool, hung_up
+from zerocompute.sandbox.executor import CANCELLED, ExecutorPool, hung_up, reap_scratch
 from zerocompute.sandbox.priority import Priority, check_cgroup, set_cpu_weight
 from zerocompute.sandbox.wasm import ExecutableStore, InvalidExecutable
 from zerocompute.scheduler import DEFAULT_SERVICE_MS, update_service_ms
@@ -206,6 +206,7 @@ class TaskMiddleware:
         self.slots = config.slots
         self.scratch_dir = os.path.join(config.cache_dir, "scratch")
         os.makedirs(self.scratch_dir, exist_ok=True)
+        reap_scratch(self.scratch_dir)  # of executors killed with this server, say
         self.executables = ExecutableStore(config.cache_dir)
         # This server's own map outputs: object servers of one host may share cache_dir.
         self.shuffle_root = shuffle_io.shuffle_root(
@@ -301,6 +302,8 @@ class TaskMiddleware:
             self.reaped_at = now
             for name in shuffle_io.reap(self.shuffle_root, self.config.shuffle_max_age_s, now):
                 self.logger.info("zerocompute: reaped map outputs of %s", name)
+            for name in reap_scratch(self.scratch_dir):
+                self.logger.info("zerocompute: removed scratch %s of a dead executor", name)
 
     # -- a group --------------------------------------------------------------------
     def handle_group(self, req: Request) -> Response:

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import resource
 import shutil
 import signal
@@ -144,9 +145,11 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
     rebuilt = None
     with contextlib.ExitStack() as cleanup:
         def scratch_dir(kind: str) -> str:
-            """A directory of this task's own, removed when it ends."""
+            """A directory of this task's own, removed when it ends (named with this
+            process's pid: if the process is killed first, its server removes it,
+            :func:`reap_scratch`)."""
             return cleanup.enter_context(tempfile.TemporaryDirectory(
-                dir=os.path.join(cache_dir, "scratch"), prefix=f"{kind}-"))
+                dir=os.path.join(cache_dir, "scratch"), prefix=f"{kind}-{os.getpid()}-"))
         if spec.ec is not None:
             stdin = os.path.join(scratch_dir("ec"), "object")
             local_index = spec.ec.local_index
@@ -307,6 +310,33 @@ def _cpu_seconds() -> float:
     """This executor's CPU time so far (user and system): the guest's, around a run."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def reap_scratch(scratch: str) -> list[str]:
+    """Remove the scratch directories of executors that are no longer alive (killed
+    mid-task, with their server or by it); the names removed."""
+    removed = []
+    try:
+        names = os.listdir(scratch)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        match = re.match(r"^[a-z]+-(\d+)-", name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(os.path.join(scratch, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _cpu_limit(seconds: float):

@@ -4,6 +4,7 @@ what a cancelled attempt (the requester hung up) costs."""
 import hashlib
 import os
 import socket
+import subprocess
 import time
 
 import eventlet
@@ -100,3 +101,14 @@ def test_a_guest_the_interrupt_cannot_reach_has_its_executor_killed(cache, tmp_p
         os.close(reader)
         os.close(writer)
         pool.close()
+
+
+def test_scratch_of_dead_executors_is_removed_and_the_living_keep_theirs(tmp_path):
+    from zerocompute.sandbox.executor import reap_scratch
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for name in (f"shuffle-{dead.pid}-abc", f"split-{os.getpid()}-def", "unrelated"):
+        os.makedirs(tmp_path / name / "inside")
+    assert reap_scratch(str(tmp_path)) == [f"shuffle-{dead.pid}-abc"]
+    assert sorted(os.listdir(tmp_path)) == sorted([f"split-{os.getpid()}-def", "unrelated"])
