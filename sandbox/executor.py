@@ -322,21 +322,26 @@ def reap_scratch(scratch: str) -> list[str]:
         return removed
     for name in names:
         match = re.match(r"^[a-z]+-(\d+)-", name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or pid_alive(int(match.group(1))):
             continue
         shutil.rmtree(os.path.join(scratch, name), ignore_errors=True)
         removed.append(name)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
 
 
 def _cpu_limit(seconds: float):

@@ -37,6 +37,7 @@ from typing import Any
 
 from zerocompute.dev.hosts import HostNetwork
 from zerocompute.sandbox import shuffle_core
+from zerocompute.sandbox.executor import pid_alive
 
 DEFAULT_DIR = os.environ.get("ZEROCOMPUTE_DEVCLUSTER_DIR") or os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"zerocompute-devcluster-{os.getuid()}")
@@ -91,21 +92,6 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours is not alive.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 class DevCluster:
@@ -497,7 +483,7 @@ use = egg:swift#account_quotas
 
     def is_running(self, server: Server) -> bool:
         pid = self.state.get("pids", {}).get(server.name)
-        return bool(pid) and _pid_alive(pid)
+        return bool(pid) and pid_alive(pid)
 
     def answers(self, server: Server) -> bool:
         if server.kind == "memcached":
@@ -542,7 +528,7 @@ use = egg:swift#account_quotas
     def kill(self, server: Server, sig: int = signal.SIGKILL) -> None:
         """Signal one server (SIGKILL by default: the way hardware dies)."""
         pid = self.state.get("pids", {}).get(server.name)
-        if pid and _pid_alive(pid):
+        if pid and pid_alive(pid):
             os.killpg(pid, sig)
             self._reap(pid)
 
@@ -555,7 +541,7 @@ use = egg:swift#account_quotas
                     return True
             except ChildProcessError:
                 pass  # not our child: poll until it is gone
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return True
             time.sleep(0.05)
         return False
@@ -564,7 +550,7 @@ use = egg:swift#account_quotas
         """Stop every server; ``wipe`` also drops the object data (unmounts the tmpfs)."""
         for server in self.servers if self.state else []:
             pid = self.state.get("pids", {}).get(server.name)
-            if pid and _pid_alive(pid):
+            if pid and pid_alive(pid):
                 os.killpg(pid, signal.SIGTERM)
         for server in self.servers if self.state else []:
             pid = self.state.get("pids", {}).get(server.name)
