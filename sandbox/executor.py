@@ -48,6 +48,7 @@ import eventlet
 from zerocompute import shuffle
 from zerocompute.sandbox import ec, python, shuffle_io
 from zerocompute.sandbox.priority import PRIORITY_ENV, Priority, lower_own_priority
+from zerocompute.sandbox.procfs import EXECUTOR_MODULE, pid_alive
 from zerocompute.sandbox.shuffle_core import Core, CoreFailed
 from zerocompute.sandbox.shuffle_io import SECRET_ENV
 from zerocompute.sandbox.wasm import (
@@ -329,21 +330,6 @@ def reap_scratch(scratch: str) -> list[str]:
     return removed
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
-
-
 def _cpu_limit(seconds: float):
     """Let the kernel stop this process once the guest has used ``seconds`` of CPU."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -393,7 +379,7 @@ class Executor:
                 env[name] = os.environ[name]
         try:
             self.process = green_subprocess.Popen(
-                [sys.executable, "-m", "zerocompute.sandbox.executor", str(child.fileno()),
+                [sys.executable, "-m", EXECUTOR_MODULE.decode(), str(child.fileno()),
                  cache_dir, str(control_child.fileno())],
                 pass_fds=[child.fileno(), control_child.fileno()], stdin=subprocess.DEVNULL,
                 env=env, close_fds=True)

@@ -14,6 +14,7 @@ from zerocompute.client import submit_job
 from zerocompute.dev import terasort
 from zerocompute.dev.demo import count_words
 from zerocompute.guests import build_c_guest, source_path
+from zerocompute.sandbox import procfs
 from zerocompute.shuffle import range_partition_of
 
 
@@ -160,13 +161,11 @@ def executor_peaks(cluster) -> list[int]:
     """Each executor's peak resident memory (VmHWM), in bytes."""
     peaks = []
     cache = os.path.join(cluster.directory, "cache")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for process in procfs.processes():
+        if not process.is_executor or cache.encode() not in process.argv:
+            continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            if b"zerocompute.sandbox.executor" not in argv or cache.encode() not in argv:
-                continue
-            with open(f"/proc/{pid}/status") as f:
+            with open(f"/proc/{process.pid}/status") as f:
                 peaks += [int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM")]
         except OSError:
             continue

@@ -44,6 +44,7 @@ from tests.perf.bench_sandbox import percentile
 from zerocompute.client import submit_job
 from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
+from zerocompute.sandbox import procfs
 from zerocompute.sandbox.priority import AT_THE_SERVERS_PRIORITY
 
 SPIN = "tests/guests/spin.c"
@@ -103,24 +104,12 @@ def cpu_ticks(cluster: DevCluster) -> dict[str, float]:
     """CPU seconds so far of the cluster's servers and of their executors (which may
     run in sessions of their own: found by parentage)."""
     groups = set(cluster.state["pids"].values())
-    procs = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        ticks = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        procs[int(entry)] = (int(fields[1]), int(fields[2]), cmdline, ticks)
-    ours = {pid for pid, (_ppid, pgid, _c, _t) in procs.items() if pgid in groups}
-    ours |= {pid for pid, (ppid, _g, _c, _t) in procs.items() if ppid in ours}
+    procs = {p.pid: p for p in procfs.processes()}
+    ours = {pid for pid, p in procs.items() if p.pgid in groups}
+    ours |= {pid for pid, p in procs.items() if p.ppid in ours}
     totals = {"servers": 0.0, "executors": 0.0}
     for pid in ours:
-        _ppid, _pgid, cmdline, ticks = procs[pid]
-        kind = "executors" if b"zerocompute.sandbox.executor" in cmdline else "servers"
-        totals[kind] += ticks
+        totals["executors" if procs[pid].is_executor else "servers"] += procs[pid].cpu_s
     return totals
 
 

@@ -31,6 +31,7 @@ from tests.perf.bench_sandbox import percentile
 from zerocompute.client import submit_job
 from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
+from zerocompute.sandbox import procfs
 
 COPY = os.path.join(os.path.dirname(__file__), "..", "guests", "copy.c")
 CONCURRENCY = 16
@@ -40,20 +41,12 @@ SIZE = 2048
 def cpu_seconds(cluster: DevCluster) -> dict[str, float]:
     """CPU seconds used so far by each server with its executors (its process group),
     and by this benchmark process (the client)."""
-    ticks = os.sysconf("SC_CLK_TCK")
     groups = {pid: name for name, pid in cluster.state["pids"].items()}
     used = dict.fromkeys(groups.values(), 0.0)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        name = groups.get(int(fields[2]))  # the process group: the server's pid
+    for process in procfs.processes():
+        name = groups.get(process.pgid)  # the process group: the server's pid
         if name:
-            used[name] += (int(fields[11]) + int(fields[12])) / ticks
+            used[name] += process.cpu_s
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used["client"] = usage.ru_utime + usage.ru_stime
     return used

@@ -47,6 +47,7 @@ from zerocompute import wire
 from zerocompute.client import submit_job
 from zerocompute.dev.devcluster import DevCluster
 from zerocompute.guests import build_c_guest
+from zerocompute.sandbox import procfs
 
 SLEEPY = "tests/guests/sleepy.c"
 SPIN = "tests/guests/spin.c"
@@ -115,16 +116,7 @@ class CpuLimit:
 
     def members(self) -> list[int]:
         """The server's executors: its process group, less the server."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if entry.isdigit() and int(entry) != self.pgid and \
-                            int(f.read().rsplit(")", 1)[1].split()[2]) == self.pgid:
-                        pids.append(int(entry))
-            except (OSError, ValueError):
-                continue
-        return pids
+        return [p.pid for p in procfs.processes() if p.pgid == self.pgid and p.pid != self.pgid]
 
     def watch(self) -> None:
         while not self.stop.wait(0.1):

@@ -53,6 +53,7 @@ from zerocompute.dev.every_job import (
     stage,
     wrong_counts,
 )
+from zerocompute.sandbox import procfs
 
 TENANTS = (("test:tester", "proxy"), ("test2:tester2", "proxy2"))
 SHUFFLE_MAX_AGE_S = 20
@@ -243,21 +244,13 @@ def executor_leaks(cluster: DevCluster) -> list[str]:
                if s.kind == "object"}
     per_server: collections.Counter[int] = collections.Counter()
     found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+    for process in procfs.processes():
+        if not process.is_executor or not process.alive or \
+                not process.mentions(cluster.directory):
             continue
-        if b"zerocompute.sandbox.executor" not in cmdline or \
-                cluster.directory.encode() not in cmdline or fields[0] == "Z":
-            continue
-        parent = int(fields[1])
-        if parent not in servers:
-            found.append(f"executor {entry} without its server (parent {parent})")
-        per_server[parent] += 1
+        if process.ppid not in servers:
+            found.append(f"executor {process.pid} without its server (parent {process.ppid})")
+        per_server[process.ppid] += 1
     for pid, count in per_server.items():
         server = servers.get(pid)
         slots = cluster.slots.get(server.name, cluster.task_slots) if server else 0

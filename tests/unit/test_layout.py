@@ -3,6 +3,8 @@ imports included): each concern can be read, and tested, without the ones above 
 
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -84,3 +86,14 @@ def test_the_circle_finder_finds_one():
 def test_no_module_of_a_package_imports_the_old_proxy_filter(package):
     for name, path in modules_under(package).items():
         assert "zerocompute.middleware.job" not in imports_of(path, name), name
+
+
+@pytest.mark.parametrize("module", ["zerocompute.cli", "zerocompute.dev.devcluster",
+                                    "zerocompute.client"])
+def test_the_command_line_does_not_load_eventlet(module):
+    # eventlet warns of its deprecation on stderr at import; a CLI error is one line.
+    loaded = subprocess.run(
+        [sys.executable, "-W", "error", "-c",
+         f"import sys, {module}; print('eventlet' in sys.modules)"],
+        capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"

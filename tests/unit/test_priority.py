@@ -15,6 +15,7 @@ import pytest
 
 from tests.unit.test_executor import SPIN, group
 from zerocompute.middleware.task import TaskFilterConfig
+from zerocompute.sandbox import procfs
 from zerocompute.sandbox.executor import CANCELLED, ExecutorPool
 from zerocompute.sandbox.priority import Priority, sessions_share_the_cpu, set_cpu_weight
 
@@ -28,18 +29,7 @@ def cache(tmp_path):
 
 
 def executors_of(parent: int) -> list[int]:
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if ppid == parent and b"zerocompute.sandbox.executor" in cmdline:
-            pids.append(int(entry))
-    return pids
+    return [p.pid for p in procfs.processes() if p.ppid == parent and p.is_executor]
 
 
 class Seen(NamedTuple):
@@ -61,14 +51,12 @@ def threads_while_a_guest_runs(cache, tmp_path, priority) -> Seen:
         eventlet.sleep(1.5)  # the module is compiled and the guest spins
         (pid,) = executors_of(os.getpid())
         seen = {}
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-                nice, policy = int(fields[16]), int(fields[38])
-            policies.add(policy)
+        for thread in procfs.threads(pid):
+            tid = str(thread.pid)
+            policies.add(thread.policy)
             io = subprocess.run(["ionice", "-p", tid], capture_output=True, text=True).stdout
             with open(f"/proc/{pid}/task/{tid}/cgroup") as f:
-                seen[tid] = (nice, io.strip(), f.read())
+                seen[tid] = (thread.nice, io.strip(), f.read())
         with open(f"/proc/{pid}/autogroup") as f:
             autogroup = f.read().strip()
         session = os.getsid(pid)
@@ -127,20 +115,12 @@ def test_an_executor_in_a_session_of_its_own_dies_with_its_server(cache, tmp_pat
         server.send_signal(signal.SIGKILL)
         server.wait()
         deadline = time.monotonic() + 10
-        while alive(executor) and time.monotonic() < deadline:
+        while procfs.pid_alive(executor) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not alive(executor), "the executor outlived its server"
+        assert not procfs.pid_alive(executor), "the executor outlived its server"
     finally:
         server.kill()
         server.wait()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
-    except FileNotFoundError:
-        return False
 
 
 def test_empty_settings_leave_the_executor_at_the_servers_priority(cache, tmp_path):

@@ -37,7 +37,7 @@ from typing import Any
 
 from zerocompute.dev.hosts import HostNetwork
 from zerocompute.sandbox import shuffle_core
-from zerocompute.sandbox.executor import pid_alive
+from zerocompute.sandbox.procfs import pid_alive
 
 DEFAULT_DIR = os.environ.get("ZEROCOMPUTE_DEVCLUSTER_DIR") or os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"zerocompute-devcluster-{os.getuid()}")
