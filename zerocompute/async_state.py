@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,8 +42,14 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 WRITE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "POST"})
 
 
-def new_job_id() -> str:
-    return uuid.uuid4().hex
+_TIME_SPAN_MS = 1 << 48  # about 8,900 years of milliseconds
+
+
+def new_job_id(now: float | None = None) -> str:
+    """32 hex digits: 12 that fall as time passes, so that a listing of ids (the
+    history's, :mod:`zerocompute.history`) is newest first, then 20 random."""
+    now = time.time() if now is None else now
+    return f"{_TIME_SPAN_MS - 1 - int(now * 1000):012x}{uuid.uuid4().hex[:20]}"
 
 
 def valid_job_id(text: str) -> bool:
@@ -80,6 +87,7 @@ class JobState:
     submitted: float
     updated: float
     status: str = RUNNING
+    user: str = ""  # who submitted it, as the auth middleware named them (the history's)
     progress: dict[str, int] = field(default_factory=dict)
     takeovers: list[Takeover] = field(default_factory=list)
     report: dict[str, Any] | None = None

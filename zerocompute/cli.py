@@ -9,6 +9,8 @@ before the subcommand as with ``swift``::
     zerocompute run job.json              # a live progress bar, then a summary
     zerocompute run --async job.json      # prints the job id
     zerocompute status JOB | cancel JOB | logs JOB
+    zerocompute jobs                      # the account's jobs, newest first
+    zerocompute timeline JOB -o job.png   # where the time went (.svg, .html too)
 
 Every error is one line on stderr and a non-zero exit status.
 """
@@ -22,9 +24,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from typing import Any
 
 from zerocompute.dev.devcluster import DEFAULT_DIR, DevCluster
+from zerocompute.page import human_bytes
 
 CONTENT_TYPES = {".wasm": "application/wasm", ".py": "text/x-python"}
 WASM_MAGIC = b"\0asm"
@@ -126,6 +130,49 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    from zerocompute.client import list_jobs
+    jobs = list_jobs(connection(args), args.limit, args.marker or "")
+    if args.json:
+        print(json.dumps(jobs, indent=1))
+        return 0
+    if not jobs:
+        print("no jobs", file=sys.stderr)
+        return 0
+    rows = [("JOB", "NAME", "KIND", "STATUS", "SUBMITTED (UTC)", "TIME", "TASKS", "FAILED",
+             "USER")]
+    for job in jobs:
+        rows.append((job["job"], job["name"], job["kind"], job["status"],
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(job["submitted"])),
+                     f"{job['ms'] / 1000:.1f} s" if job.get("ended") else "-",
+                     str(job["tasks"]), str(job["failed"]), job["user"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    from zerocompute.client import job_status
+    state = job_status(connection(args), args.job)
+    if args.output.endswith((".html", ".htm")):
+        from zerocompute.page import job_page
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(job_page(state))
+    else:
+        from zerocompute.plot import draw_timeline
+        if not state.get("report"):
+            raise CliError(f"job {state['job']} is {state['status']}: its timeline comes "
+                           "with its report, when it ends")
+        try:
+            draw_timeline(state["report"], args.output)
+        except (RuntimeError, ValueError) as err:
+            raise CliError(str(err)) from None
+    print(args.output)
+    return 0
+
+
 def _cancel(args: argparse.Namespace) -> int:
     from zerocompute.client import cancel_job, wait_for_job
     conn = connection(args)
@@ -195,14 +242,6 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GiB"
 
 
 def show_final(state: dict[str, Any], as_json: bool) -> int:
@@ -404,10 +443,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)
 
-    status = sub.add_parser("status", help="an async job's state (its id or location)")
+    status = sub.add_parser("status", help="a job's status and report (its id or location)")
     status.add_argument("job")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
+
+    jobs = sub.add_parser("jobs", help="the account's jobs, newest first (the history)")
+    jobs.add_argument("--limit", type=int, help="at most this many (default 100)")
+    jobs.add_argument("--marker", help="those after this job id (the next page)")
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=_jobs)
+
+    timeline = sub.add_parser("timeline", help="draw a job's timeline: -o job.png, .svg "
+                                               "(matplotlib) or .html (its page)")
+    timeline.add_argument("job")
+    timeline.add_argument("-o", "--output", required=True, help="the file to write")
+    timeline.set_defaults(func=_timeline)
 
     cancel = sub.add_parser("cancel", help="cancel a job and wait until it has stopped")
     cancel.add_argument("job")

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from swiftclient.client import ClientException, Connection
 
 from zerocompute.async_state import JOB_QUERY, valid_job_id
+from zerocompute.history import JOBS_QUERY
 from zerocompute.wire import ASYNC_HEADER, EXECUTE_HEADER
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -70,20 +71,16 @@ def job_id_of(text: str) -> str:
     return text.strip()
 
 
-def _job_request(conn: Connection, method: str, job: str) -> dict[str, Any]:
-    job_id = job_id_of(job)
-    if not valid_job_id(job_id):
-        raise JobRejected(404, {"error": f"{job!r} is not a job id (32 hex digits)"})
-
-    def call(url: str, token: str, http_conn: Any, service_token: str | None = None
-             ) -> dict[str, Any]:
+def _account_query(conn: Connection, method: str, query: str) -> Any:
+    """``method /v1/<account>?<query>`` of the job API, its JSON answer (swiftclient's
+    retries and re-authentication apply)."""
+    def call(url: str, token: str, http_conn: Any, service_token: str | None = None) -> Any:
         parsed, connection = http_conn
-        path = f"{parsed.path}?{JOB_QUERY}={quote(job_id)}"
-        connection.request(method, path, "", {"X-Auth-Token": token})
+        connection.request(method, f"{parsed.path}?{query}", "", {"X-Auth-Token": token})
         resp = connection.getresponse()
         body = resp.read()
         if resp.status // 100 != 2:
-            raise ClientException.from_response(resp, f"{method} job failed", body)
+            raise ClientException.from_response(resp, f"{method} {query} failed", body)
         return json.loads(body)
     try:
         return conn._retry(None, call)
@@ -91,8 +88,24 @@ def _job_request(conn: Connection, method: str, job: str) -> dict[str, Any]:
         raise _rejected(err) from None
 
 
+def _job_request(conn: Connection, method: str, job: str) -> dict[str, Any]:
+    job_id = job_id_of(job)
+    if not valid_job_id(job_id):
+        raise JobRejected(404, {"error": f"{job!r} is not a job id (32 hex digits)"})
+    return _account_query(conn, method, f"{JOB_QUERY}={quote(job_id)}")
+
+
+def list_jobs(conn: Connection, limit: int | None = None, marker: str = ""
+              ) -> list[dict[str, Any]]:
+    """The account's jobs, newest first (its owners see all; others their own)."""
+    query = JOBS_QUERY + (f"&limit={limit}" if limit else "") + (
+        f"&marker={quote(marker)}" if marker else "")
+    return _account_query(conn, "GET", query)
+
+
 def job_status(conn: Connection, job: str) -> dict[str, Any]:
-    """An async job's state (any proxy answers; ``doc/manifest.md``)."""
+    """A job's status: an async job's state (any proxy answers), or a synchronous
+    job's record in the history (``doc/manifest.md``)."""
     return _job_request(conn, "GET", job)
 
 

@@ -22,6 +22,25 @@ class Attempt:
     error: str
 
 
+# How an attempt ended (:class:`Span`): its result became the task's and the guest
+# succeeded; it failed (the guest, or the node: then the task was tried elsewhere);
+# it was hung up on (another attempt finished first, or the job was cancelled).
+SPAN_OUTCOMES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Span:
+    """One attempt of a task as the proxy saw it: on which node, from when to when
+    (milliseconds from the job's start), how it ended, and whether it was a backup
+    copy.  A task's attempts are its timeline; a job's are its picture."""
+
+    node: str
+    start_ms: float
+    end_ms: float
+    outcome: str
+    backup: bool = False
+
+
 @dataclass
 class TaskReport:
     kind: str
@@ -46,6 +65,7 @@ class TaskReport:
     stderr: str = ""
     backup: bool = False  # a backup copy ran (near the end of the job)
     retries: list[Attempt] = field(default_factory=list)
+    timeline: list[Span] = field(default_factory=list)  # every attempt, in start order
     split: list[int] | None = None  # [start, end): the byte range of a split input
     step: int | None = None  # in a chain of steps, which one
     # Its output had been committed by this job before a takeover: not run again.
@@ -78,6 +98,7 @@ class JobReport:
     # A MapReduce job's partitioner: {"partitioner": "hash"} or, for a total order,
     # "range" with its split points and the keys sampled for them.
     partitioning: dict[str, Any] | None = None
+    history_error: str | None = None  # why the history could not keep the job
 
     @property
     def status(self) -> str:
@@ -151,6 +172,8 @@ class JobReport:
             body["takeovers"] = self.takeovers
         if self.steps is not None:
             body["steps"] = self.steps
+        if self.history_error is not None:
+            body["history_error"] = self.history_error
         if with_tasks:
             body["tasks"] = [asdict(t) for t in self.tasks]
         return body

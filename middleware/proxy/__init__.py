@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import collections
 import json
+import time
 from typing import Any
 
 import eventlet
@@ -96,16 +97,26 @@ from swift.common.swob import Request, Response
 from swift.common.utils import config_true_value, get_logger
 
 from zerocompute import __version__, wire
-from zerocompute.async_state import JOB_QUERY, valid_job_id
+from zerocompute.async_state import JOB_QUERY, identity_digest, valid_job_id
 from zerocompute.errors import JobError
+from zerocompute.history import JOBS_QUERY, SYNC, HistoryRecord, listing_limit
 from zerocompute.manifest import Manifest, SwiftPath, parse_manifest
 from zerocompute.middleware.bodies import json_response
-from zerocompute.middleware.proxy.async_api import AsyncJobs
+from zerocompute.middleware.proxy.async_api import AsyncJobs, no_such_job
 from zerocompute.middleware.proxy.config import ProxyConfig
-from zerocompute.middleware.proxy.context import JobContext
+from zerocompute.middleware.proxy.context import (
+    JobContext,
+    caller_identity,
+    caller_name,
+    may_see_job,
+    owns_account,
+)
 from zerocompute.middleware.proxy.dispatch import Dispatcher
+from zerocompute.middleware.proxy.history import JobHistory
 from zerocompute.middleware.proxy.run_on_get import RunOnGet
 from zerocompute.middleware.proxy.runner import Job, accept
+from zerocompute.middleware.proxy.store import JobStore
+from zerocompute.page import job_page
 from zerocompute.report import JobReport
 from zerocompute.sandbox.python import available as python_runtime_available
 from zerocompute.scheduler import POLICIES as SCHEDULER_POLICIES
@@ -131,6 +142,8 @@ class ProxyMiddleware:
         self.dispatcher = Dispatcher(config.secret, config.conn_timeout, self.logger,
                                      max_busy_wait_s=config.max_busy_wait_s)
         self.running_jobs: collections.Counter[str] = collections.Counter()  # per account
+        self.store = JobStore(app)
+        self.history = JobHistory(self.store, config, self.logger)
         self.async_jobs = AsyncJobs(self)
 
     def __call__(self, env: dict, start_response):
@@ -150,7 +163,12 @@ class ProxyMiddleware:
         if req.method == "GET" and req.headers.get(wire.RUN_HEADER):
             return self.run_on_get(req)
         if JOB_QUERY in req.params and req.method in ("GET", "HEAD", "DELETE"):
+            # Our answer, not an account listing for listing_formats to reformat.
+            req.environ["swift.format_listing"] = False
             return self.job_request(req)
+        if JOBS_QUERY in req.params and req.method in ("GET", "HEAD"):
+            req.environ["swift.format_listing"] = False
+            return self.job_listing(req)
         if req.method != "POST" or not config_true_value(req.headers.get(wire.EXECUTE_HEADER)):
             return None
         try:
@@ -197,7 +215,49 @@ class ProxyMiddleware:
             raise JobError(f"no job {job_id!r} in {account}", "job", status=404)
         if req.method == "DELETE":
             return self.async_jobs.cancel(req, account, job_id)
-        return self.async_jobs.status(req, account, job_id)
+        doc = self.async_jobs.status(req, account, job_id) or \
+            self.kept_job(req, account, job_id)
+        if wants_html(req):
+            return Response(status=200, body=job_page(doc).encode("utf-8"),
+                            content_type="text/html", charset="utf-8")
+        return json_response(200, doc, headers={wire.JOB_STATUS_HEADER: doc["status"]})
+
+    def kept_job(self, req: Request, account: str, job_id: str) -> dict[str, Any]:
+        """A synchronous job's status, from its record in the history."""
+        try:
+            record = self.history.load(req.environ, account, job_id)
+        except OSError as err:
+            raise JobError(str(err), status=503) from None
+        if record is None or not may_see_job(req.environ, self.config.secret, account,
+                                             record.submitter):
+            raise no_such_job(account, job_id)
+        return record.public()
+
+    def job_listing(self, req: Request) -> Response:
+        """``GET /v1/<account>?zerocompute_jobs``: the account's jobs, newest first."""
+        try:
+            _version, account, container = req.split_path(2, 3, True)
+        except ValueError:
+            container = "-"
+        if container:
+            raise JobError(f"jobs are listed as /v1/<account>?{JOBS_QUERY}")
+        unauthenticated = self.unauthenticated(req)
+        if unauthenticated is not None:
+            return unauthenticated
+        try:
+            limit = listing_limit(req.params.get("limit"))
+        except ValueError as err:
+            raise JobError(str(err), "limit") from None
+        marker = req.params.get("marker", "")
+        owner = owns_account(req.environ, account)
+        identity = caller_identity(req.environ)
+        mine = identity_digest(self.config.secret, identity) if identity else None
+        try:
+            jobs = self.history.listing(req.environ, account, limit, marker,
+                                        lambda record: owner or record.submitter == mine)
+        except OSError as err:
+            raise JobError(str(err), status=503) from None
+        return json_response(200, jobs)
 
     @staticmethod
     def unauthenticated(req: Request) -> Response | None:
@@ -217,6 +277,7 @@ class ProxyMiddleware:
 
     # -- the job ------------------------------------------------------------
     def handle_job(self, req: Request, account: str) -> Response:
+        submitted = time.time()
         limit = self.config.max_manifest_bytes
         body = req.body_file.read(limit + 1)
         if len(body) > limit:
@@ -224,7 +285,7 @@ class ProxyMiddleware:
         job = self.accept(req, self.parse(body, account))
         if config_true_value(req.headers.get(wire.ASYNC_HEADER)):
             return self.async_jobs.submit(req, account, body, job)
-        return self.respond(req, account, job)
+        return self.respond(req, account, job, submitted)
 
     def parse(self, body: bytes, account: str) -> Manifest:
         """A manifest under this cluster's limits and default scheduler."""
@@ -252,7 +313,16 @@ class ProxyMiddleware:
         self.logger.update_stats("bytes_written", usage["bytes_written"])
         self.logger.timing("job_ms", report.ms)
 
-    def respond(self, req: Request, account: str, job: Job) -> Response:
+    def keep_in_history(self, req: Request, account: str, report: JobReport,
+                        submitted: float) -> None:
+        """A synchronous job's record, with its report; if it cannot be kept, the
+        report says so."""
+        env = req.environ
+        report.history_error = self.history.keep(env, HistoryRecord.of_report(
+            account, SYNC, identity_digest(self.config.secret, caller_identity(env)),
+            caller_name(env), submitted, report.to_dict(), ended=time.time()))
+
+    def respond(self, req: Request, account: str, job: Job, submitted: float) -> Response:
         """The report; after ``heartbeat_s``, the 200 at once and the report when ready."""
         finished = Event()
         self.running_jobs[account] += 1
@@ -263,6 +333,7 @@ class ProxyMiddleware:
             finally:
                 self.running_jobs[account] -= 1
             self.account_for(account, report)
+            self.keep_in_history(req, account, report, submitted)
             finished.send(report)
         eventlet.spawn_n(run)
         heartbeat = self.config.heartbeat_s
@@ -285,6 +356,14 @@ def _heartbeat(finished: Event, interval: float):
     while (report := finished.wait(interval)) is None:
         yield b" "
     yield json.dumps(report.to_dict(), indent=1).encode("utf-8") + b"\n"
+
+
+def wants_html(req: Request) -> bool:
+    """A browser's request (``Accept: text/html``) for a job's page."""
+    try:
+        return req.accept.best_match(["application/json", "text/html"]) == "text/html"
+    except ValueError:
+        return False
 
 
 def filter_factory(global_conf: dict, **local_conf: str):

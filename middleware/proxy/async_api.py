@@ -28,7 +28,6 @@ are durable.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import socket
@@ -36,31 +35,33 @@ import time
 import uuid
 from collections import Counter
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import eventlet
-from swift.common.request_helpers import get_reserved_name
 from swift.common.swob import HTTPForbidden, Request, Response
-from swift.common.utils import RESERVED
-from swift.common.wsgi import make_env, make_pre_authed_request
+from swift.common.wsgi import make_env
 
 from zerocompute import wire
 from zerocompute.async_state import (
-    CANCEL_SUFFIX,
     INDEX_ACCOUNT,
-    JOBS_CONTAINER,
     Grant,
     JobState,
     identity_digest,
     job_grant,
     status_location,
-    valid_job_id,
 )
 from zerocompute.errors import JobError
+from zerocompute.history import ASYNC, HistoryRecord
 from zerocompute.manifest import Manifest
 from zerocompute.middleware.bodies import json_response
 from zerocompute.middleware.proxy.config import ProxyConfig
+from zerocompute.middleware.proxy.context import (
+    caller_identity,
+    caller_name,
+    may_see_job,
+)
+from zerocompute.middleware.proxy.history import JobHistory
 from zerocompute.middleware.proxy.runner import Job
+from zerocompute.middleware.proxy.store import JobStore
 from zerocompute.report import JobReport
 
 
@@ -70,6 +71,8 @@ class JobFilter(Protocol):
     app: Any
     config: ProxyConfig
     logger: Any
+    store: JobStore
+    history: JobHistory
     running_jobs: Counter[str]  # per account, on this proxy
 
     def account_for(self, account: str, report: JobReport) -> None: ...
@@ -84,18 +87,17 @@ CANCELLED_BY_REQUEST = "cancelled by request"
 # After claiming a job, how long to wait before reading the claim back: two proxies
 # that claimed at once both read the same winner (the newer timestamp).
 CLAIM_SETTLE_S = 0.5
-SAVE_TRIES = 3
+
+
+def no_such_job(account: str, job_id: str) -> JobError:
+    """The same answer for a job that does not exist and another's: an id reveals
+    nothing."""
+    return JobError(f"no job {job_id} in {account}", "job", status=404)
 
 
 def proxy_instance() -> str:
     """This proxy process, as named in job states (host, pid and a random tag)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def caller_identity(env: dict) -> str:
-    """Who the auth middleware says the caller is (Keystone's user id, or tempauth's
-    groups, which name the user)."""
-    return env.get("HTTP_X_USER_ID") or env.get("REMOTE_USER") or ""
 
 
 class GrantAuthorizer:
@@ -112,108 +114,6 @@ class GrantAuthorizer:
         if self.grant.allows(req.method, account, container):
             return None
         return HTTPForbidden(request=req)
-
-
-# The sweep's index of running jobs: ``<account>/<id>`` names.
-INDEX = f"/v1/{INDEX_ACCOUNT}/{get_reserved_name(JOBS_CONTAINER)}"
-
-
-class JobStore:
-    """Async job states, read and written by the proxy on its own authority, in the
-    internal account ``.zerocompute``: one reserved container per user account for
-    its jobs' states and cancels, and one for the sweep's index of running jobs.
-    Nothing is kept in the user's account, whose ``HEAD``, listings, quotas and
-    container count never see a job (``doc/operations.md``)."""
-
-    def __init__(self, app: Any):
-        self.app = app
-        self.containers: set[str] = set()  # containers this proxy has made
-
-    @staticmethod
-    def states_of(account: str) -> str:
-        return f"/v1/{INDEX_ACCOUNT}/{get_reserved_name(JOBS_CONTAINER, account)}"
-
-    @staticmethod
-    def legacy_states_of(account: str) -> str:
-        """Where the first layout kept an account's states: in the account itself."""
-        return f"/v1/{account}/{get_reserved_name(JOBS_CONTAINER)}"
-
-    def _request(self, env: dict, method: str, container: str, name: str = "",
-                 body: bytes | None = None, query: str = "") -> Response:
-        path = container + ("/" + get_reserved_name(name) if name else "")
-        headers = {"X-Backend-Allow-Reserved-Names": "true",
-                   "Content-Type": "application/json"}
-        if body is not None:
-            headers["Content-Length"] = str(len(body))
-        sub = make_pre_authed_request(env, method, quote(path) + "?" + query, body=body,
-                                      swift_source=wire.SWIFT_SOURCE, headers=headers)
-        return sub.get_response(self.app)
-
-    def ensure_container(self, env: dict, container: str) -> Response | None:
-        """Make a container, once per proxy: the failure, if it fails."""
-        if container in self.containers:
-            return None
-        resp = self._request(env, "PUT", container)
-        if not resp.is_success:
-            return resp
-        self.containers.add(container)
-        return None
-
-    def create(self, env: dict, state: JobState) -> None:
-        failed = self.ensure_container(env, self.states_of(state.account))
-        if failed is not None:
-            raise JobError(f"cannot keep the job's state: {failed.status}", status=503)
-        if not self.save(env, state):
-            raise JobError("cannot keep the job's state", status=503)
-
-    def save(self, env: dict, state: JobState) -> bool:
-        container = self.states_of(state.account)
-        for _ in range(SAVE_TRIES):
-            resp = self._request(env, "PUT", container, state.id, state.to_json())
-            if resp.is_success:
-                return True
-            if resp.status_int == 404:  # no container yet: a job of the first layout
-                self.containers.discard(container)
-                self.ensure_container(env, container)
-        return False
-
-    def load(self, env: dict, account: str, job_id: str) -> JobState | None:
-        for container in (self.states_of(account), self.legacy_states_of(account)):
-            resp = self._request(env, "GET", container, job_id)
-            if resp.is_success:
-                return JobState.from_json(resp.body)
-            if resp.status_int != 404:
-                raise JobError(f"cannot read the job's state: {resp.status}", status=503)
-        return None
-
-    def request_cancel(self, env: dict, account: str, job_id: str) -> bool:
-        return self._request(env, "PUT", self.states_of(account), job_id + CANCEL_SUFFIX,
-                             b"").is_success
-
-    def cancel_requested(self, env: dict, account: str, job_id: str) -> bool:
-        return self._request(env, "HEAD", self.states_of(account),
-                             job_id + CANCEL_SUFFIX).is_success
-
-    # -- the cluster-wide index of running jobs (for the sweep) ----------------------
-    def index(self, env: dict, state: JobState) -> bool:
-        self.ensure_container(env, INDEX)
-        return self._request(env, "PUT", INDEX, f"{state.account}/{state.id}",
-                             b"").is_success
-
-    def unindex(self, env: dict, account: str, job_id: str) -> None:
-        self._request(env, "DELETE", INDEX, f"{account}/{job_id}")
-
-    def indexed(self, env: dict) -> list[tuple[str, str]]:
-        """(account, job id) of every job indexed as running."""
-        resp = self._request(env, "GET", INDEX, query="format=json")
-        if resp.status_int != 200:
-            return []
-        found = []
-        for item in json.loads(resp.body):
-            account, _, job_id = item["name"].lstrip(RESERVED).partition("/")
-            if account and valid_job_id(job_id):
-                found.append((account, job_id))
-        return found
 
 
 class LeasedJob:
@@ -287,7 +187,8 @@ class AsyncJobs:
     def __init__(self, middleware: JobFilter):
         self.middleware = middleware
         self.config = middleware.config
-        self.store = JobStore(middleware.app)
+        self.store = middleware.store
+        self.history = middleware.history
         self.instance = proxy_instance()
         self.runs: dict[str, LeasedJob] = {}  # the jobs this proxy runs, by id
         self.sweeper: Any = None
@@ -299,9 +200,13 @@ class AsyncJobs:
             id=job.job_id, account=account, name=job.manifest.name,
             manifest=body.decode("utf-8"),
             submitter=identity_digest(self.config.secret, caller_identity(req.environ)),
-            owner=self.instance, lease_until=now + self.config.job_lease_s,
-            submitted=now, updated=now, progress=job.progress())
+            user=caller_name(req.environ), owner=self.instance,
+            lease_until=now + self.config.job_lease_s, submitted=now, updated=now,
+            progress=job.progress())
         self.store.create(req.environ, state)
+        self.history.keep(req.environ, HistoryRecord(
+            id=state.id, account=account, name=state.name, kind=ASYNC, status=state.status,
+            submitter=state.submitter, user=state.user, submitted=now))
         if self.config.job_sweep_s and not self.store.index(req.environ, state):
             self.middleware.logger.warning("zerocompute: job %s is not in the sweep's index",
                                            state.id)
@@ -319,29 +224,26 @@ class AsyncJobs:
 
     # -- status and cancel -------------------------------------------------------
     def may_see(self, req: Request, account: str, state: JobState) -> bool:
-        """The submitter, or whoever may read the account itself (its owner)."""
-        identity = caller_identity(req.environ)
-        if identity and identity_digest(self.config.secret, identity) == state.submitter:
-            return True
-        authorize = req.environ.get("swift.authorize")
-        if authorize is None:
-            return True  # no auth middleware in the pipeline
-        return authorize(Request(make_env(req.environ, "HEAD", f"/v1/{account}"))) is None
+        return may_see_job(req.environ, self.config.secret, account, state.submitter)
 
     def find(self, req: Request, account: str, job_id: str) -> JobState:
         state = self.store.load(req.environ, account, job_id)
         if state is None or not self.may_see(req, account, state):
-            # The same answer for another's job: an id reveals nothing.
-            raise JobError(f"no job {job_id} in {account}", "job", status=404)
+            raise no_such_job(account, job_id)
         return state
 
-    def status(self, req: Request, account: str, job_id: str) -> Response:
-        state = self.find(req, account, job_id)
+    def status(self, req: Request, account: str, job_id: str) -> dict[str, Any] | None:
+        """The job's state as a status read shows it (taking the job over if its lease
+        lapsed), or None: no async job of that id."""
+        state = self.store.load(req.environ, account, job_id)
+        if state is None:
+            return None
+        if not self.may_see(req, account, state):
+            raise no_such_job(account, job_id)
         cancel = not state.final and self.store.cancel_requested(req.environ, account, job_id)
         if state.lease_lapsed(time.time()) and job_id not in self.runs:
             state = self.take_over(req, state, cancel)
-        return json_response(200, state.public(cancel),
-                             headers={wire.JOB_STATUS_HEADER: state.status})
+        return state.public(cancel)
 
     def cancel(self, req: Request, account: str, job_id: str) -> Response:
         state = self.find(req, account, job_id)
@@ -386,12 +288,16 @@ class AsyncJobs:
         return state
 
     def end(self, env: dict, state: JobState, report: JobReport) -> None:
-        """Keep a job's end (its report, with its takeovers); out of the sweep's index."""
+        """Keep a job's end (its report, with its takeovers) in its state and the
+        history; out of the sweep's index."""
         report.takeovers = [vars(t).copy() for t in state.takeovers] or None
         state.status = report.status
-        state.report = report.to_dict()
         state.updated = time.time()
-        if not self.store.save(env, state):
+        report.history_error = self.history.keep(env, HistoryRecord.of_report(
+            state.account, ASYNC, state.submitter, state.user, state.submitted,
+            report.to_dict(with_tasks=False), ended=state.updated))
+        state.report = report.to_dict()
+        if not self.store.save(env, state, self.history.expiry_headers()):
             self.middleware.logger.error("zerocompute: could not save the end of job %s",
                                          state.id)
             return

@@ -56,6 +56,9 @@ class ProxyConfig:
     job_lease_s: float = 30.0
     job_poll_s: float = 1.0
     job_sweep_s: float = 0.0
+    # Every job's record in the history is removed this long after it ends (Swift's
+    # object expirer; 0: kept until deleted).
+    job_history_days: float = 30.0
 
     @classmethod
     def from_conf(cls, conf: dict[str, str]) -> ProxyConfig:

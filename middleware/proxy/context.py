@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -20,9 +21,10 @@ from urllib.parse import quote, unquote
 
 from swift.common.swob import Request, Response
 from swift.common.utils import close_if_possible, config_true_value
-from swift.common.wsgi import make_subrequest
+from swift.common.wsgi import make_env, make_subrequest
 
 from zerocompute import wire
+from zerocompute.async_state import identity_digest
 from zerocompute.errors import JobError
 from zerocompute.manifest import SwiftPath, runtime_of
 from zerocompute.middleware.proxy.config import ProxyConfig
@@ -42,6 +44,37 @@ from zerocompute.sandbox.wasm import InvalidExecutable, check_wasm
 LISTING_LIMIT = 10000
 
 
+def caller_identity(env: dict) -> str:
+    """Who the auth middleware says the caller is (Keystone's user id, or tempauth's
+    groups, which name the user)."""
+    return env.get("HTTP_X_USER_ID") or env.get("REMOTE_USER") or ""
+
+
+def caller_name(env: dict) -> str:
+    """The caller as a person reads it: Keystone's user name, tempauth's
+    ``account:user`` (the group of its groups that names the user)."""
+    if env.get("HTTP_X_USER_NAME"):
+        return env["HTTP_X_USER_NAME"]
+    groups = caller_identity(env).split(",")
+    return next((g for g in groups if ":" in g), groups[0])
+
+
+def owns_account(env: dict, account: str) -> bool:
+    """Whether the caller may read ``account`` itself (its owners; an operator)."""
+    authorize = env.get("swift.authorize")
+    if authorize is None:
+        return True  # no auth middleware in the pipeline
+    return authorize(Request(make_env(env, "HEAD", f"/v1/{account}"))) is None
+
+
+def may_see_job(env: dict, secret: str, account: str, submitter: str) -> bool:
+    """A job is seen by who submitted it (``submitter``: the identity's digest) and by
+    the account's owners."""
+    identity = caller_identity(env)
+    return bool(identity) and identity_digest(secret, identity) == submitter or \
+        owns_account(env, account)
+
+
 class JobContext:
     """One job request: the user's checks and sub-requests, through the pipeline."""
 
@@ -55,6 +88,10 @@ class JobContext:
         self.logger = logger
         self.field: str | None = None  # the manifest field being checked, for errors
         self.account = req.split_path(2, 4, rest_with_last=True)[1]
+        # The job's start: its report's timeline counts from here (time.monotonic()),
+        # and its history record (time.time()).
+        self.started = time.monotonic()
+        self.started_at = time.time()
 
     @contextlib.contextmanager
     def checking(self, field: str | None) -> Iterator[None]:

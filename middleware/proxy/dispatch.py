@@ -49,7 +49,7 @@ from swift.common.bufferedhttp import http_connect_raw
 from swift.common.exceptions import ConnectionTimeout
 
 from zerocompute import wire
-from zerocompute.report import Attempt
+from zerocompute.report import Attempt, Span
 from zerocompute.scheduler import (
     RANDOM,
     JobSpeeds,
@@ -93,6 +93,8 @@ class TaskState:
     tried: set[str] = field(default_factory=set)  # nodes that failed it
     busy_until: dict[str, float] = field(default_factory=dict)  # 503 + Retry-After
     failed: list[Attempt] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)  # every attempt, as it ended
+    began: dict[str, float] = field(default_factory=dict)  # node key -> when it began it
     live: dict[str, GroupRequest] = field(default_factory=dict)  # node key -> its request
     first_sent: float | None = None
     running_since: float | None = None  # when it became the next task of its group
@@ -143,7 +145,8 @@ class TaskState:
     def attempt_afresh(self, **changes: Any) -> TaskState:
         """The task again, as if never sent (every attempt forgotten), with ``changes``
         (e.g. other candidates, or ``tried``: nodes not to try again)."""
-        return replace(self, **{"tried": set(), "busy_until": {}, "failed": [], "live": {},
+        return replace(self, **{"tried": set(), "busy_until": {}, "failed": [], "spans": [],
+                                "began": {}, "live": {},
                                 "first_sent": None, "running_since": None,
                                 "backed_up": False, "done": False, "node": None,
                                 "error": None, **changes})
@@ -159,6 +162,7 @@ class GroupRequest:
     sock: Any = None
     cancelled: bool = False
     bytes: int = 0  # sent and received through the proxy for this request
+    backup: bool = False  # a second attempt of a straggler
 
     @property
     def key(self) -> str:
@@ -361,8 +365,9 @@ class PhaseDispatch:
 
     def __init__(self, dispatcher: Dispatcher, tasks: list[TaskState],
                  template: wire.TaskGroup, executables: dict[str, bytes], settings: RunSettings,
-                 on_result: ResultHandler):
+                 on_result: ResultHandler, origin: float | None = None):
         self.dispatcher = dispatcher
+        self.origin = time.monotonic() if origin is None else origin  # the job's start
         self.tasks = tasks
         self.template = template
         self.executables = executables
@@ -514,9 +519,10 @@ class PhaseDispatch:
         return group
 
     def _start(self, node: dict, group: list[TaskState], backup: bool = False) -> GroupRequest:
-        stream = GroupRequest(node, group)
-        self.nodes[stream.key] = node
         now = time.monotonic()
+        stream = GroupRequest(node, group, backup=backup)
+        self.nodes[stream.key] = node
+        group[0].began[stream.key] = now
         for state in group:
             state.live[stream.key] = stream
             state.first_sent = state.first_sent or now
@@ -625,11 +631,13 @@ class PhaseDispatch:
         self.dispatcher.note_load(stream.key, result.load)
         following = stream.head()
         if following is not None:
-            following.running_since = now
+            following.running_since = following.began[stream.key] = now
         if result.retry:
+            self._end_attempt(stream, state, "failed", now)
             self._failed_on(state, stream.node, result.retry)
             self._enqueue(state)
         elif state.done:
+            self._end_attempt(stream, state, "cancelled", now)
             body.read(result.stdout_bytes)  # lost the race: drop it unread by anyone
         else:
             self._claim(state, stream, result, body, now)
@@ -645,6 +653,7 @@ class PhaseDispatch:
             self.durations.append(now - state.running_since)
         for other in list(state.live.values()):
             state.failed.append(Attempt(node_label(other.node), LOST_RACE))
+            self._end_attempt(other, state, "cancelled", now)
             other.cancel()
         state.live.clear()
         try:
@@ -652,9 +661,12 @@ class PhaseDispatch:
         except Exception as err:
             # The output did not arrive whole (the node died mid-stream): run it again.
             state.done, state.node = False, None
+            self._end_attempt(stream, state, "failed")
             self._failed_on(state, stream.node, f"reading its output failed: {_describe(err)}")
             self._enqueue(state)
             raise
+        ok = result.exit == 0 and not (result.error or result.invalid)
+        self._end_attempt(stream, state, "succeeded" if ok else "failed", now)
         # Counted only now: the job must not finish while this output is on its way.
         self.unfinished -= 1
 
@@ -670,9 +682,21 @@ class PhaseDispatch:
         self.dispatcher.logger.info("zerocompute: task %s failed on %s: %s; trying another",
                                     state.task_id, node_label(node), error)
 
+    def _end_attempt(self, stream: GroupRequest, state: TaskState, outcome: str,
+                     now: float | None = None) -> None:
+        """The attempt of ``state`` on ``stream``'s node is over: into its timeline
+        (if the node had begun it: the tasks of a group behind a failed head had not)."""
+        began = state.began.pop(stream.key, None)
+        if began is None:
+            return
+        now = time.monotonic() if now is None else now
+        state.spans.append(Span(node_label(stream.node), round((began - self.origin) * 1000, 3),
+                                round((now - self.origin) * 1000, 3), outcome, stream.backup))
+
     def _fail_unanswered(self, stream: GroupRequest, error: str) -> None:
         while stream.head() is not None:
             state = self._answer(stream)
+            self._end_attempt(stream, state, "failed")
             if not state.done:
                 state.done = True
                 state.node = stream.node
@@ -684,6 +708,8 @@ class PhaseDispatch:
         """The request ended: its unanswered tasks go back to wait for a node."""
         while stream.head() is not None:
             state = self._answer(stream)
+            self._end_attempt(stream, state, "cancelled" if stream.cancelled or state.done
+                              else "failed")
             if state.done:
                 continue
             if not stream.cancelled:

@@ -262,7 +262,7 @@ class PhaseRunner:
         # The tasks take this account's share of each server's slots (middleware/slots.py).
         template = replace(phase.template, account=self.ctx.account)
         run = PhaseDispatch(self.dispatcher, phase.states, template, phase.executables,
-                     self.settings, phase.on_result)
+                            self.settings, phase.on_result, origin=self.ctx.started)
         # Listed until its failed attempts are in the reports: progress() counts both.
         self.runs.append(run)
         try:
@@ -274,6 +274,8 @@ class PhaseRunner:
                 report.attempts, report.retries, report.backup = \
                     len(report.retries) + state.attempts, report.retries + state.failed, \
                     report.backup or state.backed_up
+                report.timeline = sorted(report.timeline + state.spans,
+                                         key=lambda span: span.start_ms)
                 if state.error is not None:
                     report.error = state.error
                     report.exit = None

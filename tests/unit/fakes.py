@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import os
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote
 
 import eventlet
 import wasmtime
@@ -126,6 +126,7 @@ class FakeSwift:
         self.calls: list[tuple[str, str]] = []
         self.meta: dict[str, dict[str, str]] = {}  # object path -> X-Object-Meta-* headers
         self.headers: dict[str, dict[str, str]] = {}  # object path -> more headers it has
+        self.put_headers: dict[str, dict[str, str]] = {}  # object path -> its PUT's headers
         self.manifests: dict[str, bytes] = {}  # SLO path -> its multipart-manifest=get
         self.errors: dict[tuple[str, str], list] = {}  # (method, path) -> statuses/exceptions
 
@@ -156,6 +157,7 @@ class FakeSwift:
             self.objects[path] = req.body
             self.meta[path] = {k: v for k, v in req.headers.items()
                                if k.lower().startswith("x-object-meta-")}
+            self.put_headers[path] = dict(req.headers)
             return Response(status=201)(env, start_response)
         if method == "DELETE":
             found = self.objects.pop(path, None)
@@ -178,11 +180,12 @@ class FakeSwift:
         if req.method == "HEAD":
             return Response(status=204, headers={"X-Backend-Storage-Policy-Index": "0"})
         query = {k: v[0] for k, v in parse_qs(req.query_string).items()}
-        names = sorted(p[len(container) + 1:] for p in self.objects
+        # As Swift lists them: unquoted (a reserved name begins with "\x00").
+        names = sorted(unquote(p[len(container) + 1:]) for p in self.objects
                        if p.startswith(container + "/"))
         names = [n for n in names if n.startswith(query.get("prefix", ""))
                  and n > query.get("marker", "")][:int(query.get("limit", 10000))]
-        body = json.dumps([{"name": n, "bytes": len(self.objects[f"{container}/{n}"])}
+        body = json.dumps([{"name": n, "bytes": len(self.objects[f"{container}/{quote(n)}"])}
                            for n in names]).encode()
         return Response(status=200, body=body, content_type="application/json")
 

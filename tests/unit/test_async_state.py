@@ -36,6 +36,14 @@ def test_job_ids_are_unguessable_hex_and_nothing_else_is_one():
         assert not valid_job_id(bad)
 
 
+def test_newer_job_ids_sort_first_and_keep_80_random_bits():
+    older, newer = new_job_id(now=1_700_000_000.0), new_job_id(now=1_700_000_000.001)
+    assert newer < older  # a listing of ids, ascending, is newest first
+    same_ms = {new_job_id(now=1_700_000_000.0) for _ in range(100)}
+    assert len(same_ms) == 100 and len({i[:12] for i in same_ms}) == 1
+    assert new_job_id(now=0.0)[:12] == "ffffffffffff"
+
+
 def test_state_round_trips_through_json_with_its_takeovers():
     s = state()
     s.take_over("p2", now=140.0, lease_s=30.0)

@@ -7,6 +7,7 @@ Every test runs under an ``eventlet.Timeout``: a regression fails, it does
 not hang.
 """
 
+import itertools
 import statistics
 from dataclasses import replace
 
@@ -80,6 +81,13 @@ def test_co_located_tasks_travel_in_groups_that_shrink_near_the_end():
     assert max(sizes) >= 16
     assert sizes[-1] == 1, "the last groups are single tasks"
     assert sizes[0] == 1, "no node gets a big group before it has finished one task"
+    # A task in a group begins when the one before it ends: one span each, and
+    # the spans of a group's tasks do not overlap.
+    assert all([s.outcome for s in t.spans] == ["succeeded"] for t in tasks)
+    by_task = {t.task_id: t.spans[0] for t in tasks}
+    for _port, ids in d.groups:
+        spans = [by_task[i] for i in ids]
+        assert all(a.end_ms <= b.start_ms for a, b in itertools.pairwise(spans))
 
 
 def test_failures_move_on_to_other_replicas_then_handoffs():
@@ -93,6 +101,11 @@ def test_failures_move_on_to_other_replicas_then_handoffs():
         assert t.attempts == 4
         assert sorted(a.error.split(":")[0] for a in t.failed) == [
             "404 object not on this node", "507 device unavailable", "ConnectionRefusedError"]
+        # One span per attempt the node began; each ends where the next may begin.
+        assert sorted((s.node, s.outcome) for s in t.spans) == [
+            ("127.0.0.1:1/sd1", "failed"), ("127.0.0.1:2/sd2", "failed"),
+            ("127.0.0.1:3/sd3", "failed"), ("127.0.0.1:4/sd4", "succeeded")]
+        assert all(s.start_ms <= s.end_ms for s in t.spans)
     assert all(port == 4 for port, _ in d.groups[-1:])
 
 
@@ -182,6 +195,13 @@ def test_backup_races_the_straggler_and_only_the_winner_is_handed_on():
         and tasks[0].attempts == 2
     assert [a.error for a in tasks[0].failed] == [LOST_RACE]
     assert [port for port, _ in d.groups] == [1, 2]
+    # Its timeline: the straggler, hung up on once the backup (begun later) won.
+    straggler, backup = sorted(tasks[0].spans, key=lambda span: span.start_ms)
+    assert (straggler.node, straggler.outcome, straggler.backup) == (
+        "127.0.0.1:1/sd1", "cancelled", False)
+    assert (backup.node, backup.outcome, backup.backup) == ("127.0.0.1:2/sd2", "succeeded", True)
+    assert 0 <= straggler.start_ms < backup.start_ms < backup.end_ms
+    assert abs(straggler.end_ms - backup.end_ms) < 100  # the loser stops when the winner ends
 
 
 def test_no_backups_while_tasks_wait_for_dispatch():
