@@ -22,6 +22,12 @@ takes it over (:mod:`zerocompute.middleware.proxy.async_api`).  A ``GET`` of an
 object with ``X-Zerocompute-Run`` runs a guest over it and answers with its
 output (:mod:`zerocompute.middleware.proxy.run_on_get`).
 
+Every job is kept in a history in ``.zerocompute``
+(:mod:`zerocompute.middleware.proxy.history`): ``GET
+/v1/<account>?zerocompute_jobs`` lists an account's jobs, newest first, and a
+job's status location answers its report (a synchronous job's too) or, to a
+browser, its page with its timeline (``doc/history.md``).
+
 Place the filter after the auth middleware::
 
     [pipeline:main]
@@ -75,12 +81,16 @@ Place the filter after the auth middleware::
     # Every this many seconds, take over the async jobs whose proxy died even if
     # nobody reads their status (0: only status reads take jobs over).
     # job_sweep_s = 0
+    # Each job's record in the history is removed this many days after it ends
+    # (Swift's object expirer; 0: kept until deleted).
+    # job_history_days = 30
 
 The filter is a package, one module a concern: ``config`` (every option and
 its default), ``context`` (the checks and sub-requests made as the user),
 ``runner`` (the jobs and their phases), ``dispatch`` (sending task groups to
-object servers), ``outputs`` (what a job writes), ``run_on_get`` and
-``async_api``; ``doc/architecture.md`` walks one job through them.
+object servers), ``outputs`` (what a job writes), ``run_on_get``,
+``async_api``, ``history`` (every job's record, and the listing) and ``store``
+(what the proxy keeps in ``.zerocompute``); ``doc/architecture.md`` walks one job through them.
 """
 
 from __future__ import annotations
