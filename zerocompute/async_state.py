@@ -25,6 +25,7 @@ from typing import Any
 
 from zerocompute.manifest import Manifest, SwiftPath
 from zerocompute.report import CANCELLED, FAILED, SUCCEEDED
+from zerocompute.wire import known_fields
 
 # In the internal account INDEX_ACCOUNT, ``get_reserved_name(JOBS_CONTAINER, account)``
 # holds an account's async jobs, and ``get_reserved_name(JOBS_CONTAINER)`` the
@@ -115,7 +116,7 @@ class JobState:
 
     @classmethod
     def from_json(cls, body: bytes) -> JobState:
-        doc = json.loads(body)
+        doc = known_fields(cls, json.loads(body))
         doc["takeovers"] = [Takeover(**t) for t in doc.get("takeovers", [])]
         return cls(**doc)
 

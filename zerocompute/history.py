@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from zerocompute.async_state import status_location
+from zerocompute.wire import known_fields
 
 HISTORY_CONTAINER = "zerocompute-history"
 JOBS_QUERY = "zerocompute_jobs"
@@ -73,7 +74,7 @@ class HistoryRecord:
 
     @classmethod
     def from_json(cls, body: bytes) -> HistoryRecord:
-        return cls(**json.loads(body))
+        return cls(**known_fields(cls, json.loads(body)))
 
     def summary(self) -> dict[str, Any]:
         """What a listing shows of the job (never the submitter's digest)."""

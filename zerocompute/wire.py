@@ -223,6 +223,13 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
+def known_fields(cls: type, doc: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``doc`` that are fields of dataclass ``cls``: what a newer
+    writer added is left out, so that proxies and servers can be upgraded one by one."""
+    names = _field_names(cls)
+    return {k: v for k, v in doc.items() if k in names}
+
+
 def _plain(message: Any) -> dict[str, Any]:
     """A message's fields, one level deep (JSON takes the tuples and lists as they
     are): ``asdict`` deep-copies every field, and a frame is built for every task."""
@@ -475,9 +482,7 @@ class TaskResult:
     @classmethod
     def parse(cls, line: bytes) -> TaskResult:
         try:
-            doc = json.loads(line)
-            known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in doc.items() if k in known})
+            return cls(**known_fields(cls, json.loads(line)))
         except (ValueError, TypeError, AttributeError) as err:
             raise BadFrame(f"bad result frame: {err}") from None
 

@@ -112,3 +112,12 @@ def test_grant_of_a_chain_covers_every_step():
     assert grant.allows("PUT", "AUTH_a", "mid") and grant.allows("GET", "AUTH_a", "mid")
     assert grant.allows("PUT", "AUTH_a", "final")
     assert not grant.allows("PUT", "AUTH_a", "in")
+
+
+def test_a_state_written_by_a_newer_proxy_is_still_read():
+    written = state(user="a:u")
+    doc = json.loads(written.to_json())
+    doc["a_field_of_the_future"] = {"x": 1}
+    assert JobState.from_json(json.dumps(doc).encode()) == written
+    del doc["user"]  # and one of an older proxy, which did not keep the user's name
+    assert JobState.from_json(json.dumps(doc).encode()).user == ""
