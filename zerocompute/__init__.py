@@ -1,3 +1,15 @@
-"""zerocompute: storage-embedded compute for OpenStack Swift."""
+"""zerocompute: storage-embedded compute for OpenStack Swift.
+
+``zerocompute.connect()`` is the Python API (:mod:`zerocompute.api`).
+"""
 
 __version__ = "0.1.0"
+_API = ("connect", "Job", "JobFailed", "Zerocompute")
+
+
+def __getattr__(name: str):
+    # Loaded when first used: the object servers and the CLI import this package too.
+    if name in _API:
+        from zerocompute import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'zerocompute' has no attribute {name!r}")

@@ -21,7 +21,6 @@ import argparse
 import importlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 from zerocompute.dev.devcluster import DEFAULT_DIR, DevCluster
 from zerocompute.page import human_bytes
+from zerocompute.progress import ProgressBar
 
 CONTENT_TYPES = {".wasm": "application/wasm", ".py": "text/x-python"}
 WASM_MAGIC = b"\0asm"
@@ -45,18 +45,11 @@ class CliError(Exception):
 # -- the connection -------------------------------------------------------------------
 def connection(args: argparse.Namespace) -> Any:
     """A swiftclient Connection from swiftclient's own options and variables."""
-    from swiftclient.service import get_conn, process_options
-    options = {k: v for k, v in vars(args).items() if k != "func"}
-    process_options(options)
-    os_options = options["os_options"]
-    if os_options.get("object_storage_url") and os_options.get("auth_token"):
-        return get_conn(options)
-    if not (options["auth"] and (options["user"] or options.get("os_user_id"))
-            and options["key"]):
-        raise CliError("no credentials: set ST_AUTH, ST_USER and ST_KEY (or -A, -U, -K), "
-                       "or OS_AUTH_URL, OS_USERNAME and OS_PASSWORD for Keystone; on the "
-                       'dev cluster: eval "$(zerocompute devcluster env)"', 2)
-    return get_conn(options)
+    from zerocompute.client import connect_swift
+    try:
+        return connect_swift({k: v for k, v in vars(args).items() if k != "func"})
+    except ValueError as err:
+        raise CliError(str(err), 2) from None
 
 
 def describe(err: BaseException, args: argparse.Namespace) -> str:
@@ -207,41 +200,6 @@ def _logs(args: argparse.Namespace) -> int:
     if not tasks:
         print(f"job {state['job']}: no task wrote to stderr or failed", file=sys.stderr)
     return 0
-
-
-class ProgressBar:
-    """tqdm's bar over an async job's progress: tasks, bytes, retries, ETA."""
-
-    def __init__(self, job: str, enabled: bool):
-        self.job = job
-        self.enabled = enabled
-        self.bar = None
-
-    def update(self, state: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-        progress = state.get("progress", {})
-        if self.bar is None:
-            if not progress.get("tasks"):
-                return
-            # A terminal that does not say its size (a bare pty) counts as 80x24:
-            # tqdm would draw nothing there.
-            size = shutil.get_terminal_size()
-            self.bar = tqdm(total=progress["tasks"], unit="task", file=sys.stderr,
-                            desc=state.get("name") or self.job[:8], ncols=size.columns,
-                            nrows=size.lines)
-        self.bar.total = progress.get("tasks", self.bar.total)
-        self.bar.n = progress.get("done", 0) + progress.get("failed", 0)
-        self.bar.set_postfix_str(
-            f"{human_bytes(progress.get('bytes_in', 0))} in, "
-            f"{progress.get('retries', 0)} retries, {progress.get('failed', 0)} failed",
-            refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def show_final(state: dict[str, Any], as_json: bool) -> int:

@@ -20,6 +20,36 @@ from zerocompute.history import JOBS_QUERY
 from zerocompute.wire import ASYNC_HEADER, EXECUTE_HEADER
 
 FINAL = ("succeeded", "failed", "cancelled")
+NO_CREDENTIALS = ("no credentials: set ST_AUTH, ST_USER and ST_KEY (or -A, -U, -K), or "
+                  "OS_AUTH_URL, OS_USERNAME and OS_PASSWORD for Keystone; on the dev "
+                  'cluster: eval "$(zerocompute devcluster env)"')
+
+
+def swift_options(**given: Any) -> dict[str, Any]:
+    """The ``swift`` command's options, from its variables (``ST_*``, ``OS_*``) and
+    ``given`` (``auth``, ``user``, ``key``, ``os_*``): what :func:`connect_swift` takes."""
+    import argparse
+
+    from swiftclient.shell import add_default_args
+    parser = argparse.ArgumentParser()
+    add_default_args(parser)
+    options = vars(parser.parse_args([]))
+    options.update({k: v for k, v in given.items() if v is not None})
+    return options
+
+
+def connect_swift(options: dict[str, Any]) -> Connection:
+    """A Connection from the ``swift`` command's options (``ValueError``: none given)."""
+    from swiftclient.service import get_conn, process_options
+    options = dict(options)
+    process_options(options)
+    os_options = options["os_options"]
+    if os_options.get("object_storage_url") and os_options.get("auth_token"):
+        return get_conn(options)
+    if not (options["auth"] and (options["user"] or options.get("os_user_id"))
+            and options["key"]):
+        raise ValueError(NO_CREDENTIALS)
+    return get_conn(options)
 
 
 class JobRejected(Exception):
