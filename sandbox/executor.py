@@ -194,7 +194,8 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
                                 bytes_local=rebuilt.local_bytes if rebuilt else 0,
                                 bytes_peer=rebuilt.peer_bytes if rebuilt else 0,
                                 fragments=rebuilt.fragments if rebuilt else None,
-                                stderr=ran.stderr_tail.decode("utf-8", "replace"), ms=ran.ms)
+                                stderr=ran.stderr_tail.decode("utf-8", "replace"), ms=ran.ms,
+                                counters=ran.counters)
             if core is not None and task.kind == "map":
                 result.stdout_bytes = 0
                 if ran.ok:

@@ -53,6 +53,7 @@ from wasmtime import (
     WasiConfig,
 )
 
+from zerocompute.counters import CounterFilter, Counts
 from zerocompute.wire import LIMIT_DEFAULTS, Limits
 
 WASM_MAGIC = b"\0asm"
@@ -104,6 +105,7 @@ class GuestResult:
     stderr_tail: bytes
     ms: float
     cpu_ms: float = 0.0  # of the thread that ran it (wasmtime runs the guest in it)
+    counters: Counts | None = None  # what it counted (zerocompute.counters)
 
     @property
     def ok(self) -> bool:
@@ -347,7 +349,8 @@ class WasmRuntime:
         elif failed and not timed_out and _memory_exhausted(instance, store, limits):
             # Out-of-memory shows up as whatever the guest does when malloc fails.
             error = f"memory limit {_size(limits.memory_bytes)} exceeded"
-        return GuestResult(exit_code, error, stdout_bytes, stderr.value(), ms, cpu_ms)
+        return GuestResult(exit_code, error, stdout_bytes, stderr.value(), ms, cpu_ms,
+                           stderr.counters.counts or None)
 
 
 @dataclass(frozen=True)
@@ -417,26 +420,34 @@ class _Stdio:
 
 
 class _Tail:
-    """Keeps the last ``size`` bytes written to it; refuses writes past ``limit``."""
+    """Keeps the last ``size`` bytes written to it, less the counter lines, which it
+    sums (:mod:`zerocompute.counters`); refuses writes past ``limit``."""
 
     def __init__(self, size: int, limit: int):
         self.size = size
         self.limit = limit
         self.written = 0
-        self.chunks: collections.deque[bytes] = collections.deque()
+        self.chunks: collections.deque[bytes] = collections.deque([b""])
         self.kept = 0
+        self.counters = CounterFilter()
 
     def write(self, data: bytes) -> int:
         if self.written > self.limit:
             return -errno.EFBIG
         self.written += len(data)
-        self.chunks.append(bytes(data[-self.size:]))
+        self._keep(self.counters.feed(bytes(data)))
+        return len(data)
+
+    def _keep(self, data: bytes) -> None:
+        if not data:
+            return
+        self.chunks.append(data[-self.size:])
         self.kept += len(self.chunks[-1])
         while self.kept - len(self.chunks[0]) >= self.size:
             self.kept -= len(self.chunks.popleft())
-        return len(data)
 
     def value(self) -> bytes:
+        self._keep(self.counters.close())
         return b"".join(self.chunks)[-self.size:]
 
 

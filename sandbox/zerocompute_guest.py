@@ -72,6 +72,29 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from typing import Any, BinaryIO
 
+# Counters (Hadoop's): summed here, written once each when the task ends, as Hadoop
+# Streaming's stderr lines, which the host takes out of stderr (zerocompute/counters.py).
+COUNTER_LINE = "reporter:counter:{},{},{}\n"
+_counters: dict[tuple[str, str], int] = {}
+
+
+def increment_counter(group: str, name: str, amount: int = 1) -> None:
+    """Count ``amount`` more of ``group``/``name`` for the job's ``counters``."""
+    for part in (group, name):
+        if not isinstance(part, str) or not part or "," in part or "\n" in part:
+            raise ValueError(f"a counter's group and name are non-empty strings, without "
+                             f"commas or newlines: {part!r}")
+    _counters[group, name] = _counters.get((group, name), 0) + int(amount)
+
+
+def write_counters(stderr: Any = None) -> None:
+    """Every counter of the task, once, on stderr."""
+    stderr = stderr or sys.stderr
+    stderr.write("".join(COUNTER_LINE.format(g, n, a) for (g, n), a in _counters.items()))
+    stderr.flush()
+    _counters.clear()
+
+
 MODES = ("map", "reduce", "combine", "run")
 # The modes each phase of a task allows (ZEROCOMPUTE_PHASE); a map-only job allows all.
 PHASE_MODES = {"map": ("map",), "combine": ("combine", "reduce"), "reduce": ("reduce",)}
@@ -396,6 +419,15 @@ def main() -> int:
     """``python zerocompute_guest.py SCRIPT [ARGS...]``: load SCRIPT, then drive it."""
     script, args = sys.argv[1], sys.argv[2:]
     sys.argv = [script, *args]
+    # "import zerocompute_guest" in the script is this module, with its counters.
+    sys.modules.setdefault("zerocompute_guest", sys.modules[__name__])
+    try:
+        return _run_script(script, args)
+    finally:
+        write_counters()
+
+
+def _run_script(script: str, args: list[str]) -> int:
     with open(script, encoding="utf-8") as f:
         code = compile(f.read(), script, "exec")
     namespace: dict[str, Any] = {"__name__": "__main__", "__file__": script}

@@ -12,4 +12,7 @@ def __getattr__(name: str):
     if name in _API:
         from zerocompute import api
         return getattr(api, name)
+    if name == "increment_counter":  # in a function shipped to the guests
+        from zerocompute.sandbox.zerocompute_guest import increment_counter
+        return increment_counter
     raise AttributeError(f"module 'zerocompute' has no attribute {name!r}")

@@ -236,6 +236,11 @@ def summary(job_id: str, report: dict[str, Any]) -> str:
     for kind, phase in report.get("phases", {}).items():
         if phase.get("shuffle"):
             rows.append((kind, phase_line(phase)))
+    counted = [f"{group}.{name} = {amount:,}"
+               for group, names in (report.get("counters") or {}).items()
+               for name, amount in names.items()]
+    for number, text in enumerate(counted):
+        rows.append(("counters" if number == 0 else "", text))
     if report.get("takeovers"):
         rows.append(("takeovers", ", ".join(f"{t['previous']} -> {t['by']}"
                                             for t in report["takeovers"])))

@@ -95,6 +95,8 @@ def _summary(doc: dict[str, Any], report: dict[str, Any], now: float) -> str:
             ("through the proxy", human_bytes(data.get("through_proxy", 0))),
             ("scheduler", str(report.get("scheduler", ""))),
         ]
+        for group, names in (report.get("counters") or {}).items():
+            rows += [(f"{group}.{name}", f"{amount:,}") for name, amount in names.items()]
         for step in report.get("steps") or []:
             rows.append((f"step {report['steps'].index(step)}", str(step.get("status"))))
         if report.get("outputs"):

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from zerocompute.counters import total
+
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
@@ -76,6 +78,7 @@ class TaskReport:
     shuffle: dict[str, list[float]] | None = None
     records: int | None = None
     records_shuffled: int | None = None
+    counters: dict[str, dict[str, int]] | None = None  # what its guest counted
 
     @property
     def ok(self) -> bool:
@@ -163,6 +166,7 @@ class JobReport:
                       "through_proxy": self.proxy_bytes},
             "usage": self.usage(),
             "phases": self.phases(),
+            "counters": total(t.counters for t in self.tasks),
         }
         if self.partitioning is not None:
             body["partitioning"] = self.partitioning

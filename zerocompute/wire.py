@@ -468,6 +468,8 @@ class TaskResult:
     # The shuffle's work in this task, step by step: (step, wall ms, CPU ms), steps
     # from SHUFFLE_STEPS; and the map's output records, before and after combining.
     shuffle_steps: list[tuple[str, float, float]] = field(default_factory=list)
+    # What the guest counted ({group: {name: amount}}, zerocompute.counters).
+    counters: dict[str, dict[str, int]] | None = None
     records: int = 0
     records_combined: int = 0
 

@@ -210,7 +210,8 @@ class ProxyMiddleware:
         return RunOnGet(ctx, self.dispatcher, SwiftPath(account, container, obj)).respond()
 
     def job_request(self, req: Request) -> Response:
-        """``GET``/``HEAD`` (status) or ``DELETE`` (cancel) of an async job."""
+        """``GET``/``HEAD`` of a job (an async job's state, or an ended job's record from
+        the history; to a browser, its page) or ``DELETE`` (cancel an async job)."""
         try:
             _version, account, container = req.split_path(2, 3, True)
         except ValueError:

@@ -341,6 +341,7 @@ def record(report: TaskReport, state: TaskState, node: dict, result: wire.TaskRe
     report.bytes_in = result.bytes_in or report.bytes_in
     report.bytes_local, report.bytes_peer = result.bytes_local, result.bytes_peer
     report.fragments = result.fragments
+    report.counters = result.counters
     if result.shuffle_steps:
         report.shuffle = {step: [wall, cpu] for step, wall, cpu in result.shuffle_steps}
     if result.partitions is not None:

@@ -68,6 +68,14 @@ static inline int zc_framed(void) {
     return framed;
 }
 
+/* Count amount of group/name for the job's counters (Hadoop Streaming's
+ * "reporter:counter:" stderr line: the host takes it out of stderr and sums it;
+ * zerocompute/counters.py).  Group and name: no commas, no newlines.  0 or -1. */
+static inline int zc_increment_counter(const char *group, const char *name, long amount) {
+    if (fprintf(stderr, "reporter:counter:%s,%s,%ld\n", group, name, amount) < 0) return -1;
+    return fflush(stderr) == 0 ? 0 : -1;
+}
+
 static inline int zc__put_len(FILE *out, uint32_t n) {
     unsigned char b[4] = {n >> 24, n >> 16, n >> 8, n};
     return fwrite(b, 1, 4, out) == 4 ? 0 : -1;
