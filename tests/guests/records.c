@@ -4,6 +4,7 @@
  *   records emit   each input line L becomes the record (L + "\0\t\n", "1");
  *                  in the text form such a key cannot be written: exit 65
  *   records echo   read records from stdin and write them back unchanged
+ *   records count  count lines and bytes with zc_increment_counter, write "done"
  */
 #include "zerocompute.h"
 
@@ -16,6 +17,16 @@ int main(int argc, char **argv) {
             memcpy(line + n, "\0\t\n", 3);
             if (zc_emit(stdout, line, (uint32_t)(n + 3), "1", 1)) return 65;
         }
+        return 0;
+    }
+    if (strcmp(mode, "count") == 0) {
+        char line[4096];
+        fputs("counting\n", stderr);
+        while (fgets(line, sizeof line, stdin)) {
+            if (zc_increment_counter("input", "lines", 1) ||
+                zc_increment_counter("input", "bytes", (long)strlen(line))) return 67;
+        }
+        fputs("done\n", stderr);
         return 0;
     }
     zc_record r = {0};

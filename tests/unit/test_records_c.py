@@ -21,13 +21,22 @@ def guest(tmp_path_factory):
     module = runtime.prepare(build_c_guest(RECORDS))
     directory = tmp_path_factory.mktemp("io")
 
-    def run(args, stdin: bytes, form: str):
+    def run(args, stdin: bytes, form: str, whole: bool = False):
         (directory / "in").write_bytes(stdin)
         result = runtime.run(module, str(directory / "in"), str(directory / "out"),
                              ["records", *args], [("ZEROCOMPUTE_RECORDS", form)], GuestLimits())
         assert result.error is None
+        if whole:
+            return result
         return result.exit, (directory / "out").read_bytes()
     return run
+
+
+def test_a_c_guests_counters_are_summed_and_kept_out_of_its_stderr(guest):
+    result = guest(["count"], b"one\ntwo\nthree\n", "text", whole=True)
+    assert result.exit == 0
+    assert result.counters == {"input": {"lines": 3, "bytes": 14}}
+    assert result.stderr_tail == b"counting\ndone\n"
 
 
 def test_framed_keys_hold_any_byte_and_python_reads_them(guest):
