@@ -54,19 +54,26 @@ class NodeLoad:
         return max(self.service_ms, self.elapsed_ms)
 
     def job_task_ms(self, job_ms: float | None) -> float:
-        """A job's task time here: what the job has seen (``JobSpeeds``), but never less
-        than the node's own recent signals say (a node busy with another tenant's long
-        tasks, or starved of CPU, must look so by either)."""
-        return self.task_ms if job_ms is None else max(job_ms, self.task_ms)
+        """How long a task of a job would run here once it has a slot: what the job
+        has seen (``JobSpeeds``), but never less than the node's recent service time
+        (a node starved of CPU must look so either way).  How long the running
+        tasks have been running is no speed: it says how soon a slot frees."""
+        return self.task_ms if job_ms is None else max(job_ms, self.service_ms)
 
 
 SERVICE_WEIGHT = 0.2
+# An early copy of a straggler must be expected to finish in under 1/LATE_MARGIN of
+# the original's time left; at most SPECULATIVE_CAP of a phase's requests are copies.
+LATE_MARGIN = 2.0
+SPECULATIVE_CAP = 0.1
 # A node's speed on a job is the median of its last this many tasks of it.
 SPEED_WINDOW = 16
 # A group is sized to hold about this much work on its node, so that a slow
 # node never holds many tasks that another replica could run sooner.
 GROUP_TARGET_MS = 500.0
 MAX_GROUP = 32
+# A node whose tasks of a job take this much longer than the job's median is slow.
+SLOW_FACTOR = 1.5
 
 
 def update_service_ms(current: float, sample_ms: float, samples: int) -> float:
@@ -81,6 +88,13 @@ def straggler_threshold_s(durations_s: Sequence[float], factor: float, min_s: fl
     """How long a task may run before it gets a backup copy (MapReduce's backup
     tasks): ``factor`` times the median of the phase's finished tasks, at least ``min_s``."""
     return max(min_s, factor * statistics.median(durations_s))
+
+
+def worth_copying(remaining_ms: float, copy_ms: float) -> bool:
+    """Whether a running task should get a copy before the phase runs dry (LATE,
+    Zaharia et al.): the copy, where it would run, would finish in well under
+    what the original has left by this job's own speed on its node."""
+    return copy_ms * LATE_MARGIN < remaining_ms
 
 
 def parse_load_header(value: str | None, now: float) -> NodeLoad | None:
@@ -105,24 +119,36 @@ class JobSpeeds:
     """
 
     samples: dict[str, deque] = field(default_factory=dict)
+    count: int = 0  # samples ever added
     _all: deque = field(default_factory=lambda: deque(maxlen=8 * SPEED_WINDOW))
+    _medians: dict[str | None, float] = field(default_factory=dict)  # until the next add
 
     def add(self, node: str, ms: float) -> None:
         self.samples.setdefault(node, deque(maxlen=SPEED_WINDOW)).append(ms)
         self._all.append(ms)
+        self.count += 1
+        self._medians.pop(node, None)
+        self._medians.pop(None, None)
 
     def completed(self, node: str) -> int:
         return len(self.samples.get(node, ()))
 
     @property
     def median_ms(self) -> float | None:
-        return statistics.median(self._all) if self._all else None
+        if not self._all:
+            return None
+        if None not in self._medians:
+            self._medians[None] = statistics.median(self._all)
+        return self._medians[None]
 
     def task_ms(self, node: str) -> float | None:
         """This job's expected task time on ``node``; None before any task finished."""
+        if node in self._medians:
+            return self._medians[node]
         mine = self.samples.get(node)
         if mine:
-            return statistics.median(mine)
+            self._medians[node] = statistics.median(mine)
+            return self._medians[node]
         return self.median_ms
 
     def estimates(self, nodes: Sequence[str]) -> dict[str, float]:
@@ -157,16 +183,30 @@ def expected_finish_ms(load: NodeLoad, in_flight: int, now: float | None = None,
                        task_ms: float | None = None) -> float:
     """When a task sent now would finish on this node, in milliseconds from now.
 
-    ``task_ms`` is what the job knows of its own tasks on this node
-    (:meth:`NodeLoad.job_task_ms`).
+    ``in_flight`` is this proxy's tasks there; ``task_ms`` what the job knows of
+    its own tasks on this node (:meth:`NodeLoad.job_task_ms`).  What the node
+    reports beyond ``in_flight`` is other work (another tenant's, another
+    proxy's): it holds slots, and what of it waits is ahead of us; our own
+    tasks ahead drain through the slots left, at the job's speed.
     """
     reported = load.running + load.queued
     if now is not None and load.reported_at:
         reported *= math.exp(-max(0.0, now - load.reported_at) / STALE_S)
-    ahead = max(reported, in_flight)
+    others = max(0.0, reported - in_flight)
+    mine = max(1.0, load.slots - others)
+    run_ms = load.job_task_ms(task_ms)
     # Work ahead delays us only once every slot is taken; then it drains across the slots.
-    waiting = max(0.0, ahead - load.slots + 1)
-    return (waiting / load.slots + 1.0) * load.job_task_ms(task_ms)
+    ours = max(0.0, in_flight - mine + 1) / mine * run_ms
+    theirs = max(0.0, others - load.slots + 1) / load.slots * max(run_ms, load.task_ms)
+    return ours + theirs + run_ms
+
+
+def slots_left(load: NodeLoad, in_flight: int) -> int:
+    """The node's slots not held by work other than this proxy's ``in_flight``
+    tasks (another tenant's, another proxy's), as its last report counts them;
+    at least one, for that work ends too."""
+    others = max(0, load.running + load.queued - in_flight)
+    return max(1, load.slots - others)
 
 
 def queue_room(slots: int, in_flight: int, group: int) -> bool:
@@ -193,12 +233,22 @@ def worth_spilling(finish_ms: float, backlog: float) -> bool:
     return finish_ms < backlog
 
 
+def is_slow(task_ms: float | None, median_ms: float | None) -> bool:
+    """Whether a node takes this job's tasks markedly longer than the job's nodes do
+    (by :data:`SLOW_FACTOR`); unknown is not slow."""
+    return task_ms is not None and median_ms is not None and task_ms > SLOW_FACTOR * median_ms
+
+
 def choose_node(candidates: Sequence[str], loads: Mapping[str, NodeLoad],
                 in_flight: Mapping[str, int], policy: str = LOAD_AWARE,
                 rng: _random.Random | None = None, now: float | None = None,
-                task_ms: Mapping[str, float] | None = None) -> str:
+                task_ms: Mapping[str, float] | None = None,
+                waiting: Mapping[str, float] | None = None) -> str:
     """Pick one of ``candidates`` (node keys) for a task; ``task_ms`` is the
-    job's own estimate per node (:meth:`JobSpeeds.estimates`)."""
+    job's own estimate per node (:meth:`JobSpeeds.estimates`).  Among nodes that
+    would finish it as soon, the one with the fewest of the job's other tasks
+    ``waiting`` for it (per slot) takes it: a node that many tasks can only run
+    on is kept for them."""
     if not candidates:
         raise ValueError("no candidate node")
     rng = rng or _random
@@ -210,4 +260,8 @@ def choose_node(candidates: Sequence[str], loads: Mapping[str, NodeLoad],
     scored = [(expected_finish_ms(loads.get(node, NodeLoad()), in_flight.get(node, 0), now,
                                   task_ms.get(node)), node) for node in candidates]
     best = min(score for score, _ in scored)
-    return rng.choice([node for score, node in scored if score <= best * 1.0001])
+    soonest = [node for score, node in scored if score <= best * 1.0001]
+    if waiting and len(soonest) > 1:
+        least = min(waiting.get(node, 0.0) for node in soonest)
+        soonest = [node for node in soonest if waiting.get(node, 0.0) <= least]
+    return rng.choice(soonest)

@@ -3,10 +3,13 @@
 A :class:`Dispatcher` belongs to the proxy filter: it keeps the load view of
 the object servers (their reports, this proxy's in-flight tasks, probes) and
 opens task-group requests.  A :class:`PhaseDispatch` belongs to one phase of a
-job: it places its tasks, packs co-located ones into *groups* (one request per node
-carrying several tasks, ``zerocompute.wire``), keeps at most ``concurrency``
-groups in flight, and hands each task's result to the job as its frame
-arrives, while the rest of the group is still running.
+job: it sends the *groups* (one request per node carrying several tasks,
+``zerocompute.wire``) that its :class:`~zerocompute.placement.Placement` forms,
+keeps at most ``concurrency`` of them in flight, and hands each task's result to
+the job as its frame arrives, while the rest of the group is still running.
+Every decision (which node, how many tasks, when to retry, when to copy a
+straggler) is the placement's, with no I/O, so that the simulator
+(``zerocompute.dev.simulate``) runs the very same code at scale.
 
 Placement is late: a group is formed when a dispatch slot frees, from the
 freshest view.  The scheduler picks the node for the oldest waiting task and
@@ -33,144 +36,45 @@ twice.
 
 from __future__ import annotations
 
-import itertools
 import random
 import socket
 import time
-from collections import Counter, OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import eventlet
 from eventlet import Timeout
 from eventlet.queue import Empty, LightQueue
 from swift.common.bufferedhttp import http_connect_raw
+from swift.common.error_limiter import ErrorLimiter
 from swift.common.exceptions import ConnectionTimeout
 
 from zerocompute import wire
-from zerocompute.report import Attempt, Span
-from zerocompute.scheduler import (
-    RANDOM,
-    JobSpeeds,
-    NodeLoad,
-    backlog_ms,
-    choose_node,
-    expected_finish_ms,
-    group_size,
-    has_free_slot,
-    parse_load_header,
-    queue_room,
-    straggler_threshold_s,
-    worth_spilling,
+from zerocompute.placement import (
+    Group,
+    Placement,
+    RunSettings,
+    TaskState,
+    node_key,
+    node_label,
 )
+from zerocompute.scheduler import NodeLoad, parse_load_header
 
 RETRYABLE = {404, 500, 502, 503, 504, 507}
 # A view older than this is refreshed by a probe before a task is placed on it.
 PROBE_AGE_S = 1.0
-LOST_RACE = "cancelled: another attempt finished first"
 # Longest wait for the next frame beyond the guest's own time limit.
 FRAME_GRACE_S = 30.0
 
 
-def node_key(node: dict[str, Any]) -> str:
-    """One object-server process: load is per server, not per device."""
-    return f"{node['ip']}:{node['port']}"
-
-
-def node_label(node: dict[str, Any]) -> str:
-    return f"{node['ip']}:{node['port']}/{node['device']}"
-
-
 @dataclass(eq=False)
-class TaskState:
-    """One task of a job: what it is (its spec, sent to whichever node runs it), where
-    it may run, and its attempts so far."""
-
-    index: int  # in its phase's reports
-    spec: wire.TaskSpec  # its device is the chosen node's, filled in when it is sent
-    candidates: list[list[dict]]  # primaries, then handoffs
-    tried: set[str] = field(default_factory=set)  # nodes that failed it
-    busy_until: dict[str, float] = field(default_factory=dict)  # 503 + Retry-After
-    failed: list[Attempt] = field(default_factory=list)
-    spans: list[Span] = field(default_factory=list)  # every attempt, as it ended
-    began: dict[str, float] = field(default_factory=dict)  # node key -> when it began it
-    live: dict[str, GroupRequest] = field(default_factory=dict)  # node key -> its request
-    first_sent: float | None = None
-    running_since: float | None = None  # when it became the next task of its group
-    backed_up: bool = False
-    done: bool = False
-    node: dict | None = None  # where the claiming result came from
-    error: str | None = None  # why no node could run it
-    # An input no node can read in place (encrypted): what opens its plaintext (through
-    # the proxy's read path) as (length, chunks) to stream to a node
-    # (``spec.stream_bytes`` is its length).
-    opener: Callable[[], tuple[int, Any]] | None = None
-
-    @property
-    def task_id(self) -> str:
-        return self.spec.task
-
-    @property
-    def holders(self) -> list[dict]:
-        """The nodes that hold the input: its replicas, or every fragment's holder."""
-        if self.opener is not None:
-            return []  # streamed to whichever node runs it: never local
-        if self.spec.ec is not None:
-            return [*self.candidates[0], *self.candidates[1]]
-        return self.candidates[0]
-
-    @property
-    def attempts(self) -> int:
-        return len(self.failed) + (1 if self.node is not None else 0)
-
-    def untried(self, now: float | None = None) -> list[dict]:
-        """Nodes still worth trying, primaries first; with ``now``, only those not busy."""
-        for group in self.candidates:
-            rest = [n for n in group if node_key(n) not in self.tried]
-            if rest:
-                if now is None:
-                    return rest
-                return [n for n in rest if self.busy_until.get(node_key(n), 0) <= now]
-        return []
-
-    def untried_on(self, key: str, now: float) -> dict | None:
-        """The node of ``key`` if the task may try it now, else None."""
-        return next((n for n in self.untried(now) if node_key(n) == key), None)
-
-    def spec_for(self, node: dict) -> wire.TaskSpec:
-        """The task as sent to ``node``: on its device."""
-        return replace(self.spec, device=node["device"])
-
-    def attempt_afresh(self, **changes: Any) -> TaskState:
-        """The task again, as if never sent (every attempt forgotten), with ``changes``
-        (e.g. other candidates, or ``tried``: nodes not to try again)."""
-        return replace(self, **{"tried": set(), "busy_until": {}, "failed": [], "spans": [],
-                                "began": {}, "live": {},
-                                "first_sent": None, "running_since": None,
-                                "backed_up": False, "done": False, "node": None,
-                                "error": None, **changes})
-
-
-@dataclass(eq=False)
-class GroupRequest:
+class GroupRequest(Group):
     """One task-group request in flight to one node."""
 
-    node: dict
-    tasks: list[TaskState]
-    answered: int = 0
     sock: Any = None
-    cancelled: bool = False
     bytes: int = 0  # sent and received through the proxy for this request
-    backup: bool = False  # a second attempt of a straggler
-
-    @property
-    def key(self) -> str:
-        return node_key(self.node)
-
-    def head(self) -> TaskState | None:
-        """The task of the group the node is running now."""
-        return self.tasks[self.answered] if self.answered < len(self.tasks) else None
 
     def cancel(self) -> None:
         """Hang up: the object server kills the running guest and drops the rest."""
@@ -200,15 +104,22 @@ class Dispatcher:
         self.loads: dict[str, NodeLoad] = {}
         self.in_flight: dict[str, int] = defaultdict(int)
         self.probed_at: dict[str, float] = {}
+        self.clock = time.monotonic  # of the reports' ages, as of the placements' ``now``
+        # A node that cannot be connected to is passed over for a minute, as Swift's
+        # proxy does (its defaults: error_suppression_interval, _limit).
+        self.errors = ErrorLimiter(suppression_interval=60.0, suppression_limit=10)
 
     # -- load view ------------------------------------------------------------
+    def is_limited(self, node: dict) -> bool:
+        return self.errors.is_limited(node)
+
     def probe(self, nodes: list[dict], max_age_s: float = PROBE_AGE_S) -> None:
         """Refresh the load of nodes we have not heard from lately (in parallel).
 
         A node is probed at most once per ``max_age_s`` whether or not it
         answers, so a dead node does not cost every dispatch a connect timeout.
         """
-        now = time.time()
+        now = self.clock()
         stale = {}
         for node in nodes:
             key = node_key(node)
@@ -237,7 +148,7 @@ class Dispatcher:
             pass
 
     def note_load(self, key: str, header: str | None) -> None:
-        load = parse_load_header(header, time.time())
+        load = parse_load_header(header, self.clock())
         if load is not None:
             self.loads[key] = load
 
@@ -345,51 +256,30 @@ def _retry_after(resp: Any) -> float | None:
         return None
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """How a phase is dispatched: the job's policy, and the proxy's settings
-    (``ProxyConfig``, where their defaults are)."""
 
-    policy: str
-    concurrency: int
-    max_group: int
-    backups: bool
-    backup_factor: float
-    backup_min_s: float
-    tick_s: float = 0.2  # how often the dispatch looks at its tasks when nothing happens
-
-
-class PhaseDispatch:
+class PhaseDispatch(Placement):
     """The dispatch of one phase of a job, until each of its tasks is claimed or has
     failed."""
+
+    group_class = GroupRequest
 
     def __init__(self, dispatcher: Dispatcher, tasks: list[TaskState],
                  template: wire.TaskGroup, executables: dict[str, bytes], settings: RunSettings,
                  on_result: ResultHandler, origin: float | None = None):
+        super().__init__(dispatcher, tasks, settings,
+                         time.monotonic() if origin is None else origin)
         self.dispatcher = dispatcher
-        self.origin = time.monotonic() if origin is None else origin  # the job's start
-        self.tasks = tasks
         self.template = template
         self.executables = executables
-        self.settings = settings
         self.on_result = on_result
-        self.speeds = JobSpeeds()
-        self.durations: list[float] = []  # claimed tasks, from running to result
         self.bytes = 0  # task traffic through the proxy: groups, executables, frames
-        self.nodes: dict[str, dict] = {}  # every node sent a group, winners or not
-        self.streams: set[GroupRequest] = set()
-        self.in_flight: dict[str, int] = defaultdict(int)  # this job's tasks per node
-        self.unfinished = len(tasks)
-        self.pending: OrderedDict[int, TaskState] = OrderedDict()
-        self.by_node: dict[str, OrderedDict[int, TaskState]] = defaultdict(OrderedDict)
         self._wake: LightQueue = LightQueue()
 
     # -- the loop -------------------------------------------------------------
     def run(self) -> None:
-        for state in self.tasks:
-            self._enqueue(state)
+        self.begin()
         while self.unfinished > 0:
-            self._dispatch()
+            self.dispatch(time.monotonic())
             if self.settings.backups:
                 self._back_up_stragglers(time.monotonic())
             if self.unfinished <= 0:
@@ -417,147 +307,8 @@ class PhaseDispatch:
             stream.cancel()
         self._wake.put(None)
 
-    def _dispatch(self) -> None:
-        while len(self.streams) < self.settings.concurrency and self.pending:
-            picked = self._next_group(time.monotonic())
-            if picked is None:
-                return
-            self._start(*picked)
-
-    def _next_group(self, now: float) -> tuple[dict, list[TaskState]] | None:
-        """The next node to send to and the waiting tasks it gets."""
-        hopeless = []
-        picked = None
-        for state in self.pending.values():
-            if not state.untried():
-                hopeless.append(state)
-                continue
-            ready = state.untried(now)
-            if ready:
-                picked = (state, ready)
-                break
-            if state.first_sent and now - state.first_sent > self.dispatcher.max_busy_wait_s:
-                hopeless.append(state)
-        for state in hopeless:
-            self._dequeue(state)
-            self._give_up(state)
-        if picked is None:
-            return None
-        state, ready = picked
-        node = self._choose(state, ready)
-        group = self._fill_group(state, node_key(node), now)
-        if group is None:  # the best node has enough of this job queued
-            return self._spill(now)
-        return node, group
-
-    def _choose(self, state: TaskState, ready: list[dict]) -> dict:
-        by_key = {node_key(n): n for n in ready}
-        d = self.dispatcher
-        if self.settings.policy != RANDOM:
-            d.probe(ready)
-        key = choose_node(list(by_key), d.loads, d.in_flight, self.settings.policy, d.rng,
-                          now=time.time(), task_ms=self.speeds.estimates(list(by_key)))
-        return by_key[key]
-
-    def _spill(self, now: float) -> tuple[dict, list[TaskState]] | None:
-        """While the next task waits for its best node, a node with a free slot takes
-        waiting tasks it holds if it would finish them before the job's backlog
-        drains: nodes holding only later inputs do not idle behind the oldest
-        tasks' full replicas, and a slow node helps while much work waits but gets
-        none near the end.  It takes the newest tasks it holds (those that would
-        wait longest), and only into a free slot: a node that is not the best
-        never queues this job's work."""
-        d = self.dispatcher
-        keys = [key for key, waiting in self.by_node.items() if waiting]
-        estimates = self.speeds.estimates(keys)
-        loads = {key: d.loads.get(key, NodeLoad()) for key in keys}
-        backlog = backlog_ms(len(self.pending), (
-            (loads[key].slots, loads[key].job_task_ms(estimates.get(key))) for key in keys))
-        groups = Counter(stream.key for stream in self.streams)
-        wall = time.time()
-        finishes = sorted(
-            (expected_finish_ms(loads[key], d.in_flight[key], wall, estimates.get(key)), key)
-            for key in keys if has_free_slot(loads[key], groups[key]))
-        for finish, key in finishes:
-            if not worth_spilling(finish, backlog):
-                return None
-            # Only as far into the node's waiting tasks as one group needs.
-            takers = ((state, node) for state in reversed(self.by_node[key].values())
-                      if state.opener is None
-                      and (node := state.untried_on(key, now)) is not None)
-            picked = list(itertools.islice(takers, self._group_size(key)))
-            if picked:
-                for state, _node in picked:
-                    self._dequeue(state)
-                return picked[0][1], [state for state, _node in picked]
-        return None
-
-    def _group_size(self, key: str) -> int:
-        estimate = self.speeds.task_ms(key) or self.dispatcher.loads.get(key, NodeLoad()).task_ms
-        return group_size(len(self.pending), self.settings.concurrency, estimate,
-                          self.speeds.completed(key), self.settings.max_group)
-
-    def _fill_group(self, first: TaskState, key: str, now: float) -> list[TaskState] | None:
-        d = self.dispatcher
-        size = self._group_size(key)
-        # Holding tasks back for a better node is load-aware placement: random
-        # (ZeroCloud's baseline) uses no load signal, slots included.
-        slots = d.loads.get(key, NodeLoad()).slots
-        if self.settings.policy != RANDOM and not queue_room(slots, self.in_flight[key], size):
-            return None
-        if first.opener is not None:
-            size = 1  # a streamed input travels alone
-        group = [first]
-        for state in self.by_node[key].values():
-            if len(group) >= size:
-                break
-            if state is not first and state.opener is None \
-                    and state.untried_on(key, now) is not None:
-                group.append(state)
-        for state in group:
-            self._dequeue(state)
-        return group
-
-    def _start(self, node: dict, group: list[TaskState], backup: bool = False) -> GroupRequest:
-        now = time.monotonic()
-        stream = GroupRequest(node, group, backup=backup)
-        self.nodes[stream.key] = node
-        group[0].began[stream.key] = now
-        for state in group:
-            state.live[stream.key] = stream
-            state.first_sent = state.first_sent or now
-        if not backup:  # a backup's task keeps the time it has been running elsewhere
-            group[0].running_since = now
-        self.streams.add(stream)
-        self._count(stream.key, len(group))
-        eventlet.spawn_n(self._run_stream, stream)
-        return stream
-
-    def _count(self, key: str, tasks: int) -> None:
-        """Tasks in flight on a node: this job's, and the proxy's over all its jobs."""
-        self.in_flight[key] += tasks
-        self.dispatcher.in_flight[key] += tasks
-
-    # -- the waiting tasks ---------------------------------------------------------
-    def _enqueue(self, state: TaskState) -> None:
-        if state.done or state.live:
-            return
-        self.pending[state.index] = state
-        for group in state.candidates:
-            for n in group:
-                self.by_node[node_key(n)][state.index] = state
-
-    def _dequeue(self, state: TaskState) -> None:
-        self.pending.pop(state.index, None)
-        for group in state.candidates:
-            for n in group:
-                self.by_node[node_key(n)].pop(state.index, None)
-
-    def _give_up(self, state: TaskState) -> None:
-        state.done = True
-        state.error = "no node could run the task: " + "; ".join(
-            f"{a.node}: {a.error}" for a in state.failed)
-        self.unfinished -= 1
+    def _launch(self, group: Group) -> None:
+        eventlet.spawn_n(self._run_stream, group)
 
     # -- one group's request ------------------------------------------------------
     def _run_stream(self, stream: GroupRequest) -> None:
@@ -572,6 +323,7 @@ class PhaseDispatch:
                 resp = self.dispatcher.open_group(stream.node, group, self.executables,
                                                   stream)
         except (Exception, Timeout) as err:  # noqa: BLE001 - any node failure means retry
+            self.dispatcher.errors.limit(stream.node)  # not even the request went through
             self._stream_over(stream, _describe(err))
             return
         try:
@@ -614,89 +366,43 @@ class PhaseDispatch:
             stream.bytes += head_bytes + result.stdout_bytes
             self._take_frame(stream, result, body)
 
-    def _answer(self, stream: GroupRequest) -> TaskState:
-        """Take the group's next task off the node: answered, no longer in flight there."""
-        state = stream.tasks[stream.answered]
-        stream.answered += 1
-        self._count(stream.key, -1)
-        state.live.pop(stream.key, None)
-        return state
-
     def _take_frame(self, stream: GroupRequest, result: wire.TaskResult, body: Any) -> None:
         head = stream.head()
         if head is None or result.task != head.task_id:
             raise wire.BadFrame(f"result for {result.task!r} out of order")
         now = time.monotonic()
-        state = self._answer(stream)
         self.dispatcher.note_load(stream.key, result.load)
-        following = stream.head()
-        if following is not None:
-            following.running_since = following.began[stream.key] = now
-        if result.retry:
-            self._end_attempt(stream, state, "failed", now)
-            self._failed_on(state, stream.node, result.retry)
-            self._enqueue(state)
-        elif state.done:
-            self._end_attempt(stream, state, "cancelled", now)
-            body.read(result.stdout_bytes)  # lost the race: drop it unread by anyone
-        else:
+        state = self._take_result(stream, result.retry, now)
+        if state is not None:
             self._claim(state, stream, result, body, now)
+        elif not result.retry:
+            body.read(result.stdout_bytes)  # lost the race: drop it unread by anyone
         self._wake.put(None)
 
     def _claim(self, state: TaskState, stream: GroupRequest, result: wire.TaskResult, body: Any,
                now: float) -> None:
-        state.done = True
-        state.node = stream.node
-        if result.completed:
-            self.speeds.add(stream.key, result.ms)
-        if state.running_since is not None:
-            self.durations.append(now - state.running_since)
-        for other in list(state.live.values()):
-            state.failed.append(Attempt(node_label(other.node), LOST_RACE))
-            self._end_attempt(other, state, "cancelled", now)
-            other.cancel()
-        state.live.clear()
+        self._claimed(state, stream, result.ms, result.completed, now)
         try:
             self.on_result(state, stream.node, result, body)
         except Exception as err:
             # The output did not arrive whole (the node died mid-stream): run it again.
-            state.done, state.node = False, None
-            self._end_attempt(stream, state, "failed")
-            self._failed_on(state, stream.node, f"reading its output failed: {_describe(err)}")
-            self._enqueue(state)
+            self._unclaimed(state, stream, f"reading its output failed: {_describe(err)}",
+                            time.monotonic())
             raise
-        ok = result.exit == 0 and not (result.error or result.invalid)
-        self._end_attempt(stream, state, "succeeded" if ok else "failed", now)
-        # Counted only now: the job must not finish while this output is on its way.
-        self.unfinished -= 1
+        self._settled(state, stream, result.exit == 0 and not (result.error or result.invalid),
+                      now)
 
-    def _failed_on(self, state: TaskState, node: dict, error: str,
+    def _failed_on(self, state: TaskState, node: dict, error: str, now: float,
                    retry_after: float | None = None) -> None:
-        key = node_key(node)
-        state.failed.append(Attempt(node_label(node), error))
-        if retry_after is not None:
-            # Busy is not broken: the node may take the task a little later.
-            state.busy_until[key] = time.monotonic() + retry_after
-        else:
-            state.tried.add(key)
+        super()._failed_on(state, node, error, now, retry_after)
         self.dispatcher.logger.info("zerocompute: task %s failed on %s: %s; trying another",
                                     state.task_id, node_label(node), error)
 
-    def _end_attempt(self, stream: GroupRequest, state: TaskState, outcome: str,
-                     now: float | None = None) -> None:
-        """The attempt of ``state`` on ``stream``'s node is over: into its timeline
-        (if the node had begun it: the tasks of a group behind a failed head had not)."""
-        began = state.began.pop(stream.key, None)
-        if began is None:
-            return
-        now = time.monotonic() if now is None else now
-        state.spans.append(Span(node_label(stream.node), round((began - self.origin) * 1000, 3),
-                                round((now - self.origin) * 1000, 3), outcome, stream.backup))
-
     def _fail_unanswered(self, stream: GroupRequest, error: str) -> None:
+        now = time.monotonic()
         while stream.head() is not None:
             state = self._answer(stream)
-            self._end_attempt(stream, state, "failed")
+            self._end_attempt(stream, state, "failed", now)
             if not state.done:
                 state.done = True
                 state.node = stream.node
@@ -706,35 +412,9 @@ class PhaseDispatch:
     def _stream_over(self, stream: GroupRequest, error: str, retry_after: float | None = None,
                      ) -> None:
         """The request ended: its unanswered tasks go back to wait for a node."""
-        while stream.head() is not None:
-            state = self._answer(stream)
-            self._end_attempt(stream, state, "cancelled" if stream.cancelled or state.done
-                              else "failed")
-            if state.done:
-                continue
-            if not stream.cancelled:
-                self._failed_on(state, stream.node, error, retry_after)
-            self._enqueue(state)
-        self.streams.discard(stream)
+        self._group_over(stream, error, time.monotonic(), retry_after)
         self.bytes += stream.bytes
         self._wake.put(None)
-
-    # -- backup tasks ------------------------------------------------------------
-    def _back_up_stragglers(self, now: float) -> None:
-        """Once nothing waits, give a long-running task a copy on another replica."""
-        if self.pending or not self.durations:
-            return
-        threshold = straggler_threshold_s(self.durations, self.settings.backup_factor,
-                                          self.settings.backup_min_s)
-        for stream in list(self.streams):
-            state = stream.head()
-            if state is None or state.done or state.backed_up or state.running_since is None \
-                    or now - state.running_since <= threshold:
-                continue
-            state.backed_up = True
-            ready = [n for n in state.untried(now) if node_key(n) not in state.live]
-            if ready:
-                self._start(self._choose(state, ready), [state], backup=True)
 
 
 def _describe(err: BaseException) -> str:

@@ -41,16 +41,9 @@ from zerocompute.async_state import new_job_id
 from zerocompute.errors import JobError
 from zerocompute.manifest import Manifest, NamedOutput, Stage, SwiftPath, runtime_of
 from zerocompute.middleware.proxy.context import JobContext
-from zerocompute.middleware.proxy.dispatch import (
-    Dispatcher,
-    PhaseDispatch,
-    ResultHandler,
-    RunSettings,
-    TaskState,
-    node_key,
-    node_label,
-)
+from zerocompute.middleware.proxy.dispatch import Dispatcher, PhaseDispatch, ResultHandler
 from zerocompute.middleware.proxy.outputs import Gathered, Outputs, read_output
+from zerocompute.placement import RunSettings, TaskState, node_key, node_label
 from zerocompute.planning import InputObject, MapTask, evenly_spaced, plan_map_tasks
 from zerocompute.report import SUCCEEDED, Attempt, JobReport, TaskReport
 from zerocompute.shuffle import HASH, RANGE, framed_keys, split_points
@@ -172,7 +165,7 @@ class Placer:
         if task.whole:  # a large object read whole: nowhere local, streamed
             return self.streamed(TaskState(index, wire.TaskSpec(
                 task=task.task_id, device="", partition=0, path=path, env=env),
-                candidates=[[], []]), item.path, item.size)
+                candidates=[[], []], size=item.size), item.path, item.size)
         placement = self.placement(item.path)
         if placement is None:
             return None
@@ -192,7 +185,8 @@ class Placer:
         spec = wire.TaskSpec(task=task.task_id, device="", partition=partition, path=path,
                              policy=policy_index, env=env, split=task.split, exact=exact,
                              ec=ec, edges=edges)
-        return TaskState(index, spec, candidates)
+        size = item.size if task.split is None else task.split[1] - task.split[0]
+        return TaskState(index, spec, candidates, size=size)
 
     def placement(self, path: SwiftPath) -> tuple[int, int, list, list] | None:
         """Policy, partition, primaries and handoffs of an object (None if unknown)."""

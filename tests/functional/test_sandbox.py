@@ -17,7 +17,7 @@ from tests.direct import task_request
 from tests.functional.helpers import listing, post_job
 from zerocompute.client import submit_job
 from zerocompute.guests import build_c_guest
-from zerocompute.middleware.proxy.dispatch import LOST_RACE
+from zerocompute.placement import LOST_RACE
 
 HOSTILE_SOURCE = os.path.join(os.path.dirname(__file__), "..", "guests", "hostile.c")
 HEALTHY = b"a healthy input\n" + b"with several lines of text\n" * 50

@@ -21,7 +21,8 @@ from zerocompute import wire
 from zerocompute.manifest import SwiftPath
 from zerocompute.middleware.proxy import ProxyMiddleware
 from zerocompute.middleware.proxy.context import JobContext
-from zerocompute.middleware.proxy.dispatch import Dispatcher, node_key
+from zerocompute.middleware.proxy.dispatch import Dispatcher
+from zerocompute.placement import node_key
 
 WASM_ETAG = hashlib.md5(WASM, usedforsecurity=False).hexdigest()
 

@@ -1,49 +1,77 @@
-"""A discrete-event simulation of the scheduler at cluster scale.
+"""A discrete-event simulation of the scheduler at cluster scale, running the
+proxy's own placement code.
 
-The same :func:`zerocompute.scheduler.choose_node` that the proxy runs places
-every task; only the cluster is simulated.  Nodes have task slots and a
-speed; a background tenant holds some slots of some nodes for the whole run;
-each task has an amount of work and three replicas, placed uniformly or
-skewed onto a hot set of nodes.  The proxy keeps at most ``in_flight`` tasks
-dispatched (twice the free slots by default) and places each one when it
-is dispatched (late binding); a node runs what it is sent in FIFO order.
-Backup tasks work as in the proxy.
+Every decision is made by :class:`zerocompute.placement.Placement`, the class
+the proxy's ``PhaseDispatch`` is: which node, how many tasks in a group, whether
+the best node has room (``queue_room``), spilling to a node that is not the best,
+retries after a failure, backup copies of stragglers.  Only the object servers,
+the clock and the network are simulated:
 
-The load view is what the real proxy has: each node's running and queued
-tasks and slots (as it would report them), an exponential moving average of
-its task service time learnt from completed tasks, this proxy's in-flight
-count per node, and the job's own task times per node
-(:class:`zerocompute.scheduler.JobSpeeds`).  Tasks are not grouped here: a
-group holds at most half a second of work (``group_size``), and the
-simulated tasks take a second each.
+* a node has task slots and a speed; a background tenant holds some slots of
+  some nodes for the whole run;
+* a group's tasks run one after another, each in a slot when its turn comes
+  (FIFO behind the tasks already waiting there), as ``middleware/task.py`` runs
+  them; a node answers each task as it ends, with its load report (running,
+  queued, slots, its moving average of service time, how long its running
+  tasks have been running), as the real frames carry it;
+* the view is the proxy's: those reports, this proxy's tasks in flight, and a
+  probe (answered at once) of a node not heard from for ``PROBE_AGE_S``;
+* in ``node-failure``, a tenth of the nodes (one zone of ten: a task's three
+  replicas are in three zones, as Swift's ring places them) die at 40% of
+  the lower bound: a
+  group in flight there fails after ``DETECT_S`` (its connection reset), a
+  group sent there after ``CONN_TIMEOUT_S`` (the proxy's ``conn_timeout``),
+  and a probe gets no answer; the proxy passes over a node it could not
+  connect to for a minute (Swift's error limiting); their tasks run again
+  on the replicas left;
+* the proxy may keep ``(slots + 1) x nodes`` groups in flight (its
+  ``concurrency``, scaled to the cluster, so that it is never what limits it).
 
-``python -m zerocompute.dev.simulate`` prints the makespan of ``random``,
-``load-aware`` and a lower bound for each scenario, and can draw the plot of
-``doc/scheduler.md`` (``--plot``, needs matplotlib).
+A task's work is proportional to its input's size, within 10%, as a map that
+scans its input is; the size is what the proxy knows of a task.  The network
+takes no time and a group is sent at once.
+
+``python -m zerocompute.dev.simulate`` prints the makespan of ``random``
+(ZeroCloud: no backups), ``random`` with backup tasks and ``load-aware`` (with
+them) against a lower bound no schedule can beat, for each scenario, and can draw
+the plot of ``doc/scheduler.md`` (``--plot``, needs matplotlib).
 """
 
 from __future__ import annotations
 
 import argparse
 import heapq
+import itertools
 import json
 import math
 import random
 import sys
 import time
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+from zerocompute import wire
+from zerocompute.middleware.proxy.dispatch import PROBE_AGE_S
+from zerocompute.placement import Group, Placement, RunSettings, TaskState, node_key
 from zerocompute.scheduler import (
     DEFAULT_SERVICE_MS,
     LOAD_AWARE,
+    MAX_GROUP,
     RANDOM,
-    JobSpeeds,
     NodeLoad,
-    choose_node,
-    straggler_threshold_s,
     update_service_ms,
 )
+
+# A dead node: a group in flight there fails this long after it died (its
+# connection reset); one sent to it, after the proxy's connect timeout.
+DETECT_S = 1.0
+CONN_TIMEOUT_S = 0.5
+ERROR_SUPPRESSION_S = 60.0
+BACKUP_FACTOR = 2.0
+BACKUP_MIN_S = 1.0
+TICK_S = 0.2
+# Input bytes per second of work at speed 1.0 (a map's scan rate): sizes only order tasks.
+SCAN_RATE = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -61,9 +89,16 @@ class Scenario:
     # Background tenant: this fraction of nodes has this many slots busy all run long.
     background_nodes: float = 0.0
     background_slots: int = 0
-    # Task work in seconds at speed 1.0: lognormal with this mean and sigma.
+    # Task work in seconds at speed 1.0: lognormal with this mean and sigma; the
+    # work of a task is its input's size over SCAN_RATE, times this much noise.
     work_mean_s: float = 1.0
     work_sigma: float = 0.5
+    work_noise: float = 0.1
+    # Failure domains (Swift's zones): a task's replicas are in distinct ones.
+    zones: int = 0
+    # This many zones die at this fraction of the lower bound.
+    failing_zones: int = 0
+    fail_at: float = 0.4
     seed: int = 1
 
 
@@ -73,6 +108,8 @@ SCENARIOS = {
                        hot_share=0.3, background_nodes=0.1, background_slots=3),
     # Contended CPUs: a tenth of the nodes run at a fifth of the speed, slots free.
     "cpu-skew": Scenario("cpu-skew", speeds=((0.1, 0.2),)),
+    # A tenth of the nodes (one zone of ten: a rack, a power feed) dies mid-job.
+    "node-failure": Scenario("node-failure", zones=10, failing_zones=1),
 }
 
 
@@ -82,8 +119,11 @@ class Cluster:
     background: list[int]
     speed: list[float]
     replicas: list[tuple[int, ...]]
-    work: list[float]
+    work: list[float]  # seconds at speed 1.0
     hot: set[int] = field(default_factory=set)
+    sizes: list[int] | None = None  # bytes of each task's input (None: unknown)
+    handoffs: list[tuple[int, ...]] | None = None
+    fail_at: dict[int, float] = field(default_factory=dict)  # node -> when it dies
 
 
 def build(s: Scenario) -> Cluster:
@@ -102,51 +142,76 @@ def build(s: Scenario) -> Cluster:
         background[i] = min(s.background_slots, s.slots - 1)
     hot = set(rng.sample(range(s.nodes), int(s.hot_nodes * s.nodes))) if s.hot_nodes else set()
     hot_list, cold_list = sorted(hot), [i for i in range(s.nodes) if i not in hot]
-    replicas = []
+    zone = [n % s.zones if s.zones else n for n in range(s.nodes)]
+    replicas, handoffs = [], []
     for _ in range(s.tasks):
         chosen: list[int] = []
-        while len(chosen) < s.replicas:
+        while len(chosen) < s.replicas + 2:
             pool = hot_list if hot_list and rng.random() < s.hot_share else cold_list
-            node = rng.choice(pool)
-            if node not in chosen:
+            node = rng.choice(pool if len(chosen) < s.replicas else order)
+            if node not in chosen and zone[node] not in {zone[n] for n in chosen}:
                 chosen.append(node)
-        replicas.append(tuple(chosen))
+        replicas.append(tuple(chosen[:s.replicas]))
+        handoffs.append(tuple(chosen[s.replicas:]))
     mu = math.log(s.work_mean_s) - s.work_sigma ** 2 / 2
-    work = [rng.lognormvariate(mu, s.work_sigma) for _ in range(s.tasks)]
+    scan = [rng.lognormvariate(mu, s.work_sigma) for _ in range(s.tasks)]
+    sizes = [max(1, int(w * SCAN_RATE)) for w in scan]
+    work = [w * rng.lognormvariate(-s.work_noise ** 2 / 2, s.work_noise) for w in scan]
     slots = [s.slots - b for b in background]
-    return Cluster(slots, background, speed, replicas, work, hot)
+    cluster = Cluster(slots, background, speed, replicas, work, hot, sizes, handoffs)
+    if s.failing_zones:
+        when = s.fail_at * lower_bound(cluster)
+        cluster.fail_at = {n: when for n in range(s.nodes) if zone[n] < s.failing_zones}
+    return cluster
 
 
 def node_classes(c: Cluster) -> list[tuple]:
-    """Nodes that look alike to a schedule: (hot, speed, free slots)."""
-    return [(n in c.hot, c.speed[n], c.slots[n]) for n in range(len(c.slots))]
+    """Nodes that look alike to a schedule: (hot, speed, free slots, when it dies)."""
+    return [(n in c.hot, c.speed[n], c.slots[n], c.fail_at.get(n, math.inf))
+            for n in range(len(c.slots))]
+
+
+def allowed_nodes(c: Cluster, task: int) -> tuple[int, ...]:
+    """Where a task may run: its replicas, and its handoffs once a replica dies."""
+    replicas = c.replicas[task]
+    if c.handoffs and any(n in c.fail_at for n in replicas):
+        return replicas + c.handoffs[task]
+    return replicas
 
 
 def lower_bound(c: Cluster) -> float:
     """No schedule can finish sooner (seconds).
 
-    The largest of: the longest task on its fastest replica, and the fluid
-    bound of a relaxation in which nodes of one class (hot or not, speed,
-    free slots) pool their capacity: any real schedule, summed per class, is a
-    fractional assignment of each task's work to the classes of its replicas
-    that fits in ``T`` times each class's capacity; the least such ``T`` is
-    found by bisection with a max-flow feasibility test.
+    The largest of: the longest task on its fastest node, and the fluid bound
+    of a relaxation in which nodes of one class (hot or not, speed, free slots,
+    when it dies) pool their capacity: any real schedule, summed per class, is
+    a fractional assignment of each task's work to the classes of the nodes it
+    may run on that fits in what each class can do by ``T`` (a dying class only
+    until it dies); the least such ``T`` is found by bisection with a max-flow
+    feasibility test.
     """
-    longest = max(w / max(c.speed[n] for n in reps)
-                  for w, reps in zip(c.work, c.replicas, strict=True))
+    allowed = [allowed_nodes(c, t) for t in range(len(c.work))]
+    longest = max(w / max(c.speed[n] for n in nodes)
+                  for w, nodes in zip(c.work, allowed, strict=True))
     classes = node_classes(c)
-    capacity: dict[tuple, float] = {}
+    rate: dict[tuple, float] = {}
     for n, k in enumerate(classes):
-        capacity[k] = capacity.get(k, 0.0) + c.slots[n] * c.speed[n]
+        rate[k] = rate.get(k, 0.0) + c.slots[n] * c.speed[n]
     demand: dict[frozenset, float] = {}
-    for w, reps in zip(c.work, c.replicas, strict=True):
-        key = frozenset(classes[n] for n in reps)
+    for w, nodes in zip(c.work, allowed, strict=True):
+        key = frozenset(classes[n] for n in nodes)
         demand[key] = demand.get(key, 0.0) + w
     total = sum(demand.values())
-    low, high = total / sum(capacity.values()), total / min(capacity.values()) + longest
+
+    def feasible(t: float) -> bool:
+        capacity = {k: v * min(t, k[3]) for k, v in rate.items()}
+        return _max_flow(demand, capacity) >= total * (1 - 1e-9)
+    low = high = total / sum(rate.values())
+    while not feasible(high):
+        low, high = high, high * 2
     for _ in range(50):
         mid = (low + high) / 2
-        if _max_flow(demand, {k: v * mid for k, v in capacity.items()}) >= total * (1 - 1e-9):
+        if feasible(mid):
             high = mid
         else:
             low = mid
@@ -191,116 +256,230 @@ def _max_flow(demand: dict[frozenset, float], capacity: dict[tuple, float]) -> f
         flow += push
 
 
-def simulate(c: Cluster, policy: str, in_flight_factor: float = 2.0, backups: bool = True,
-             backup_factor: float = 2.0, backup_min_s: float = 1.0, seed: int = 7) -> dict:
-    """Run the job; return its makespan and task latencies (seconds).
+class SimNode:
+    """A simulated object server: its slots, the tasks waiting for one, its reports."""
 
-    The proxy keeps ``in_flight_factor`` times the free slots dispatched, so
-    that a slot freeing up finds work queued on its node.  With ``backups``,
-    once nothing is left to dispatch, a task in flight for longer than
-    ``backup_factor`` times the median task latency (and ``backup_min_s``)
-    gets a copy on its best other replica; the first copy to finish wins and
-    the other is dropped from its queue or stopped (as the proxy does).
-    """
-    rng = random.Random(seed)
-    nodes = len(c.slots)
-    tasks = len(c.work)
-    limit = max(1, int(sum(c.slots) * in_flight_factor))
-    running = [0] * nodes
-    queues: list[deque[int]] = [deque() for _ in range(nodes)]
-    mine = [0] * nodes  # this proxy's tasks on each node (queued or running)
-    service_ms = [DEFAULT_SERVICE_MS] * nodes
-    completed = [0] * nodes
-    speeds = JobSpeeds()
-    dispatched_at = [0.0] * tasks
-    copies: dict[int, list[int]] = {}  # task -> nodes its live copies are on
-    live: set[tuple[int, int]] = set()  # (task, node) copies running now
-    backed_up: set[int] = set()
-    latencies: list[float] = []
-    events: list[tuple[float, int, int, int]] = []  # (time, kind, node, task)
-    now = finished_at = 0.0
-    next_task = 0
-    ticking = False
+    def __init__(self, index: int, slots: int, background: int, speed: float):
+        self.index = index
+        self.node = {"ip": f"10.{index // 250}.{index % 250}.1", "port": 6200,
+                     "device": "d1", "index": index}
+        self.slots, self.background, self.speed = slots, background, speed
+        self.running: dict[SimGroup, float] = {}  # group -> when its task started
+        self.waiting: deque[SimGroup] = deque()  # groups whose next task waits for a slot
+        self.groups: set[SimGroup] = set()
+        self.service_ms = DEFAULT_SERVICE_MS
+        self.completed = 0
+        self.alive = True
 
-    def start(node: int, task: int) -> None:
-        running[node] += 1
-        live.add((task, node))
-        heapq.heappush(events, (now + c.work[task] / c.speed[node], 0, node, task))
+    def load(self, now: float) -> NodeLoad:
+        queued = sum(len(g.tasks) - g.answered for g in self.groups) - len(self.running)
+        # The background tenant's tasks have run since long before the job began.
+        elapsed = [now - t for t in self.running.values()] + [now + 60.0] * self.background
+        return NodeLoad(running=len(self.running) + self.background, queued=queued,
+                        slots=self.slots + self.background, service_ms=self.service_ms,
+                        reported_at=now,
+                        elapsed_ms=1000 * sum(elapsed) / len(elapsed) if elapsed else 0.0)
 
-    def place(task: int, exclude: tuple[int, ...] = ()) -> None:
-        candidates = [n for n in c.replicas[task] if n not in exclude]
-        keys = [str(n) for n in candidates]
-        loads = {str(n): NodeLoad(running=running[n] + c.background[n], queued=len(queues[n]),
-                                  slots=c.slots[n] + c.background[n], service_ms=service_ms[n])
-                 for n in candidates}
-        node = int(choose_node(keys, loads, {str(n): mine[n] for n in candidates}, policy, rng,
-                               task_ms=speeds.estimates(keys)))
-        mine[node] += 1
-        copies.setdefault(task, []).append(node)
-        if running[node] < c.slots[node]:
-            start(node, task)
+
+@dataclass(eq=False)
+class SimGroup(Group):
+    sim: Simulation | None = None
+    sent_at: float = 0.0
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self.sim.hang_up(self)
+
+
+class SimView:
+    """The proxy's view (``Dispatcher``'s): reports, tasks in flight, probes."""
+
+    def __init__(self, sim: Simulation, seed: int):
+        self.sim = sim
+        self.loads: dict[str, NodeLoad] = {}
+        self.in_flight: dict[str, int] = defaultdict(int)
+        self.rng = random.Random(seed)
+        self.max_busy_wait_s = 300.0
+        self.probed_at: dict[str, float] = {}
+        self.limited_until: dict[str, float] = {}
+
+    def is_limited(self, node: dict) -> bool:
+        return self.limited_until.get(node_key(node), 0.0) > self.sim.now
+
+    def limit(self, node: dict) -> None:
+        """As the proxy's ``ErrorLimiter.limit``: passed over for a minute."""
+        self.limited_until[node_key(node)] = self.sim.now + ERROR_SUPPRESSION_S
+
+    def probe(self, nodes: list[dict]) -> None:
+        now = self.sim.now
+        for node in nodes:
+            key = node_key(node)
+            heard = max(self.loads.get(key, NodeLoad()).reported_at, self.probed_at.get(key, 0.0))
+            if now - heard > PROBE_AGE_S:
+                self.probed_at[key] = now
+                sim_node = self.sim.nodes[node["index"]]
+                if sim_node.alive:
+                    self.loads[key] = sim_node.load(now)
+
+
+class SimPhase(Placement):
+    """The proxy's placement, its groups sent to simulated object servers."""
+
+    group_class = SimGroup
+
+    def __init__(self, sim: Simulation, tasks: list[TaskState], settings: RunSettings):
+        super().__init__(sim.view, tasks, settings)
+        self.sim = sim
+
+    def _launch(self, group: Group) -> None:
+        self.sim.arrive(group)
+
+
+class Simulation:
+    """One job's map phase on a simulated cluster: events in time order."""
+
+    def __init__(self, c: Cluster, policy: str, backups: bool, seed: int):
+        self.c = c
+        self.now = 0.0
+        self.nodes = [SimNode(i, c.slots[i], c.background[i], c.speed[i])
+                      for i in range(len(c.slots))]
+        self.view = SimView(self, seed)
+        self.events: list[tuple[float, int, str, object]] = []
+        self.seq = itertools.count()
+        self.work: dict[int, float] = {}
+        self.dispatched_at: dict[int, float] = {}
+        self.latencies: list[float] = []
+        self.finished_at = 0.0
+        states = []
+        for t in range(len(c.work)):
+            spec = wire.TaskSpec(task=f"m{t}", device="", partition=0, path=f"/a/c/o{t}")
+            candidates = [[self.nodes[n].node for n in c.replicas[t]],
+                          [self.nodes[n].node for n in (c.handoffs or [()] * len(c.work))[t]]]
+            states.append(TaskState(t, spec, candidates,
+                                    size=c.sizes[t] if c.sizes else 0))
+        total_slots = sum(c.slots)
+        settings = RunSettings(policy=policy, concurrency=total_slots + len(c.slots),
+                               max_group=MAX_GROUP, backups=backups,
+                               backup_factor=BACKUP_FACTOR, backup_min_s=BACKUP_MIN_S,
+                               tick_s=TICK_S)
+        self.phase = SimPhase(self, states, settings)
+        for n, when in c.fail_at.items():
+            self.at(when, "die", self.nodes[n])
+
+    def at(self, when: float, kind: str, what: object) -> None:
+        heapq.heappush(self.events, (when, next(self.seq), kind, what))
+
+    # -- the object servers ---------------------------------------------------
+    def arrive(self, group: SimGroup) -> None:
+        group.sim, group.sent_at = self, self.now
+        node = self.nodes[group.node["index"]]
+        for state in group.tasks:
+            self.dispatched_at.setdefault(state.index, self.now)
+        if not node.alive:
+            self.at(self.now + CONN_TIMEOUT_S, "unreachable", group)
+            return
+        node.groups.add(group)
+        self.next_task(node, group)
+
+    def next_task(self, node: SimNode, group: SimGroup) -> None:
+        """The group's next task takes a free slot, or waits behind those waiting."""
+        if group.head() is None:
+            node.groups.discard(group)
+            self.at(self.now, "over", (group, ""))
+        elif len(node.running) < node.slots and not node.waiting:
+            self.run(node, group)
         else:
-            queues[node].append(task)
+            node.waiting.append(group)
 
-    def free_slot(node: int) -> None:
-        running[node] -= 1
-        if queues[node]:
-            start(node, queues[node].popleft())
+    def run(self, node: SimNode, group: SimGroup) -> None:
+        node.running[group] = self.now
+        state = group.head()
+        took = self.c.work[state.index] / node.speed
+        self.at(self.now + took, "done", (group, state))
 
-    def drop_other_copies(task: int, winner: int) -> None:
-        for node in copies.pop(task):
-            if node == winner:
-                continue
-            mine[node] -= 1
-            if (task, node) in live:
-                live.discard((task, node))
-                free_slot(node)
-            else:
-                queues[node].remove(task)
+    def free_slot(self, node: SimNode) -> None:
+        while node.waiting and len(node.running) < node.slots:
+            self.run(node, node.waiting.popleft())
 
-    def dispatch() -> None:
-        nonlocal next_task, ticking
-        while len(copies) < limit and next_task < tasks:
-            dispatched_at[next_task] = now
-            place(next_task)
-            next_task += 1
-        if backups and next_task == tasks and not ticking and copies:
-            ticking = True
-            heapq.heappush(events, (now + 0.25, 1, -1, -1))
+    def hang_up(self, group: SimGroup) -> None:
+        """The proxy closed the request: the node kills the guest, drops the rest."""
+        node = self.nodes[group.node["index"]]
+        if group in node.groups:
+            node.groups.discard(group)
+            if node.running.pop(group, None) is not None:
+                self.free_slot(node)
+            elif group in node.waiting:
+                node.waiting.remove(group)
+            self.at(self.now, "over", (group, ""))
 
-    def back_up_stragglers() -> None:
-        threshold = straggler_threshold_s(latencies, backup_factor, backup_min_s)
-        for task, on in list(copies.items()):
-            if task not in backed_up and now - dispatched_at[task] > threshold \
-                    and len(on) < len(c.replicas[task]):
-                backed_up.add(task)
-                place(task, exclude=tuple(on))
+    def die(self, node: SimNode) -> None:
+        node.alive = False
+        for group in list(node.groups):
+            self.at(self.now + DETECT_S, "over", (group, "ConnectionResetError"))
+        node.groups.clear()
+        node.running.clear()
+        node.waiting.clear()
 
-    dispatch()
-    while events:
-        now, kind, node, task = heapq.heappop(events)
-        if kind == 1:  # the tracker's tick
-            ticking = False
-            if latencies:
-                back_up_stragglers()
-            dispatch()
-            continue
-        if (task, node) not in live:
-            continue  # a copy that was stopped
-        live.discard((task, node))
-        mine[node] -= 1
-        took_ms = c.work[task] / c.speed[node] * 1000
-        service_ms[node] = update_service_ms(service_ms[node], took_ms, completed[node])
-        speeds.add(str(node), took_ms)
-        completed[node] += 1
-        latencies.append(now - dispatched_at[task])
-        finished_at = now
-        free_slot(node)
-        drop_other_copies(task, node)
-        dispatch()
-    latencies.sort()
-    return {"makespan_s": finished_at, "p50_s": latencies[len(latencies) // 2],
-            "p99_s": latencies[int(len(latencies) * 0.99)], "backups": len(backed_up)}
+    def done(self, group: SimGroup, state: TaskState) -> None:
+        node = self.nodes[group.node["index"]]
+        started = node.running.pop(group, None)
+        if started is None or group.cancelled or not node.alive:
+            return  # a copy that was stopped, or on a node that died
+        ms = (self.now - started) * 1000
+        node.service_ms = update_service_ms(node.service_ms, ms, node.completed)
+        node.completed += 1
+        phase = self.phase
+        claimed = phase._take_result(group, None, self.now)
+        self.view.loads[group.key] = node.load(self.now)
+        if claimed is not None:
+            phase._claimed(claimed, group, ms, True, self.now)
+            phase._settled(claimed, group, True, self.now)
+            self.latencies.append(self.now - self.dispatched_at[claimed.index])
+            self.finished_at = self.now
+        self.next_task(node, group)
+        self.free_slot(node)
+
+    # -- the proxy ------------------------------------------------------------
+    def run_job(self) -> None:
+        phase = self.phase
+        # As the proxy does before a phase (PhaseRunner.run): every primary's load.
+        self.view.probe([n.node for n in self.nodes])
+        phase.begin()
+        phase.dispatch(self.now)
+        self.at(TICK_S, "tick", None)
+        while phase.unfinished > 0 and self.events:
+            self.now, _, kind, what = heapq.heappop(self.events)
+            if kind == "done":
+                self.done(*what)
+            elif kind == "over":
+                group, error = what
+                if group in phase.streams:
+                    phase._group_over(group, error, self.now)
+            elif kind == "unreachable":
+                self.view.limit(what.node)
+                phase._group_over(what, "ConnectionTimeout", self.now)
+            elif kind == "die":
+                self.die(what)
+            elif kind == "tick":
+                if phase.settings.backups:
+                    phase._back_up_stragglers(self.now)
+                self.at(self.now + TICK_S, "tick", None)
+            phase.dispatch(self.now)
+
+
+def simulate(c: Cluster, policy: str, backups: bool = True, seed: int = 7) -> dict:
+    """Run the job; its makespan and task latencies (seconds, from first dispatch)."""
+    sim = Simulation(c, policy, backups, seed)
+    sim.run_job()
+    failed = [s.task_id for s in sim.phase.tasks if s.error]
+    if failed:
+        raise RuntimeError(f"{len(failed)} tasks failed, {failed[0]} first")
+    latencies = sorted(sim.latencies)
+    return {"makespan_s": sim.finished_at, "p50_s": latencies[len(latencies) // 2],
+            "p99_s": latencies[int(len(latencies) * 0.99)],
+            "backups": sum(s.backed_up for s in sim.phase.tasks),
+            "retries": sum(len(s.failed) for s in sim.phase.tasks)}
 
 
 def compare(s: Scenario) -> dict:
