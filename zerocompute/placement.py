@@ -304,14 +304,16 @@ class Placement:
     def _spill(self, now: float) -> tuple[dict, list[TaskState]] | None:
         """While the next task waits for its best node, a node with a free slot takes
         waiting tasks it holds if it would finish them before the job's backlog
-        drains: nodes holding only later inputs do not idle behind the oldest
-        tasks' full replicas, and a slow node helps while much work waits but gets
-        none near the end.  It takes the last tasks it holds (those that would
-        wait longest, and the smallest), and only into a free slot: a node that is
-        not the best never queues this job's work.  Only nodes that freed a slot
-        (or were probed) since they were last looked at are looked at."""
+        drains, or no later than any other node that may run them would: nodes
+        holding only later inputs do not idle behind the first tasks' full
+        replicas, and a slow node helps while much work waits but gets none near
+        the end.  Of what it holds it takes the tasks with the least room
+        elsewhere (:meth:`_most_bound`), and only into a free slot: a node that
+        is not the best never queues this job's work.  Only nodes that freed a
+        slot (or were probed) since they were last looked at are looked at."""
         view = self.view
-        keys = [key for key in self._may_spill if self.by_node.get(key)]
+        keys = [key for key in self._may_spill if self.by_node.get(key)
+                and not (key in self.nodes and view.is_limited(self.nodes[key]))]
         self._may_spill.clear()
         loads = {key: view.loads.get(key, NodeLoad()) for key in keys}
         free = [key for key in keys if has_free_slot(loads[key], self.groups_on[key])]
@@ -323,8 +325,6 @@ class Placement:
             (expected_finish_ms(loads[key], view.in_flight.get(key, 0), now,
                                 estimates.get(key)), key) for key in free)
         for i, (finish, key) in enumerate(finishes):
-            if not worth_spilling(finish, backlog):
-                return None
             # Only as far into the node's waiting tasks as one group needs; a slow
             # node from the end (the smallest, and the latest), any other from the front.
             waiting = self.by_node[key].values()
@@ -338,7 +338,8 @@ class Placement:
                       and (node := state.untried_on(key, now)) is not None)
             picked = [(state, node) for state, node in
                       self._most_bound(key, takers, size, window)
-                      if worth_spilling(finish * self._scale(state), backlog)]
+                      if worth_spilling(finish * self._scale(state), backlog)
+                      or finish * self._scale(state) <= self._finish_elsewhere(state, key, now)]
             if picked:
                 # This node and those not reached yet are looked at again next time.
                 self._may_spill.update(k for _f, k in finishes[i:])
@@ -346,6 +347,15 @@ class Placement:
                     self._dequeue(state)
                 return picked[0][1], [state for state, _node in picked]
         return None
+
+    def _finish_elsewhere(self, state: TaskState, key: str, now: float) -> float:
+        """How soon a task would finish on the best of its other nodes (ms)."""
+        loads, scale = self.view.loads, self._scale(state)
+        keys = [k for n in state.untried(now) if (k := node_key(n)) != key]
+        estimates = self.speeds.estimates(keys)
+        return min((expected_finish_ms(loads.get(k, NodeLoad()), self.view.in_flight.get(k, 0),
+                                       now, estimates.get(k)) * scale for k in keys),
+                   default=math.inf)
 
     def _scale(self, state: TaskState) -> float:
         """A task's work against the phase's typical task, by input size: the job's

@@ -58,7 +58,7 @@ class NodeLoad:
         has seen (``JobSpeeds``), but never less than the node's recent service time
         (a node starved of CPU must look so either way).  How long the running
         tasks have been running is no speed: it says how soon a slot frees."""
-        return self.task_ms if job_ms is None else max(job_ms, self.service_ms)
+        return self.service_ms if job_ms is None else max(job_ms, self.service_ms)
 
 
 SERVICE_WEIGHT = 0.2

@@ -315,7 +315,8 @@ class SimView:
         now = self.sim.now
         for node in nodes:
             key = node_key(node)
-            heard = max(self.loads.get(key, NodeLoad()).reported_at, self.probed_at.get(key, 0.0))
+            heard = max(self.loads[key].reported_at if key in self.loads else -math.inf,
+                        self.probed_at.get(key, -math.inf))
             if now - heard > PROBE_AGE_S:
                 self.probed_at[key] = now
                 sim_node = self.sim.nodes[node["index"]]
