@@ -3,15 +3,16 @@
 ``random`` is ZeroCloud's behaviour and stays as the baseline.  ``load-aware``
 estimates when each candidate would finish the task and takes the earliest
 (earliest expected finish over all replicas, placed at dispatch time):
-the work ahead of the task on that node is what the node last reported
-(running + queued, trusted less as the report ages) or what this proxy has in
-flight there, whichever is more; it delays the task only once every slot is
-taken; the task then takes what this job's tasks take on that node
-(:class:`JobSpeeds`), or the node's recent service time until the job has
-seen it finish one.  Ties are broken at random so equal nodes share the work.
-:func:`group_size` says how many co-located tasks travel in one request.
-``doc/scheduler.md`` explains the choices; ``zerocompute.dev.simulate`` runs this
-same code at scale.
+what the node last reported beyond this proxy's own tasks there is other work
+(trusted less as the report ages), which holds slots and, if it waits, is
+ahead of us; this proxy's tasks ahead drain through the slots left at the
+job's speed there (:class:`JobSpeeds`, or the node's recent service time
+until the job has seen it finish one).  Ties go to the node with the least of
+the job's work waiting for it, then at random.  :func:`group_size` says how
+many co-located tasks travel in one request; the rest of the policy (queue
+bound, spilling, backup copies) is :mod:`zerocompute.placement`'s.
+``doc/scheduler.md`` explains the choices; ``zerocompute.dev.simulate`` runs
+this same code at scale.
 """
 
 from __future__ import annotations

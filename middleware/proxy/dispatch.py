@@ -218,9 +218,13 @@ class Dispatcher:
         body, headers = wire.sign_group(self.secret, group)
         streamed = source[0] if source else 0
         headers["Content-Length"] = str(len(body) + len(executable) + streamed)
-        with ConnectionTimeout(self.conn_timeout):
-            conn = http_connect_raw(node["ip"], node["port"], wire.METHOD, wire.TASKS_PATH,
-                                    headers=headers)
+        try:
+            with ConnectionTimeout(self.conn_timeout):
+                conn = http_connect_raw(node["ip"], node["port"], wire.METHOD, wire.TASKS_PATH,
+                                        headers=headers)
+        except (Exception, Timeout):
+            self.errors.limit(node)  # no connection at all: passed over for a while
+            raise
         if stream is not None:
             stream.sock = conn.sock
             if stream.cancelled:
@@ -323,7 +327,6 @@ class PhaseDispatch(Placement):
                 resp = self.dispatcher.open_group(stream.node, group, self.executables,
                                                   stream)
         except (Exception, Timeout) as err:  # noqa: BLE001 - any node failure means retry
-            self.dispatcher.errors.limit(stream.node)  # not even the request went through
             self._stream_over(stream, _describe(err))
             return
         try:

@@ -108,6 +108,7 @@ class FakeDispatcher(Dispatcher):
         behaviour = self.behaviour[node["port"]]
         if behaviour.get("refuse"):
             eventlet.sleep(0)
+            self.errors.limit(node)  # as Dispatcher._send does when it cannot connect
             raise ConnectionRefusedError(behaviour["refuse"])
         if behaviour.get("busy_once"):
             behaviour.pop("busy_once")
