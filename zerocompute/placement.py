@@ -601,7 +601,8 @@ class Placement:
             ready = None
             if threshold is not None and now - state.running_since > threshold:
                 ready = [n for n in state.untried(now) if node_key(n) not in state.live]
-            elif room > 0:
+            elif room > 0 and self.settings.policy != RANDOM:
+                # Judged by the nodes' speeds: a load signal, which random does not use.
                 ready = self._worth_a_copy(group, state, now)
             if ready is None:
                 continue
