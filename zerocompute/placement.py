@@ -291,10 +291,11 @@ class Placement:
     def _choose(self, state: TaskState, ready: list[dict], now: float) -> dict:
         view = self.view
         by_key = {node_key(n): n for n in ready}
+        waiting = None
         if self.settings.policy != RANDOM:
             view.probe(ready)
             self._may_spill.update(by_key)
-        waiting = {key: self._backlog_ms(key) for key in by_key}
+            waiting = {key: self._backlog_ms(key) for key in by_key}
         scale = self._scale(state)
         task_ms = {key: ms * scale for key, ms in self.speeds.estimates(list(by_key)).items()}
         key = choose_node(list(by_key), view.loads, view.in_flight, self.settings.policy,
@@ -350,8 +351,12 @@ class Placement:
 
     def _finish_elsewhere(self, state: TaskState, key: str, now: float) -> float:
         """How soon a task would finish on the best of its other nodes (ms)."""
+        return self._soonest_finish_ms(
+            state, [k for n in state.untried(now) if (k := node_key(n)) != key], now)
+
+    def _soonest_finish_ms(self, state: TaskState, keys: list[str], now: float) -> float:
+        """How soon ``state`` would finish on the best of the nodes of ``keys`` (ms)."""
         loads, scale = self.view.loads, self._scale(state)
-        keys = [k for n in state.untried(now) if (k := node_key(n)) != key]
         estimates = self.speeds.estimates(keys)
         return min((expected_finish_ms(loads.get(k, NodeLoad()), self.view.in_flight.get(k, 0),
                                        now, estimates.get(k)) * scale for k in keys),
@@ -377,18 +382,23 @@ class Placement:
 
         backlogs: dict[str, float] = {}
 
+        def backlog(k: str) -> float:
+            if k not in backlogs:
+                backlogs[k] = self._backlog_ms(k)
+            return backlogs[k]
+
         def room_elsewhere(item: tuple[TaskState, dict]) -> float:
-            others = [backlogs[k] if k in backlogs else backlogs.setdefault(
-                k, self._backlog_ms(k)) for n in item[0].untried() if (k := node_key(n)) != key]
-            return min(others, default=math.inf)
+            return min((backlog(k) for n in item[0].untried() if (k := node_key(n)) != key),
+                       default=math.inf)
         ranked = sorted(range(len(first)), key=lambda i: (-room_elsewhere(first[i]), i))
         return [first[i] for i in sorted(ranked[:size])]
 
     def _backlog_ms(self, key: str) -> float:
         """How long the job's tasks waiting for a node would keep its slots left busy."""
         load = self.view.loads.get(key, NodeLoad())
-        slots = slots_left(load, self.view.in_flight.get(key, 0))
-        return len(self.by_node[key]) * load.job_task_ms(self.speeds.task_ms(key)) / slots
+        return backlog_ms(len(self.by_node[key]), ((
+            slots_left(load, self.view.in_flight.get(key, 0)),
+            load.job_task_ms(self.speeds.task_ms(key))),))
 
     def _drain_rate(self, now: float) -> float:
         """Tasks per millisecond the job's nodes would take with every slot busy (the
@@ -618,8 +628,8 @@ class Placement:
         if median is None:
             return None
         scale = self._scale(state)
-        loads = self.view.loads
-        here = loads.get(group.key, NodeLoad()).job_task_ms(self.speeds.task_ms(group.key))
+        here = self.view.loads.get(group.key, NodeLoad()).job_task_ms(
+            self.speeds.task_ms(group.key))
         remaining_ms = here * scale - (now - state.running_since) * 1000
         if not worth_copying(remaining_ms, median * scale):  # not even on the fastest node
             return None
@@ -628,9 +638,5 @@ class Placement:
         if self.pending and remaining_ms <= self._pending_work / self._drain_rate(now):
             return None
         ready = [n for n in state.untried(now) if node_key(n) not in state.live]
-        estimates = self.speeds.estimates([node_key(n) for n in ready])
-        copy_ms = min((expected_finish_ms(loads.get(key, NodeLoad()),
-                                          self.view.in_flight.get(key, 0), now,
-                                          estimates.get(key)) * scale
-                       for key in (node_key(n) for n in ready)), default=math.inf)
+        copy_ms = self._soonest_finish_ms(state, [node_key(n) for n in ready], now)
         return ready if worth_copying(remaining_ms, copy_ms) else None
