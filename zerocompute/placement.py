@@ -208,7 +208,9 @@ class Placement:
         self.speeds = JobSpeeds()
         self.durations: list[float] = []  # claimed tasks, from running to result
         self.nodes: dict[str, dict] = {}  # every node sent a group, winners or not
-        self.streams: set[Group] = set()  # the groups in flight
+        # The groups in flight, in the order sent (a dict, not a set: the order in
+        # which stragglers are looked at must not depend on object addresses).
+        self.streams: dict[Group, None] = {}
         self.in_flight: dict[str, int] = defaultdict(int)  # this job's tasks per node
         self.groups_on: Counter[str] = Counter()  # this job's groups in flight per node
         self.unfinished = len(tasks)
@@ -449,7 +451,7 @@ class Placement:
             state.first_sent = state.first_sent or now
         if not backup:  # a backup's task keeps the time it has been running elsewhere
             tasks[0].running_since = now
-        self.streams.add(group)
+        self.streams[group] = None
         self.groups_on[group.key] += 1
         self._count(group.key, len(tasks))
         self._launch(group)
@@ -587,7 +589,7 @@ class Placement:
             if not group.cancelled:
                 self._failed_on(state, group.node, error, now, retry_after)
             self._enqueue(state)
-        self.streams.discard(group)
+        self.streams.pop(group, None)
         self.groups_on[group.key] -= 1
         self._may_spill.add(group.key)
 
