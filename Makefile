@@ -19,8 +19,12 @@ demo: $(BIN)/zerocompute
 lint: $(BIN)/zerocompute
 	$(BIN)/ruff check .
 
+# Two workers, a test file each at a time (most functional tests wait on guests that
+# sleep, or on servers), then the tests marked `alone`, which measure ratios of times,
+# with the machine to themselves (doc/devcluster.md, "The test suite").
 test: $(BIN)/zerocompute lint
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadfile -m "not alone" tests
+	$(BIN)/python -m pytest -q -ra -m alone tests
 
 # Swift's own functional tests against the dev cluster (minutes; not part of `make test`).
 test-swift: $(BIN)/zerocompute

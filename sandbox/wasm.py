@@ -207,11 +207,19 @@ class WasmRuntime:
         threading.Thread(target=self._tick, name="zerocompute-epoch", daemon=True).start()
 
     def _tick(self) -> None:
-        # Ticks only while a guest runs: an idle executor costs no wake-ups.
+        # Ticks only while a guest runs: an idle executor costs no wake-ups.  A tick
+        # per TICK_S of wall time, however late this thread is woken: at nice 19 on a
+        # host busy with storage work it may sleep far longer than asked, and a time
+        # limit counted in wake-ups would stretch with it.
         while True:
             self._running.wait()
-            time.sleep(TICK_S)
-            self.engine.increment_epoch()
+            last = time.monotonic()
+            while self._running.is_set():
+                time.sleep(TICK_S)
+                ticks = int((time.monotonic() - last) / TICK_S)
+                for _ in range(ticks):
+                    self.engine.increment_epoch()
+                last += ticks * TICK_S
 
     def begin(self, task: int) -> None:
         """The guests run from now on belong to task number ``task``."""
@@ -323,6 +331,8 @@ class WasmRuntime:
                 exit_code = 0
             except ExitTrap as trap:
                 exit_code = trap.code
+            except _OverLimit:
+                pass  # named below, from what the guest wrote
             except Trap as trap:
                 error = _explain_trap(trap, limits)
             except Exception as err:  # noqa: BLE001 - instantiation errors are the guest's
@@ -367,6 +377,16 @@ I32 = ValType.i32()
 _SUCCESS, _EBADF, _EFAULT, _EFBIG, _EIO = 0, 8, 21, 22, 29
 
 
+class _OverLimit(Exception):
+    """Raised by a write past the output or stderr limit: it traps the guest there.
+
+    A guest that ignores ``EFBIG`` (most loop on ``fwrite``) would otherwise run
+    on to its time limit, burning a slot's CPU, and on a host busy with storage
+    work (executors at nice 19) the wall clock could run out before the write
+    that crossed the limit, reporting a time limit instead.
+    """
+
+
 class _Stdio:
     """A guest's stdout (a file) and stderr (its tail), written by the runtime itself.
 
@@ -403,7 +423,7 @@ class _Stdio:
                 if fd == 2:
                     done = self.stderr.write(bytes(data))
                     if done < 0:
-                        return _EFBIG
+                        raise _OverLimit
                     total += done
                     continue
                 view = memoryview(data)
@@ -414,7 +434,11 @@ class _Stdio:
             memory.write(caller, struct.pack("<I", total), nwritten)
             return _SUCCESS
         except OSError as err:
-            return _EFBIG if err.errno == errno.EFBIG else _EIO
+            if err.errno == errno.EFBIG:
+                raise _OverLimit from None
+            return _EIO
+        except _OverLimit:
+            raise
         except Exception:  # noqa: BLE001 - a pointer outside the guest's memory
             return _EFAULT
 

@@ -47,33 +47,42 @@ def line(group: str, name: str, amount: int) -> str:
 
 class CounterFilter:
     """A guest's stderr, write by write: counter lines taken out and summed, the rest
-    passed on (to the tail).  A line may arrive in pieces."""
+    passed on (to the tail).  A line may arrive in pieces.
+
+    Only counter lines are looked at one by one: the text between them passes
+    through in bulk (a guest may write megabytes of ordinary stderr).
+    """
 
     def __init__(self) -> None:
         self.counts: Counts = {}
         self.pending = b""  # the start of a line that may be a counter's
+        self.at_line_start = True  # the next byte written begins a line
 
     def feed(self, data: bytes) -> bytes:
         """What of ``data`` is ordinary stderr."""
         data = self.pending + data
-        self.pending = b""
+        from_line_start, self.pending = self.at_line_start or bool(self.pending), b""
         kept = []
         start = 0
-        while start < len(data):
-            end = data.find(b"\n", start)
+        while (at := _counter_line_at(data, start, from_line_start)) >= 0:
+            end = data.find(b"\n", at)
             if end < 0:
-                rest = data[start:]
-                if _may_be_counter(rest):
-                    self.pending = rest
-                else:
-                    kept.append(rest)
                 break
-            counted = parse(data[start:end])
+            counted = parse(data[at:end])
             if counted is None:
                 kept.append(data[start:end + 1])
             else:
+                kept.append(data[start:at])
                 self.add(*counted)
             start = end + 1
+        last = max(data.rfind(b"\n", start) + 1, start)
+        if last < len(data) and (last > 0 or from_line_start) and _may_be_counter(data[last:]):
+            kept.append(data[start:last])
+            self.pending = data[last:]
+        else:
+            kept.append(data[start:])
+        self.at_line_start = bool(self.pending) or data.endswith(b"\n") or (
+            not data and from_line_start)
         return b"".join(kept)
 
     def add(self, group: str, name: str, amount: int) -> None:
@@ -84,6 +93,18 @@ class CounterFilter:
         """The unfinished last line, as stderr (a counter line ends with a newline)."""
         rest, self.pending = self.pending, b""
         return rest
+
+
+def _counter_line_at(data: bytes, start: int, from_line_start: bool) -> int:
+    """Where the first line at or after ``start`` that begins with the prefix begins,
+    or -1; ``from_line_start`` says whether ``data`` itself begins a line."""
+    at = data.find(PREFIX, start)
+    while at > 0 and data[at - 1] != 0x0A:
+        at = data.find(PREFIX, at + 1)
+    if at == 0 and not from_line_start:
+        at = data.find(b"\n" + PREFIX)
+        return at + 1 if at >= 0 else -1
+    return at
 
 
 def _may_be_counter(start: bytes) -> bool:

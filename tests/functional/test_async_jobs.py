@@ -137,8 +137,8 @@ def test_bad_async_manifest_is_refused_at_once(durable, staged):
 
 
 def test_cancel_through_the_other_proxy_stops_the_job_within_2_s(durable, staged):
-    # 40 tasks of 4 s on 8 slots: 20 s of work.
-    code, _h, accepted = submit(durable, manifest("swift://~/cancel-out/*.o", 4000))
+    # 40 tasks of 2 s on 8 slots: 10 s of work.
+    code, _h, accepted = submit(durable, manifest("swift://~/cancel-out/*.o", 2000))
     assert code == 202, accepted
     location = accepted["location"]
     wait_for(durable, location, lambda s: s["progress"]["done"] >= 8, timeout=60)
@@ -171,7 +171,7 @@ def test_cancel_through_the_other_proxy_stops_the_job_within_2_s(durable, staged
     # What was written before the cancel stays, whole; nothing is written after it.
     written = timestamps(staged, "cancel-out")
     assert sorted(written) == sorted(t["output"].rsplit("/", 1)[1] for t in done)
-    time.sleep(3)
+    time.sleep(2)  # longer than what was in flight could take to land
     assert timestamps(staged, "cancel-out") == written
     for name in written:
         i = int(name[1:3])
@@ -186,8 +186,8 @@ def test_cancel_through_the_other_proxy_stops_the_job_within_2_s(durable, staged
 def test_sigkill_of_the_running_proxy_then_the_other_takes_over(durable, staged):
     proxy1 = durable.server("proxy")
     swift = durable.connection(proxy="proxy2")  # proxy 1 is about to die
-    # 40 tasks of 1.5 s on 8 slots: about 8 s of work.
-    code, _h, accepted = submit(durable, manifest("swift://~/takeover-out/*.o", 1500))
+    # 40 tasks of 1 s on 8 slots: about 5 s of work.
+    code, _h, accepted = submit(durable, manifest("swift://~/takeover-out/*.o", 1000))
     assert code == 202, accepted
     location = accepted["location"]
     try:
@@ -242,7 +242,7 @@ def test_the_sweep_takes_over_a_job_nobody_asks_about(swept, sleepy_wasm):
         swift.put_object("in", f"p{i:02d}", expected(i))
     # Proxy 2 serves a request first, so that its sweep runs.
     assert swift.head_account()
-    code, _h, accepted = submit(swept, manifest("swift://~/swept-out/*.o", 1500))
+    code, _h, accepted = submit(swept, manifest("swift://~/swept-out/*.o", 1000))
     assert code == 202, accepted
     deadline = time.monotonic() + 60
     while not listing(swift, "swept-out") and time.monotonic() < deadline:

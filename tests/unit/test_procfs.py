@@ -12,7 +12,9 @@ def test_this_process_reads_as_itself():
     me = procfs.read(os.getpid())
     assert me is not None and me.alive
     assert me.ppid == os.getppid() and me.pgid == os.getpgid(0)
-    assert me.mentions("pytest")
+    with open("/proc/self/cmdline", "rb") as f:
+        own_argv = tuple(f.read().split(b"\0")[:-1])
+    assert me.argv == own_argv and me.mentions(os.path.basename(sys.executable))
     assert me.cpu_s > 0
     assert me.nice == os.getpriority(os.PRIO_PROCESS, 0)
     assert os.getpid() in {p.pid for p in procfs.processes()}

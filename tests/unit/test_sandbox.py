@@ -2,10 +2,13 @@
 
 import hashlib
 import os
+import time
+import types
 
 import pytest
 from wasmtime import wat2wasm
 
+from zerocompute.sandbox import wasm
 from zerocompute.sandbox.wasm import (
     MIB,
     ExecutableStore,
@@ -31,6 +34,13 @@ CAT = f"""(module {IMPORTS}
    (br $l))))"""
 EXIT3 = f'(module {IMPORTS} (memory (export "memory") 1) (func (export "_start") ' \
         '(call $exit (i32.const 3))))'
+# Writes 64 KiB of its memory to ``fd`` forever, as a guest that ignores EFBIG does.
+FLOOD = f"""(module {IMPORTS}
+ (memory (export "memory") 2)
+ (func (export "_start")
+  (i32.store (i32.const 0) (i32.const 1024)) (i32.store (i32.const 4) (i32.const 65536))
+  (loop $l (drop (call $fd_write (i32.const {{fd}}) (i32.const 0) (i32.const 1) (i32.const 8)))
+   (br $l))))"""
 SPIN = '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
 GROW = '(module (memory (export "memory") 1) (func (export "_start") ' \
        '(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable))'
@@ -78,6 +88,29 @@ def test_exit_status(runtime, cache, tmp_path):
 def test_time_limit(runtime, cache, tmp_path):
     result, _ = run(runtime, cache, tmp_path, SPIN, time_s=0.2)
     assert result.error == "time limit 0.2 s exceeded" and 150 < result.ms < 5000
+
+
+def test_time_limit_counts_wall_time_when_the_ticker_is_woken_late(cache, tmp_path,
+                                                                  monkeypatch):
+    """At nice 19 on a busy host the epoch thread sleeps far longer than it asks: the
+    limit still falls due after its wall-clock seconds, not after as many wake-ups."""
+    late = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time)
+                                    if not name.startswith("_")})
+    late.sleep = lambda seconds: time.sleep(seconds * 20)
+    monkeypatch.setattr(wasm, "time", late)
+    result, _ = run(WasmRuntime(cache), cache, tmp_path, SPIN, time_s=0.5)
+    # Counted in wake-ups, 50 ticks of 0.2 s would be 10 s.
+    assert result.error == "time limit 0.5 s exceeded" and 450 < result.ms < 2500
+
+
+@pytest.mark.parametrize("fd, error", [(1, "output limit 1 MiB exceeded"),
+                                       (2, "stderr limit 1 MiB exceeded")])
+def test_a_write_past_a_limit_stops_the_guest_there(runtime, cache, tmp_path, fd, error):
+    """Not at its time limit: the slot's CPU is not spent on a guest that lost."""
+    result, out = run(runtime, cache, tmp_path, FLOOD.format(fd=fd), time_s=30,
+                      output_bytes=MIB, stderr_bytes=MIB)
+    assert result.error == error and result.ms < 5000
+    assert len(out) <= MIB + 1
 
 
 def test_memory_limit(runtime, cache, tmp_path):
