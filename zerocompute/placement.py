@@ -23,7 +23,7 @@ import heapq
 import itertools
 import math
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from random import Random
 from typing import Any, Protocol
@@ -137,14 +137,26 @@ class TaskState:
     def attempts(self) -> int:
         return len(self.failed) + (1 if self.node is not None else 0)
 
-    def untried(self, now: float | None = None) -> list[dict]:
-        """Nodes still worth trying, primaries first; with ``now``, only those not busy."""
-        for group in self.candidates:
-            rest = [n for n in group if node_key(n) not in self.tried]
+    def untried(self, now: float | None = None,
+                passed_over: Callable[[dict], bool] | None = None) -> list[dict]:
+        """Nodes still worth trying, primaries first; with ``now``, only those not busy.
+
+        A tier whose every untried node is ``passed_over`` (could not be reached
+        lately, say) is skipped, as Swift's proxy moves on to handoffs past
+        error-limited primaries; such nodes are tried only when nothing else is left.
+        """
+        rest = self._first_untried_tier(passed_over) if passed_over else []
+        rest = rest or self._first_untried_tier()
+        if now is None:
+            return rest
+        return [n for n in rest if self.busy_until.get(node_key(n), 0) <= now]
+
+    def _first_untried_tier(self, passed_over: Callable[[dict], bool] = lambda n: False
+                            ) -> list[dict]:
+        for tier in self.candidates:
+            rest = [n for n in tier if node_key(n) not in self.tried and not passed_over(n)]
             if rest:
-                if now is None:
-                    return rest
-                return [n for n in rest if self.busy_until.get(node_key(n), 0) <= now]
+                return rest
         return []
 
     def untried_on(self, key: str, now: float) -> dict | None:
@@ -267,16 +279,8 @@ class Placement:
         return node, group
 
     def _ready(self, state: TaskState, now: float) -> list[dict]:
-        """The nodes a task may be sent to now: as ``TaskState.untried``, but past a
-        tier whose every node could not be reached lately (as Swift's proxy moves on
-        to handoffs past error-limited primaries); those are tried only when nothing
-        else is left."""
-        for tier in state.candidates:
-            rest = [n for n in tier if node_key(n) not in state.tried]
-            reachable = [n for n in rest if not self.view.is_limited(n)]
-            if reachable:
-                return [n for n in reachable if state.busy_until.get(node_key(n), 0) <= now]
-        return state.untried(now)
+        """The nodes a task may be sent to now: past the nodes that refused it lately."""
+        return state.untried(now, passed_over=self.view.is_limited)
 
     def _waiting(self) -> Iterator[TaskState]:
         """The waiting tasks in the order they are placed: the first without sorting."""

@@ -36,6 +36,10 @@ DEFAULT_SLOTS = 1
 DEFAULT_SERVICE_MS = 50.0
 # A report this old counts for 1/e of its queue: load moves on while we are not looking.
 STALE_S = 2.0
+# A node not heard from for this long (no load report, no probe) is probed before
+# a dispatch; at most once per this long, answered or not, so a dead node does not
+# cost every dispatch a connect timeout.
+PROBE_AGE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,21 @@ GROUP_TARGET_MS = 500.0
 MAX_GROUP = 32
 # A node whose tasks of a job take this much longer than the job's median is slow.
 SLOW_FACTOR = 1.5
+
+
+def due_for_probe(nodes: Mapping[str, dict], loads: Mapping[str, NodeLoad],
+                  probed_at: dict[str, float], now: float,
+                  max_age_s: float = PROBE_AGE_S) -> dict[str, dict]:
+    """Of ``nodes`` (by key), those not heard from for ``max_age_s``: each is marked
+    probed at ``now`` in ``probed_at``, whether or not it will answer."""
+    due = {}
+    for key, node in nodes.items():
+        heard = max(loads[key].reported_at if key in loads else -math.inf,
+                    probed_at.get(key, -math.inf))
+        if now - heard > max_age_s:
+            probed_at[key] = now
+            due[key] = node
+    return due
 
 
 def update_service_ms(current: float, sample_ms: float, samples: int) -> float:

@@ -60,11 +60,9 @@ from zerocompute.placement import (
     node_key,
     node_label,
 )
-from zerocompute.scheduler import NodeLoad, parse_load_header
+from zerocompute.scheduler import PROBE_AGE_S, NodeLoad, due_for_probe, parse_load_header
 
 RETRYABLE = {404, 500, 502, 503, 504, 507}
-# A view older than this is refreshed by a probe before a task is placed on it.
-PROBE_AGE_S = 1.0
 # Longest wait for the next frame beyond the guest's own time limit.
 FRAME_GRACE_S = 30.0
 
@@ -119,15 +117,8 @@ class Dispatcher:
         A node is probed at most once per ``max_age_s`` whether or not it
         answers, so a dead node does not cost every dispatch a connect timeout.
         """
-        now = self.clock()
-        stale = {}
-        for node in nodes:
-            key = node_key(node)
-            heard = max(self.loads.get(key, NodeLoad()).reported_at,
-                        self.probed_at.get(key, 0.0))
-            if now - heard > max_age_s:
-                self.probed_at[key] = now
-                stale[key] = node
+        stale = due_for_probe({node_key(n): n for n in nodes}, self.loads, self.probed_at,
+                              self.clock(), max_age_s)
         if not stale:
             return
         pile = eventlet.GreenPile(32)

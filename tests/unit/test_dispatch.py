@@ -17,8 +17,9 @@ import pytest
 from tests.unit.fakes import TEMPLATE, FakeDispatcher, node
 from zerocompute import wire
 from zerocompute.middleware.proxy.config import ProxyConfig
-from zerocompute.middleware.proxy.dispatch import PROBE_AGE_S, PhaseDispatch
+from zerocompute.middleware.proxy.dispatch import PhaseDispatch
 from zerocompute.placement import LOST_RACE, RunSettings, TaskState, node_key
+from zerocompute.scheduler import PROBE_AGE_S
 
 
 def states(count, primaries, handoffs=()):

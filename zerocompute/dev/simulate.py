@@ -51,7 +51,6 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from zerocompute import wire
-from zerocompute.middleware.proxy.dispatch import PROBE_AGE_S
 from zerocompute.placement import Group, Placement, RunSettings, TaskState, node_key
 from zerocompute.scheduler import (
     DEFAULT_SERVICE_MS,
@@ -59,6 +58,7 @@ from zerocompute.scheduler import (
     MAX_GROUP,
     RANDOM,
     NodeLoad,
+    due_for_probe,
     update_service_ms,
 )
 
@@ -313,15 +313,11 @@ class SimView:
 
     def probe(self, nodes: list[dict]) -> None:
         now = self.sim.now
-        for node in nodes:
-            key = node_key(node)
-            heard = max(self.loads[key].reported_at if key in self.loads else -math.inf,
-                        self.probed_at.get(key, -math.inf))
-            if now - heard > PROBE_AGE_S:
-                self.probed_at[key] = now
-                sim_node = self.sim.nodes[node["index"]]
-                if sim_node.alive:
-                    self.loads[key] = sim_node.load(now)
+        due = due_for_probe({node_key(n): n for n in nodes}, self.loads, self.probed_at, now)
+        for key, node in due.items():
+            sim_node = self.sim.nodes[node["index"]]
+            if sim_node.alive:
+                self.loads[key] = sim_node.load(now)
 
 
 class SimPhase(Placement):
