@@ -114,8 +114,9 @@ def obey_cancels(control: socket.socket, runtime: WasmRuntime) -> None:
 
 def prepare(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str, etag: str,
             kind: str, exec_name: str, args: Sequence[str],
-            ) -> tuple[Any, list[str], list[Mount]]:
-    """A guest's module, argv and mapped directories (:class:`InvalidExecutable`)."""
+            ) -> tuple[Any, list[str], list[tuple[str, str]], list[Mount]]:
+    """A guest's module, argv, the runtime's environment variables and mapped
+    directories (:class:`InvalidExecutable`)."""
     if kind == "python":
         module = runtime.prepare(python.interpreter_path(), key="python")
         directory = python.script_dir(cache_dir, etag, executables.path(etag))
@@ -123,8 +124,9 @@ def prepare(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str, 
             runtime.prepare(python.interpreter_path(), key="python", tool=True), os.devnull,
             os.devnull, argv, [], GuestLimits(time_s=60),
             [Mount(writable, python.GUEST_DIR, True)]))
-        return module, python.argv(list(args)), [Mount(directory, python.GUEST_DIR)]
-    return runtime.prepare(executables.path(etag), key=etag), [exec_name, *args], []
+        return (module, python.argv(list(args)), python.ENV,
+                [Mount(directory, python.GUEST_DIR)])
+    return runtime.prepare(executables.path(etag), key=etag), [exec_name, *args], [], []
 
 
 def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
@@ -134,8 +136,9 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
     result."""
     (spec,) = task.tasks
     try:
-        module, argv, mounts = prepare(runtime, executables, cache_dir, task.exec_etag,
-                                       task.runtime, task.exec_name, task.args)
+        module, argv, runtime_env, mounts = prepare(
+            runtime, executables, cache_dir, task.exec_etag, task.runtime, task.exec_name,
+            task.args)
     except InvalidExecutable as err:
         return TaskResult(spec.task, invalid=str(err))
     stdin = f"/proc/self/fd/{fds[0]}"
@@ -186,8 +189,9 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
         started()
         cpu_before = _cpu_seconds()
         with _cpu_limit(float(task.limits.cpu_s)):
-            ran = runtime.run(module, stdin, stdout, argv, [*task.env, *spec.env], limits,
-                              mounts)
+            # The task's own variables first: a guest's getenv finds the first.
+            ran = runtime.run(module, stdin, stdout, argv, [*task.env, *spec.env, *runtime_env],
+                              limits, mounts)
             cpu_ms = (_cpu_seconds() - cpu_before) * 1000
             result = TaskResult(spec.task, exit=ran.exit, error=ran.error, cpu_ms=cpu_ms,
                                 stdout_bytes=ran.stdout_bytes, bytes_in=bytes_in,
@@ -293,10 +297,10 @@ class Combiner:
                  shuffle: ShuffleSpec, spec: Any, limits: GuestLimits, core: Core):
         combine = shuffle.combine
         self.runtime, self.limits, self.core = runtime, limits, core
-        self.module, self.argv, self.mounts = prepare(
+        self.module, self.argv, runtime_env, self.mounts = prepare(
             runtime, executables, cache_dir, combine.exec_etag, combine.runtime,
             combine.exec_name, combine.args)
-        self.env = [*combine.env, *spec.env]
+        self.env = [*combine.env, *spec.env, *runtime_env]
 
     def __call__(self, stdin: str, stdout: str) -> None:
         ran = self.runtime.run(self.module, stdin, stdout, self.argv, self.env, self.limits,

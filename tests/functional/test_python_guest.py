@@ -57,6 +57,9 @@ try:
 except OSError:
     print("read-only /app")
 print("env", sorted(os.environ))
+print("path", os.environ["PYTHONPATH"])
+import encodings
+print("encodings from", encodings.__file__)
 print("stdin", sys.stdin.read().strip())
 """
     swift.put_container(f"apps-{unique}")
@@ -71,10 +74,15 @@ print("stdin", sys.stdin.read().strip())
     lines = swift.get_object(f"out-{unique}", "probe")[1].decode().splitlines()
     assert not [line for line in lines if line.startswith(("READ", "WROTE"))], lines
     assert sum(line.startswith("denied") for line in lines) == 3
-    assert "listing ['__pycache__', 'main.py', 'zerocompute_guest.py']" in lines
+    # The script, the SDK (and its bytecode), and what the interpreter imports at its
+    # start, copied out of its own standard library: nothing of the host's.
+    assert "listing ['__pycache__', 'main.py', 'startup.zip', 'zerocompute_guest.py']" in lines
     assert "read-only /app" in lines
-    assert "env ['MINE', 'ZEROCOMPUTE_INPUT', 'ZEROCOMPUTE_INPUT_SIZE', 'ZEROCOMPUTE_JOB', " \
-           "'ZEROCOMPUTE_PHASE', 'ZEROCOMPUTE_RECORDS', 'ZEROCOMPUTE_TASK']" in lines
+    assert "env ['MINE', 'PYTHONPATH', 'ZEROCOMPUTE_INPUT', 'ZEROCOMPUTE_INPUT_SIZE', " \
+           "'ZEROCOMPUTE_JOB', 'ZEROCOMPUTE_PHASE', 'ZEROCOMPUTE_RECORDS', 'ZEROCOMPUTE_TASK']" \
+        in lines
+    assert "path /app/startup.zip" in lines
+    assert "encodings from /app/startup.zip/encodings/__init__.pyc" in lines
     assert "stdin the input" in lines
 
 

@@ -11,7 +11,9 @@ the same run and at the same concurrency (16, the proxy's default), the
 with python-swiftclient, the writes the job cannot avoid.  Floor and job
 alternate ``--rounds`` times; medians.  Then the same N tasks as one job whose
 outputs are gathered into a single object: tasks per second with no
-per-task write.
+per-task write.  For the sizes in ``--python-sizes`` (1,000 by default), each
+round also runs the same job with a Python guest of two lines that copies its
+input the same way (:data:`COPY_PY`): Python over C, same run, same inputs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from zerocompute.sandbox import procfs
 COPY = os.path.join(os.path.dirname(__file__), "..", "guests", "copy.c")
 CONCURRENCY = 16
 SIZE = 2048
+COPY_PY = b"import sys\nsys.stdout.buffer.write(sys.stdin.buffer.read())\n"
 
 
 def cpu_seconds(cluster: DevCluster) -> dict[str, float]:
@@ -75,8 +78,8 @@ def put_many(cluster: DevCluster, container: str, count: int, seed: int) -> floa
     return time.perf_counter() - started
 
 
-def run_job(conn, inputs: str, output: str) -> tuple[float, dict]:
-    manifest = {"name": "scale", "map": {"exec": "swift://~/apps/copy.wasm",
+def run_job(conn, inputs: str, output: str, exe: str = "copy.wasm") -> tuple[float, dict]:
+    manifest = {"name": "scale", "map": {"exec": f"swift://~/apps/{exe}",
                                          "inputs": [f"swift://~/{inputs}/*"]},
                 "output": output}
     started = time.perf_counter()
@@ -88,11 +91,11 @@ def run_job(conn, inputs: str, output: str) -> tuple[float, dict]:
     return took, report
 
 
-def measure(cluster: DevCluster, n: int, rounds: int) -> dict:
+def measure(cluster: DevCluster, n: int, rounds: int, python: bool) -> dict:
     conn = cluster.connection()
     inputs = f"in-{n}"
     put_many(cluster, inputs, n, 0)
-    floors, jobs, p50s, p99s = [], [], [], []
+    floors, jobs, p50s, p99s, python_jobs = [], [], [], [], []
     for r in range(rounds):
         floor, floor_cpu = cpu_during(cluster, put_many, cluster, f"floor-{n}-{r}", n, r + 1)
         floors.append(floor)
@@ -105,6 +108,11 @@ def measure(cluster: DevCluster, n: int, rounds: int) -> dict:
         p99s.append(percentile(walls, 99))
         print(f"  N={n} round {r + 1}: floor {floors[-1]:.2f} s, job {took:.2f} s "
               f"({took / floors[-1]:.3f}x)", flush=True)
+        if python:
+            took_py, _report = run_job(conn, inputs, f"swift://~/py-out-{n}-{r}/*", "copy.py")
+            python_jobs.append(took_py)
+            print(f"  N={n} round {r + 1}: the same job with the Python guest {took_py:.2f} s "
+                  f"({took_py / took:.2f}x the C guest's)", flush=True)
     gathered, report = run_job(conn, inputs, f"swift://~/gathered-{n}/all.txt")
     size = int(conn.head_object(f"gathered-{n}", "all.txt")["content-length"])
     assert size == n * SIZE, f"gathered output is {size} bytes, not {n * SIZE}"
@@ -113,13 +121,16 @@ def measure(cluster: DevCluster, n: int, rounds: int) -> dict:
             "tasks_per_s": n / job, "task_ms_per_task": job / n * 1000,
             "task_wall_p50_ms": statistics.median(p50s), "task_wall_p99_ms":
             statistics.median(p99s), "gathered_s": gathered,
-            "gathered_tasks_per_s": n / gathered}
+            "gathered_tasks_per_s": n / gathered,
+            "python_job_s": statistics.median(python_jobs) if python_jobs else None}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--python-sizes", type=int, nargs="*", default=[1000],
+                        help="sizes at which the Python guest's job runs too")
     args = parser.parse_args(argv)
     with open(build_c_guest(COPY), "rb") as f:
         wasm = f.read()
@@ -130,11 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         conn = cluster.connection()
         conn.put_container("apps")
         conn.put_object("apps", "copy.wasm", wasm)
+        conn.put_object("apps", "copy.py", COPY_PY)
         conn.put_container("warm")
-        conn.put_object("warm", "a", b"warm\n")
-        run_job(conn, "warm", "swift://~/warm-out/*")  # executables cached, executors up
+        for i in range(8):
+            conn.put_object("warm", f"w{i}", b"warm\n")
+        for exe in ("copy.wasm", "copy.py"):  # executables cached, executors up
+            run_job(conn, "warm", f"swift://~/warm-out-{exe}/*", exe)
         for n in args.sizes:
-            results.append(measure(cluster, n, args.rounds))
+            results.append(measure(cluster, n, args.rounds, n in args.python_sizes))
     finally:
         cluster.stop(wipe=True)
     print(f"map-only jobs of a trivial C guest over N objects of {SIZE} B; "
@@ -146,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(target <= 1.15)")
         print(f"           gathered into one object: {r['gathered_s']:.2f} s, "
               f"{r['gathered_tasks_per_s']:.0f} tasks/s (target >= 300)")
+        if r["python_job_s"] is not None:
+            print(f"           the same job with a Python guest: {r['python_job_s']:.2f} s, "
+                  f"{r['python_job_s'] / r['job_s']:.2f}x the C guest's (target <= 2)")
     if len(results) > 1:
         base = results[0]
         for r in results[1:]:
