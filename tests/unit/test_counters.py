@@ -3,6 +3,8 @@
 import io
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zerocompute import counters
 from zerocompute.report import JobReport, TaskReport
@@ -21,6 +23,34 @@ def test_counter_lines_are_taken_out_of_stderr_and_summed_even_in_pieces():
                             b"reporter:counter:a,b,x\nthe end")
     assert tail.counters.counts == {"words": {"seen": 12}, "skips": {"empty": -1}}
     assert tail.written == len(lines), "counter lines count against the stderr limit"
+
+
+def line_by_line(text: bytes) -> tuple[bytes, dict]:
+    """The filter's meaning, one line at a time: a whole line that parses counts."""
+    kept, counts = [], {}
+    for line in text.splitlines(keepends=True):
+        counted = counters.parse(line[:-1]) if line.endswith(b"\n") else None
+        if counted is None:
+            kept.append(line)
+        else:
+            group, name, amount = counted
+            counts.setdefault(group, {})[name] = counts.get(group, {}).get(name, 0) + amount
+    return b"".join(kept), counts
+
+
+PIECES = st.sampled_from([b"reporter:counter:g,n,3\n", b"noise\n", b"reporter:counter:bad\n",
+                          b"x reporter:counter:g,n,1\n", b"rep", b"orter:counter:h,m,2\n", b"\n",
+                          b"abc", b"reporter:counter:g,n,", b"5\n", b"z" * 1100 + b"\n"])
+
+
+@given(st.lists(PIECES, max_size=14), st.lists(st.integers(0, 4000), max_size=6))
+def test_the_filter_finds_what_a_line_by_line_reading_does_however_stderr_is_cut(pieces, cuts):
+    text = b"".join(pieces)
+    cuts = sorted({c % (len(text) + 1) for c in cuts})
+    writes = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    found = counters.CounterFilter()
+    kept = b"".join(found.feed(w) for w in writes) + found.close()
+    assert (kept, found.counts) == line_by_line(text)
 
 
 def test_a_name_with_a_comma_is_refused_and_the_last_comma_splits_the_amount():
