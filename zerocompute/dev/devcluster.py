@@ -41,6 +41,8 @@ from zerocompute.sandbox.procfs import pid_alive
 
 DEFAULT_DIR = os.environ.get("ZEROCOMPUTE_DEVCLUSTER_DIR") or os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"zerocompute-devcluster-{os.getuid()}")
+# The machine's compiled modules, shared by every dev cluster (share_compiled_modules).
+COMPILED_DIR = os.path.join(os.path.expanduser("~"), ".cache", "zerocompute", "compiled")
 OBJECT_SERVERS = 4
 # Filesystems that hold Swift's metadata xattrs whole, as a SAIO's XFS does.
 XATTR_FRIENDLY = ("tmpfs", "xfs")
@@ -79,6 +81,21 @@ class Server:
     @property
     def section(self) -> str:
         return f"{self.kind}-server"
+
+
+def share_compiled_modules(cache_dir: str) -> None:
+    """Point a dev cluster's cache of compiled modules at the machine's: every dev
+    cluster (the demo, each test module's, each benchmark's) then compiles the 26 MB
+    Python runtime and each guest once per machine, not once per cluster.  Entries
+    are named by the module's digest and the wasmtime version, written atomically
+    under a lock, and recompiled if they do not load; a wiped cluster removes only
+    its link."""
+    link = os.path.join(cache_dir, "compiled")
+    if os.path.islink(link) or os.path.exists(link):
+        return
+    os.makedirs(COMPILED_DIR, exist_ok=True)
+    os.makedirs(cache_dir, exist_ok=True)
+    os.symlink(COMPILED_DIR, link)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -448,6 +465,7 @@ use = egg:swift#account_quotas
         # The object servers' shuffle core, built before they start, not by the first
         # MapReduce job's maps (on a fresh machine zig builds its WASI libc first).
         shuffle_core.install(os.path.join(self.directory, "cache"))
+        share_compiled_modules(os.path.join(self.directory, "cache"))
         if self.network is not None:
             self.network.up([s.name for s in self.servers])
         for server in self.servers:
