@@ -62,8 +62,8 @@ class Traffic:
     when it matters).  Each request is timed from the moment it was due.
     """
 
-    def __init__(self, cluster: DevCluster, rate: float):
-        self.cluster, self.rate = cluster, rate
+    def __init__(self, cluster: DevCluster, rate: float, proxy: str = "proxy"):
+        self.cluster, self.rate, self.proxy = cluster, rate, proxy
         self.local = threading.local()
         self.body = os.urandom(SMALL)
         self.conn().put_container("small")
@@ -73,7 +73,7 @@ class Traffic:
 
     def conn(self):
         if not hasattr(self.local, "conn"):  # a swiftclient Connection per thread
-            self.local.conn = self.cluster.connection("test2:tester2")
+            self.local.conn = self.cluster.connection("test2:tester2", self.proxy)
         return self.local.conn
 
     def pair(self, name: str, due: float, times: dict[str, list[float]]) -> None:
@@ -127,11 +127,12 @@ def spin_job(conn, tasks: int, spin: int, n: int) -> dict:
 class Setting:
     """One cluster, its tenants and its measurements."""
 
-    def __init__(self, label: str, options: dict[str, str], args, spin_wasm: bytes):
+    def __init__(self, label: str, options: dict[str, str], args, spin_wasm: bytes,
+                 tenant_proxy: bool = False):
         self.label, self.args = label, args
         self.cluster = DevCluster(tempfile.mkdtemp(prefix="zc-bench-interference-"),
-                                  task_slots=os.cpu_count() or 1,
-                                  object_options=options).start()
+                                  task_slots=os.cpu_count() or 1, object_options=options,
+                                  proxies=2 if tenant_proxy else 1).start()
         self.conn = self.cluster.connection()
         self.conn.put_container("apps")
         self.conn.put_object("apps", "spin.wasm", spin_wasm)
@@ -139,7 +140,7 @@ class Setting:
         for i in range(args.tasks):
             self.conn.put_object("spin-in", f"part-{i:04d}", f"input {i}\n".encode())
         self.conn.put_container("out")
-        self.traffic = Traffic(self.cluster, args.rate)
+        self.traffic = Traffic(self.cluster, args.rate, "proxy2" if tenant_proxy else "proxy")
         self.rounds: list[dict] = []
         self.samples: list[dict] = []  # each round's request times, idle and during
         self.jobs = 0
@@ -240,12 +241,13 @@ def print_table(summaries: dict[str, dict], args) -> None:
               f"{s['GET_during_p99']:7.1f} {s['PUT_during_p50']:8.1f} "
               f"{s['PUT_during_p99']:7.1f}  {s['GET_p99_ratio']:5.2f}/{s['PUT_p99_ratio']:<4.2f}"
               f"  {s['job_s']:6.2f}  {s['servers_cpu_s']:11.1f}/{s['executors_cpu_s']:<11.1f}")
-    equal = summaries["equal priority"]
+    equal = summaries.get("equal priority")
     for label, s in summaries.items():
         if label != "equal priority":
+            versus = (f"; job time / at equal priority: {s['job_s'] / equal['job_s']:.2f} "
+                      "(target <= 1.3)") if equal else ""
             print(f"{label}: p99 during the job / idle: GET {s['GET_p99_ratio']:.2f}, PUT "
-                  f"{s['PUT_p99_ratio']:.2f} (target <= 1.3); job time / at equal priority: "
-                  f"{s['job_s'] / equal['job_s']:.2f} (target <= 1.3)")
+                  f"{s['PUT_p99_ratio']:.2f} (target <= 1.3){versus}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the other tenant's PUT+GET pairs per second")
     parser.add_argument("--cgroup", action="store_true",
                         help="also: the executors in a cpu cgroup of weight 64")
+    parser.add_argument("--tenant-proxy", action="store_true",
+                        help="also: the defaults, the other tenant on a proxy of its own (is "
+                             "the tail the job's proxy or its guests?)")
+    parser.add_argument("--only", nargs="*", metavar="LABEL",
+                        help="run only the settings with these labels")
     args = parser.parse_args(argv)
     with open(build_c_guest(SPIN), "rb") as f:
         spin = f.read()
@@ -265,13 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         cgroup = stack.enter_context(Cgroup()) if args.cgroup else ""
         stack.callback(lambda: [setting.stop() for setting in settings])  # before rmdir
-        settings.append(Setting("equal priority", AT_THE_SERVERS_PRIORITY, args, spin))
-        settings.append(Setting("storage first", {}, args, spin))
-        settings.append(Setting("storage first + SCHED_IDLE", {"cpu_policy": "idle"}, args,
-                                spin))
+        wanted = [("equal priority", AT_THE_SERVERS_PRIORITY, False),
+                  ("storage first", {}, False),
+                  ("storage first + SCHED_IDLE", {"cpu_policy": "idle"}, False)]
         if cgroup:
-            settings.append(Setting("storage first + cgroup",
-                                    {"cpu_cgroup": cgroup, "cpu_weight": "64"}, args, spin))
+            wanted.append(("storage first + cgroup",
+                           {"cpu_cgroup": cgroup, "cpu_weight": "64"}, False))
+        if args.tenant_proxy:
+            wanted.append(("storage first, tenant on its own proxy", {}, True))
+        for label, options, tenant_proxy in wanted:
+            if args.only is None or label in args.only:
+                settings.append(Setting(label, options, args, spin, tenant_proxy))
         for n in range(args.rounds):
             for setting in settings:
                 result = setting.measure()
