@@ -2,7 +2,7 @@
 
 Run from the repository: ``make bench-interference`` (or ``.venv/bin/python -m
 tests.perf.bench_interference [--rounds 3] [--tasks 64] [--spin 300] [--rate 5]
-[--cgroup]``).
+[--cgroup] [--reserved-cpus N] [--tenant-proxy] [--only LABEL ...]``).
 
 Two dev clusters side by side (four object servers, each with as many task
 slots as this machine has cores), identical but for the executors' priority:
@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenant-proxy", action="store_true",
                         help="also: the defaults, the other tenant on a proxy of its own (is "
                              "the tail the job's proxy or its guests?)")
+    parser.add_argument("--reserved-cpus", type=int, default=0, metavar="N",
+                        help="also: the defaults with N CPUs kept free of guests")
     parser.add_argument("--only", nargs="*", metavar="LABEL",
                         help="run only the settings with these labels")
     args = parser.parse_args(argv)
@@ -278,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         if cgroup:
             wanted.append(("storage first + cgroup",
                            {"cpu_cgroup": cgroup, "cpu_weight": "64"}, False))
+        if args.reserved_cpus:
+            wanted.append((f"storage first + {args.reserved_cpus} CPU kept",
+                           {"reserved_cpus": str(args.reserved_cpus)}, False))
         if args.tenant_proxy:
             wanted.append(("storage first, tenant on its own proxy", {}, True))
         for label, options, tenant_proxy in wanted:

@@ -35,13 +35,14 @@ def executors_of(parent: int) -> list[int]:
 class Seen(NamedTuple):
     threads: dict[str, tuple[int, str, str]]  # each thread's nice, ionice and cgroups
     policies: set[int]  # the threads' scheduling policies
+    cpus: set[frozenset[int]]  # the threads' CPU affinities
     session: int
     autogroup: str
 
 
 def threads_while_a_guest_runs(cache, tmp_path, priority) -> Seen:
     """The executor while its guest spins: its threads' priorities, its session."""
-    policies = set()
+    policies, cpus = set(), set()
     pool = ExecutorPool(1, cache, priority=priority)
     server_side, requester = socket.socketpair()
     try:
@@ -54,6 +55,7 @@ def threads_while_a_guest_runs(cache, tmp_path, priority) -> Seen:
         for thread in procfs.threads(pid):
             tid = str(thread.pid)
             policies.add(thread.policy)
+            cpus.add(frozenset(os.sched_getaffinity(thread.pid)))
             io = subprocess.run(["ionice", "-p", tid], capture_output=True, text=True).stdout
             with open(f"/proc/{pid}/task/{tid}/cgroup") as f:
                 seen[tid] = (thread.nice, io.strip(), f.read())
@@ -65,7 +67,7 @@ def threads_while_a_guest_runs(cache, tmp_path, priority) -> Seen:
             assert running.wait().error == CANCELLED
         for fd in fds:
             os.close(fd)
-        return Seen(seen, policies, session, autogroup)
+        return Seen(seen, policies, cpus, session, autogroup)
     finally:
         server_side.close()
         pool.close()
@@ -73,6 +75,7 @@ def threads_while_a_guest_runs(cache, tmp_path, priority) -> Seen:
 
 def test_every_thread_of_an_executor_runs_at_the_default_low_priority(cache, tmp_path):
     seen = threads_while_a_guest_runs(cache, tmp_path, Priority())
+    assert seen.cpus == {frozenset(os.sched_getaffinity(0))}, "no CPU is kept by default"
     assert len(seen.threads) > 1, "no threads but the main one: the inheritance is not tested"
     assert {nice for nice, _io, _cg in seen.threads.values()} == {19}
     assert {io for _nice, io, _cg in seen.threads.values()} == {"best-effort: prio 7"}
@@ -188,3 +191,18 @@ def test_a_cgroup_the_executors_could_not_join_stops_the_filter(tmp_path):
                                          "cache_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="no cgroup.procs this server may write"):
         TaskMiddleware(None, config, pool=object())
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="keeping a CPU needs two")
+def test_reserved_cpus_keeps_the_first_cpus_free_of_every_guest_thread(cache, tmp_path):
+    seen = threads_while_a_guest_runs(cache, tmp_path, Priority(reserved_cpus=1))
+    assert len(seen.threads) > 1
+    assert seen.cpus == {frozenset(sorted(os.sched_getaffinity(0))[1:])}
+
+
+def test_reserving_every_cpu_is_refused_at_the_servers_start():
+    every = len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match=f"reserved_cpus {every} leaves no CPU"):
+        TaskFilterConfig.from_conf({"secret": "s", "reserved_cpus": str(every)})
+    assert TaskFilterConfig.from_conf(
+        {"secret": "s", "reserved_cpus": str(every - 1)}).priority.reserved_cpus == every - 1
