@@ -111,11 +111,27 @@ _ESCAPES = {**{chr(i): f"\\u{i:04x}" for i in range(32)}, '"': '\\"', "\\": "\\\
             "\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f"}
 
 
+BLOCK = 1 << 20
+
+
 def records(stream: BinaryIO) -> Iterator[str]:
-    """The input's lines, without their newline."""
-    for line in stream:
-        text = line.decode("utf-8", "surrogateescape")
-        yield text[:-1] if text.endswith("\n") else text
+    """The input's lines, without their newline.
+
+    Decoded and split a block of whole lines at a time, not line by line: in the
+    guest each line's own decode and strip cost as much as a short line's map.
+    A newline byte is never part of a multi-byte UTF-8 character, so a block cut
+    after one decodes as its lines would."""
+    unended: list[bytes] = []  # the pieces of a line begun, not yet ended
+    while block := stream.read(BLOCK):
+        cut = block.rfind(b"\n") + 1
+        if not cut:
+            unended.append(block)
+            continue
+        lines = b"".join([*unended, block[:cut]]).decode("utf-8", "surrogateescape")
+        unended = [block[cut:]]
+        yield from lines.split("\n")[:-1]  # the last piece is after the last newline
+    if any(unended):
+        yield b"".join(unended).decode("utf-8", "surrogateescape")
 
 
 def _quote(text: str) -> str:

@@ -44,6 +44,32 @@ def framed(pairs):
     return out.getvalue()
 
 
+def lines_one_by_one(data: bytes) -> list[str]:
+    """What records() meant when it read a line at a time."""
+    out = []
+    for line in io.BytesIO(data):
+        text = line.decode("utf-8", "surrogateescape")
+        out.append(text[:-1] if text.endswith("\n") else text)
+    return out
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from([b"\n", b"\r\n", b"a", b"word ", b"\xc3\xa9", b"\xff", b"\xe2\x82",
+                                 b"\x00", b"\xe2\x82\xac", b"\x0b", b""]), max_size=40),
+       st.integers(1, 9))
+def test_records_are_the_lines_however_the_blocks_cut_them(pieces, block):
+    data = b"".join(pieces)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sdk, "BLOCK", block)
+        assert list(sdk.records(io.BytesIO(data))) == lines_one_by_one(data)
+
+
+def test_a_line_longer_than_many_blocks_is_one_record(monkeypatch):
+    monkeypatch.setattr(sdk, "BLOCK", 16)
+    data = b"x" * 10_000 + b"\n" + b"y" * 999
+    assert list(sdk.records(io.BytesIO(data))) == ["x" * 10_000, "y" * 999]
+
+
 def test_run_mode_equals_the_c_guests_count():
     expected = "".join(f"{w}\t{n}\n" for w, n in sorted(count_words(TEXT.encode()).items()))
     assert drive(wordcount(), [], TEXT) == expected
