@@ -369,6 +369,10 @@ def _keep(kept: defaultdict, named: bool, pairs: Iterable[tuple]) -> None:
             for key, value in pairs:
                 kept[key].append(value)
     except ValueError as err:
+        if err.__traceback__.tb_next is not None:
+            # Raised further in: by the map's own code, which runs as ``pairs`` is
+            # iterated.  The script's error reaches the task as it is.
+            raise
         raise SystemExit("zerocompute: map yields (key, value) pairs or, in a job with "
                          f"named outputs, (output, key, value) triples, not both: {err}"
                          ) from None

@@ -249,3 +249,10 @@ def test_in_mapper_combining_merges_keys_of_the_same_text():
     mixed = {"map": lambda r: [("k", 1), ("out", "k", 1)], "reduce": lambda k, vs: sum(vs)}
     with pytest.raises(SystemExit, match="not both"):
         drive_phase(mixed, [], "x\n", "map", combiner="reduce")
+    # A ValueError of the script's own is not taken for a mix of pairs and triples.
+
+    def bad_number(record):
+        yield record, int(record)
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        drive_phase({"map": bad_number, "reduce": lambda k, vs: sum(vs)}, [], "1\nx\n", "map",
+                    combiner="reduce")
