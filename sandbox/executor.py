@@ -129,6 +129,14 @@ def prepare(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str, 
     return runtime.prepare(executables.path(etag), key=etag), [exec_name, *args], [], []
 
 
+def guest_env(task_env: list[tuple[str, str]], runtime_env: list[tuple[str, str]]
+              ) -> list[tuple[str, str]]:
+    """The task's variables, and the runtime's where the task sets none of that name
+    (the guest sees each name once, whichever way it reads its environment)."""
+    own = {name for name, _value in task_env}
+    return [*task_env, *((name, value) for name, value in runtime_env if name not in own)]
+
+
 def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
              task: TaskGroup, fds: list[int], started) -> TaskResult:
     """Prepare the module, say so through ``started``, run the guest (the group's
@@ -189,9 +197,8 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
         started()
         cpu_before = _cpu_seconds()
         with _cpu_limit(float(task.limits.cpu_s)):
-            # The task's own variables first: a guest's getenv finds the first.
-            ran = runtime.run(module, stdin, stdout, argv, [*task.env, *spec.env, *runtime_env],
-                              limits, mounts)
+            ran = runtime.run(module, stdin, stdout, argv,
+                              guest_env([*task.env, *spec.env], runtime_env), limits, mounts)
             cpu_ms = (_cpu_seconds() - cpu_before) * 1000
             result = TaskResult(spec.task, exit=ran.exit, error=ran.error, cpu_ms=cpu_ms,
                                 stdout_bytes=ran.stdout_bytes, bytes_in=bytes_in,
@@ -300,7 +307,7 @@ class Combiner:
         self.module, self.argv, runtime_env, self.mounts = prepare(
             runtime, executables, cache_dir, combine.exec_etag, combine.runtime,
             combine.exec_name, combine.args)
-        self.env = [*combine.env, *spec.env, *runtime_env]
+        self.env = guest_env([*combine.env, *spec.env], runtime_env)
 
     def __call__(self, stdin: str, stdout: str) -> None:
         ran = self.runtime.run(self.module, stdin, stdout, self.argv, self.env, self.limits,

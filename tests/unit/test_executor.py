@@ -12,7 +12,7 @@ import pytest
 from wasmtime import wat2wasm
 
 from zerocompute import wire
-from zerocompute.sandbox.executor import CANCELLED, INTERRUPT_GRACE_S, ExecutorPool
+from zerocompute.sandbox.executor import CANCELLED, INTERRUPT_GRACE_S, ExecutorPool, guest_env
 from zerocompute.sandbox.wasm import ExecutableStore
 
 SPIN = '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
@@ -112,3 +112,9 @@ def test_scratch_of_dead_executors_is_removed_and_the_living_keep_theirs(tmp_pat
         os.makedirs(tmp_path / name / "inside")
     assert reap_scratch(str(tmp_path)) == [f"shuffle-{dead.pid}-abc"]
     assert sorted(os.listdir(tmp_path)) == sorted([f"split-{os.getpid()}-def", "unrelated"])
+
+
+def test_the_runtime_adds_its_variables_only_where_the_task_sets_none():
+    assert guest_env([("A", "1"), ("PYTHONPATH", "/mine")],
+                     [("PYTHONPATH", "/app/startup.zip"), ("B", "2")]) == [
+        ("A", "1"), ("PYTHONPATH", "/mine"), ("B", "2")]
