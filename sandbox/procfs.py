@@ -9,7 +9,7 @@ up the CPU the servers and their executors used.  One reader of
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 EXECUTOR_MODULE = b"zerocompute.sandbox.executor"
@@ -67,6 +67,24 @@ def processes() -> Iterator[Process]:
             process = read(int(entry))
             if process is not None:
                 yield process
+
+
+def families(leaders: Iterable[int], seen: Iterable[Process] | None = None
+             ) -> dict[int, dict[int, Process]]:
+    """For each process-group leader (a dev cluster's server), the processes of its
+    group and every descendant of them, by pid: an executor starts a session of its
+    own (``priority.py``) but stays its server's child."""
+    procs = {p.pid: p for p in (processes() if seen is None else seen)}
+    children: dict[int, list[int]] = {}
+    for process in procs.values():
+        children.setdefault(process.ppid, []).append(process.pid)
+    found = {}
+    for leader in leaders:
+        family = [pid for pid, p in procs.items() if p.pgid == leader]
+        for pid in family:  # grows as it goes: children, then theirs
+            family.extend(c for c in children.get(pid, ()) if c not in family)
+        found[leader] = {pid: procs[pid] for pid in family}
+    return found
 
 
 def threads(pid: int) -> Iterator[Process]:

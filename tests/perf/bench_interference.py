@@ -103,13 +103,10 @@ class Traffic:
 def cpu_ticks(cluster: DevCluster) -> dict[str, float]:
     """CPU seconds so far of the cluster's servers and of their executors (which may
     run in sessions of their own: found by parentage)."""
-    groups = set(cluster.state["pids"].values())
-    procs = {p.pid: p for p in procfs.processes()}
-    ours = {pid for pid, p in procs.items() if p.pgid in groups}
-    ours |= {pid for pid, p in procs.items() if p.ppid in ours}
     totals = {"servers": 0.0, "executors": 0.0}
-    for pid in ours:
-        totals["executors" if procs[pid].is_executor else "servers"] += procs[pid].cpu_s
+    for family in procfs.families(cluster.state["pids"].values()).values():
+        for process in family.values():
+            totals["executors" if process.is_executor else "servers"] += process.cpu_s
     return totals
 
 

@@ -42,14 +42,11 @@ COPY_PY = b"import sys\nsys.stdout.buffer.write(sys.stdin.buffer.read())\n"
 
 
 def cpu_seconds(cluster: DevCluster) -> dict[str, float]:
-    """CPU seconds used so far by each server with its executors (its process group),
-    and by this benchmark process (the client)."""
-    groups = {pid: name for name, pid in cluster.state["pids"].items()}
-    used = dict.fromkeys(groups.values(), 0.0)
-    for process in procfs.processes():
-        name = groups.get(process.pgid)  # the process group: the server's pid
-        if name:
-            used[name] += process.cpu_s
+    """CPU seconds used so far by each server with its executors, and by this
+    benchmark process (the client)."""
+    pids = cluster.state["pids"]
+    families = procfs.families(pids.values())
+    used = {name: sum(p.cpu_s for p in families[pid].values()) for name, pid in pids.items()}
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used["client"] = usage.ru_utime + usage.ru_stime
     return used

@@ -121,14 +121,7 @@ class CpuLimit:
     def members(self) -> list[int]:
         """The server's executors: its process group and its descendants (an executor
         starts a session of its own, ``sandbox/priority.py``), less the server."""
-        procs = list(procfs.processes())
-        ours = {p.pid for p in procs if p.pgid == self.pgid}
-        grew = True
-        while grew:
-            more = {p.pid for p in procs if p.ppid in ours} - ours
-            ours |= more
-            grew = bool(more)
-        return sorted(ours - {self.pgid})
+        return sorted(procfs.families([self.pgid])[self.pgid].keys() - {self.pgid})
 
     def watch(self) -> None:
         while not self.stop.wait(0.1):

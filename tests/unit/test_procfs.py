@@ -57,3 +57,22 @@ def test_an_executor_is_known_by_its_module():
                                (b"grep", procfs.EXECUTOR_MODULE))
     assert executor.is_executor and not bystander.is_executor
     assert executor.mentions("python3") and not executor.mentions("/srv")
+
+
+def test_a_family_is_the_group_and_the_children_in_sessions_of_their_own():
+    """As a dev cluster's server (a group leader) and its executors (own sessions)."""
+    leader = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'],"
+         " start_new_session=True)\nprint(child.pid, flush=True)\ntime.sleep(30)"],
+        stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        child = int(leader.stdout.readline())
+        assert procfs.read(child).pgid != leader.pid
+        family = procfs.families([leader.pid])[leader.pid]
+        assert set(family) == {leader.pid, child}
+        assert os.getpid() not in family
+    finally:
+        os.killpg(leader.pid, 9)
+        os.killpg(child, 9)
+        leader.wait()
