@@ -96,10 +96,10 @@ class Priority:
         if not 0 <= io_priority <= 7:
             raise ValueError(f"zerocompute_object: ionice_priority {io_priority} "
                              "is not in 0..7")
-        reserved = int(conf.get("reserved_cpus", 0))
-        if not 0 <= reserved < len(os.sched_getaffinity(0)):
+        reserved, cpus = int(conf.get("reserved_cpus", 0)), len(os.sched_getaffinity(0))
+        if not 0 <= reserved < cpus:
             raise ValueError(f"zerocompute_object: reserved_cpus {reserved} leaves no CPU of "
-                             f"this server's {len(os.sched_getaffinity(0))} for guests")
+                             f"this server's {cpus} for guests")
         return cls(nice_priority=None if nice is None else int(nice), ionice_class=io_class,
                    ionice_priority=io_priority, cpu_cgroup=conf.get("cpu_cgroup", "").strip(),
                    cpu_policy=cpu_policy, reserved_cpus=reserved)

@@ -58,11 +58,15 @@ def module_path(cache_dir: str) -> str:
                          flags=FLAGS)
 
 
+def machine_build() -> str:
+    """The core built once per machine, with the shipped guests' builds."""
+    return build_c_guest(SOURCE, flags=FLAGS)
+
+
 def install(cache_dir: str) -> str:
-    """Put the core, built once per machine (with the shipped guests' builds), where
-    the object servers using ``cache_dir`` look for it: a dev cluster's servers then
-    build nothing."""
-    built = build_c_guest(SOURCE, flags=FLAGS)
+    """Put the core's :func:`machine_build` where the object servers using
+    ``cache_dir`` look for it: a dev cluster's servers then build nothing."""
+    built = machine_build()
     target = os.path.join(cache_dir, "shuffle-core", os.path.basename(built))
     if not os.path.exists(target):
         os.makedirs(os.path.dirname(target), exist_ok=True)

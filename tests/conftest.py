@@ -23,4 +23,4 @@ def pytest_configure(config):
         build_c_guest(source)
     for name in SHIPPED:
         build_c_guest(source_path(name))
-    build_c_guest(shuffle_core.SOURCE, flags=shuffle_core.FLAGS)
+    shuffle_core.machine_build()

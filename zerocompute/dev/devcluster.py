@@ -35,14 +35,16 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from zerocompute import guests
 from zerocompute.dev.hosts import HostNetwork
 from zerocompute.sandbox import shuffle_core
 from zerocompute.sandbox.procfs import pid_alive
 
 DEFAULT_DIR = os.environ.get("ZEROCOMPUTE_DEVCLUSTER_DIR") or os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"zerocompute-devcluster-{os.getuid()}")
-# The machine's compiled modules, shared by every dev cluster (share_compiled_modules).
-COMPILED_DIR = os.path.join(os.path.expanduser("~"), ".cache", "zerocompute", "compiled")
+# The machine's compiled modules, shared by every dev cluster (share_compiled_modules),
+# beside its guest builds.
+COMPILED_DIR = os.path.join(os.path.dirname(guests.CACHE_DIR), "compiled")
 OBJECT_SERVERS = 4
 # Filesystems that hold Swift's metadata xattrs whole, as a SAIO's XFS does.
 XATTR_FRIENDLY = ("tmpfs", "xfs")
@@ -88,10 +90,10 @@ def share_compiled_modules(cache_dir: str) -> None:
     cluster (the demo, each test module's, each benchmark's) then compiles the 26 MB
     Python runtime and each guest once per machine, not once per cluster.  Entries
     are named by the module's digest and the wasmtime version, written atomically
-    under a lock, and recompiled if they do not load; a wiped cluster removes only
-    its link."""
+    under a lock, and recompiled if they do not load; removing a cluster's
+    directory removes only its link."""
     link = os.path.join(cache_dir, "compiled")
-    if os.path.islink(link) or os.path.exists(link):
+    if os.path.lexists(link):
         return
     os.makedirs(COMPILED_DIR, exist_ok=True)
     os.makedirs(cache_dir, exist_ok=True)
