@@ -27,7 +27,7 @@ SDK_NAME = "zerocompute_guest.py"
 SCRIPT_NAME = "main.py"
 BYTECODE = os.path.join("__pycache__", "zerocompute_guest.cpython-312.pyc")
 LAUNCHER = ("import sys; sys.path.insert(0, '/app'); import zerocompute_guest; "
-            "zerocompute_guest.exit(zerocompute_guest.main())")
+            "zerocompute_guest.end_task(zerocompute_guest.main())")
 # What the interpreter imports from its standard library before the launcher's first
 # line runs, copied out of that library's zip into a small zip of the script
 # directory's own, first on the guest's PYTHONPATH: zipimport reads a zip's whole

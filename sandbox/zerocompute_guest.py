@@ -473,7 +473,7 @@ def _getenv(name: str) -> str | None:
     return None if value is None else value.decode("utf-8", "surrogateescape")
 
 
-def exit(status: int | None) -> None:
+def end_task(status: int | None) -> None:
     """End the task with ``status``, without the interpreter's finalisation: the
     instance is thrown away whole, so tearing its objects down one by one would be
     time spent on nothing."""
@@ -483,4 +483,4 @@ def exit(status: int | None) -> None:
 
 
 if __name__ == "__main__":
-    exit(main())
+    end_task(main())
