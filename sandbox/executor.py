@@ -20,7 +20,9 @@ task's number on a second socket pair, the executor's wasmtime epoch jumps past
 the guest's deadline, and the executor, whole, takes the next task (starting a
 new one costs about 0.3 s of CPU); only a guest the interrupt cannot reach
 within a quarter of a second has its executor killed.  The eventlet hub never waits on a
-guest: the parent's reads go through the hub (``trampoline``).
+guest: the parent's reads go through the hub (``trampoline``).  A Python task runs
+in the interpreter the executor kept from the job's last task, if it has one
+(:mod:`zerocompute.sandbox.resident`).
 """
 
 from __future__ import annotations
@@ -113,19 +115,20 @@ def obey_cancels(control: socket.socket, runtime: WasmRuntime) -> None:
 
 
 def prepare(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str, etag: str,
-            kind: str, exec_name: str, args: Sequence[str],
+            kind: str, exec_name: str, args: Sequence[str], resident: bool = False,
             ) -> tuple[Any, list[str], list[tuple[str, str]], list[Mount]]:
     """A guest's module, argv, the runtime's environment variables and mapped
-    directories (:class:`InvalidExecutable`)."""
+    directories (:class:`InvalidExecutable`); a Python guest's, for a ``resident``
+    interpreter, with the argv of its task (:meth:`WasmRuntime.run_resident`)."""
     if kind == "python":
-        module = runtime.prepare(python.interpreter_path(), key="python")
+        module = runtime.prepare(python.interpreter_path(), key="python", resident=resident)
         directory = python.script_dir(cache_dir, etag, executables.path(etag))
         python.ensure_bytecode(directory, lambda argv, writable: runtime.run(
             runtime.prepare(python.interpreter_path(), key="python", tool=True), os.devnull,
             os.devnull, argv, [], GuestLimits(time_s=60),
             [Mount(writable, python.GUEST_DIR, True)]))
-        return (module, python.argv(list(args)), python.ENV,
-                [Mount(directory, python.GUEST_DIR)])
+        return (module, (python.task_argv if resident else python.argv)(list(args)),
+                python.ENV, [Mount(directory, python.GUEST_DIR)])
     return runtime.prepare(executables.path(etag), key=etag), [exec_name, *args], [], []
 
 
@@ -143,10 +146,12 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
     one task) and, in a MapReduce job, the shuffle's work around it; describe the
     result."""
     (spec,) = task.tasks
+    # Python guests run in the interpreter kept for the job's tasks (resident.py).
+    resident = task.runtime == "python"
     try:
         module, argv, runtime_env, mounts = prepare(
             runtime, executables, cache_dir, task.exec_etag, task.runtime, task.exec_name,
-            task.args)
+            task.args, resident)
     except InvalidExecutable as err:
         return TaskResult(spec.task, invalid=str(err))
     stdin = f"/proc/self/fd/{fds[0]}"
@@ -197,8 +202,12 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
         started()
         cpu_before = _cpu_seconds()
         with _cpu_limit(float(task.limits.cpu_s)):
-            ran = runtime.run(module, stdin, stdout, argv,
-                              guest_env([*task.env, *spec.env], runtime_env), limits, mounts)
+            env = guest_env([*task.env, *spec.env], runtime_env)
+            if resident:
+                ran = runtime.run_resident(module, resident_key(task), python.RESIDENT_ARGV,
+                                           runtime_env, mounts, stdin, stdout, argv, env, limits)
+            else:
+                ran = runtime.run(module, stdin, stdout, argv, env, limits, mounts)
             cpu_ms = (_cpu_seconds() - cpu_before) * 1000
             result = TaskResult(spec.task, exit=ran.exit, error=ran.error, cpu_ms=cpu_ms,
                                 stdout_bytes=ran.stdout_bytes, bytes_in=bytes_in,
@@ -215,6 +224,12 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
         if core is not None:
             result.shuffle_steps = core.steps.as_list()
     return result
+
+
+def resident_key(task: TaskGroup) -> tuple:
+    """The tasks that may share a resident interpreter: of one job, account,
+    executable and limits (its store's)."""
+    return (task.job, task.account, task.exec_etag, tuple(task.limits.to_dict().items()))
 
 
 def shuffle_core(runtime: WasmRuntime, cache_dir: str, task: TaskGroup, spec: Any,

@@ -38,6 +38,9 @@ STDLIB_ZIP = "/usr/local/lib/python312.zip"
 STARTUP_ZIP = "startup.zip"
 STARTUP_MODULES = ("encodings/__init__.pyc", "encodings/aliases.pyc", "encodings/utf_8.pyc",
                    "__future__.pyc")
+# A resident interpreter's start (zerocompute.sandbox.resident): its tasks come later.
+RESIDENT_LAUNCHER = ("import sys; sys.path.insert(0, '/app'); import zerocompute_guest; "
+                     "zerocompute_guest.serve_tasks()")
 ENV = [("PYTHONPATH", f"{GUEST_DIR}/{STARTUP_ZIP}")]
 # Run once per script directory by the guest interpreter, with the directory writable.
 # The bytecode is written last: its presence says the directory is complete.  Without
@@ -115,4 +118,13 @@ def ensure_bytecode(directory: str, compile_in_guest) -> None:
 
 def argv(args: list[str]) -> list[str]:
     # -S: no site module; a guest has no site-packages, and it costs ~12 ms a start.
-    return ["python", "-S", "-c", LAUNCHER, f"{GUEST_DIR}/{SCRIPT_NAME}", *args]
+    return ["python", "-S", "-c", LAUNCHER, *task_argv(args)[1:]]
+
+
+def task_argv(args: list[str]) -> list[str]:
+    """The ``sys.argv`` a guest started by :func:`argv` sees, and a resident
+    interpreter's task is given."""
+    return ["-c", f"{GUEST_DIR}/{SCRIPT_NAME}", *args]
+
+
+RESIDENT_ARGV = ["python", "-S", "-c", RESIDENT_LAUNCHER]

@@ -54,6 +54,7 @@ from wasmtime import (
 )
 
 from zerocompute.counters import CounterFilter, Counts
+from zerocompute.sandbox.resident import Handover, Resident, ResidentLinking, task_header
 from zerocompute.wire import LIMIT_DEFAULTS, Limits
 
 WASM_MAGIC = b"\0asm"
@@ -197,6 +198,12 @@ class WasmRuntime:
         self._guest_linker.allow_shadowing = True
         self._guest_linker.define_func(WASI, "fd_write", FuncType([I32] * 4, [I32]),
                                        self._stdio.fd_write, access_caller=True)
+        # Python guests' resident interpreters: a third linker, whose descriptor 0 is
+        # the task's input and which has the control descriptor (resident.py).
+        self._residents = ResidentLinking(self._stdio.fd_write)
+        self._resident_linker = Linker(self.engine)
+        self._resident_linker.define_wasi()
+        self._residents.define(self._resident_linker)
         self._running = threading.Event()
         # A task is cancelled by its number (``interrupt``): a late cancel must not
         # stop the next task.  The lock orders it against ``begin`` and ``run``.
@@ -239,15 +246,19 @@ class WasmRuntime:
                 for _ in range(self._deadline_ticks + 1):
                     self.engine.increment_epoch()
 
-    def prepare(self, path: str, key: str | None = None, tool: bool = False) -> Prepared:
+    def prepare(self, path: str, key: str | None = None, tool: bool = False,
+                resident: bool = False) -> Prepared:
         """The module of the wasm file at ``path``, compiled and linked (memoized by
-        ``key``): as a task's guest, or as one of the runtime's ``tool``s."""
-        key = f"{'tool' if tool else 'guest'}:{key or path}"
+        ``key``): as a task's guest, as one of the runtime's ``tool``s, or as a
+        ``resident`` interpreter (:meth:`run_resident`)."""
+        way = "tool" if tool else "resident" if resident else "guest"
+        key = f"{way}:{key or path}"
         prepared = self._prepared.get(key)
         if prepared is None:
             with open(path, "rb") as f:
                 module = self._compile(f.read())
-            linker = self._tools_linker if tool else self._guest_linker
+            linker = {"tool": self._tools_linker, "resident": self._resident_linker,
+                      "guest": self._guest_linker}[way]
             try:
                 prepared = Prepared(linker.instantiate_pre(module), tool)
             except Exception as err:  # noqa: BLE001 - e.g. imports WASI does not provide
@@ -345,22 +356,79 @@ class WasmRuntime:
                         exit_code, error = None, INTERRUPTED
         ms = (time.perf_counter() - started) * 1000
         cpu_ms = (time.thread_time() - cpu_started) * 1000
-        if stdout_fd >= 0:
-            stdout_bytes = os.fstat(stdout_fd).st_size
-            os.close(stdout_fd)
-        else:
-            stdout_bytes = os.path.getsize(stdout_path)
+        if stdout_fd < 0:
+            stdout_fd = os.open(stdout_path, os.O_RDONLY)
         failed = error is not None or exit_code != 0
-        timed_out = error is not None and error.startswith("time limit")
-        if stdout_bytes > limits.output_bytes:
-            error = f"output limit {_size(limits.output_bytes)} exceeded"
-        elif stderr.written > limits.stderr_bytes:
-            error = f"stderr limit {_size(limits.stderr_bytes)} exceeded"
-        elif failed and not timed_out and _memory_exhausted(instance, store, limits):
-            # Out-of-memory shows up as whatever the guest does when malloc fails.
-            error = f"memory limit {_size(limits.memory_bytes)} exceeded"
-        return GuestResult(exit_code, error, stdout_bytes, stderr.value(), ms, cpu_ms,
-                           stderr.counters.counts or None)
+        return _result(exit_code, error, stdout_fd, stderr, limits, ms, cpu_ms,
+                       failed and _memory_exhausted(instance, store, limits))
+
+    def run_resident(self, prepared: Prepared, key: Any, launch: Sequence[str],
+                     launch_env: Sequence[tuple[str, str]], mounts: Sequence[Mount],
+                     stdin_path: str, stdout_path: str, argv: Sequence[str],
+                     env: Sequence[tuple[str, str]], limits: GuestLimits) -> GuestResult:
+        """Run one task in the resident interpreter of ``key`` (:mod:`.resident`),
+        started first with ``launch`` (its argv), ``launch_env`` and ``mounts`` when
+        there is none or the last one's key differs or it ended.  The task sees
+        ``argv`` and ``env``, as a guest started by :meth:`run` with them would."""
+        started = time.perf_counter()
+        resident = self._residents.current
+        if resident is not None and (resident.key != key or not resident.alive):
+            resident.close()
+            self._residents.current = resident = None
+        if resident is None:
+            resident = Resident(prepared.pre, self.engine, key, limits,
+                                launch, launch_env, mounts, _memory_exhausted)
+            self._residents.current = resident
+        stderr = _Tail(limits.stderr_tail_bytes, limits.stderr_bytes)
+        ticks = max(1, int(limits.time_s / TICK_S))
+        with contextlib.ExitStack() as files:
+            stdin_fd = os.open(stdin_path, os.O_RDONLY)
+            files.callback(os.close, stdin_fd)
+            stdout_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with self._lock:
+                if self._cancelled:
+                    os.close(stdout_fd)
+                    return GuestResult(None, INTERRUPTED, 0, b"", 0.0)
+                self._deadline_ticks = ticks
+                self._running.set()
+            self._stdio.open(stdout_fd, stderr)
+            try:
+                with soft_rlimit(resource.RLIMIT_FSIZE, limits.output_bytes + 1):
+                    ending = resident.run(Handover(task_header(argv, env), stdin_fd, ticks))
+            finally:
+                self._stdio.close()
+                with self._lock:
+                    self._running.clear()
+                    cancelled = self._cancelled
+        exit_code, error = ending.exit, None
+        if cancelled:
+            exit_code, error = None, INTERRUPTED
+        elif isinstance(ending.error, Trap):
+            error = _explain_trap(ending.error, limits)
+        elif ending.error is not None and not isinstance(ending.error, _OverLimit):
+            error = _explain_failure(ending.error, limits)
+        return _result(exit_code, error, stdout_fd, stderr, limits,
+                       (time.perf_counter() - started) * 1000, ending.cpu_ms,
+                       ending.memory_full)
+
+
+def _result(exit_code: int | None, error: str | None, stdout_fd: int, stderr: _Tail,
+            limits: GuestLimits, ms: float, cpu_ms: float, memory_full: bool) -> GuestResult:
+    """A guest's result, once it has ended: the limit it crossed, if any, named from
+    what it wrote (``stdout_fd`` is closed here)."""
+    stdout_bytes = os.fstat(stdout_fd).st_size
+    os.close(stdout_fd)
+    failed = error is not None or exit_code != 0
+    timed_out = error is not None and error.startswith("time limit")
+    if stdout_bytes > limits.output_bytes:
+        error = f"output limit {_size(limits.output_bytes)} exceeded"
+    elif stderr.written > limits.stderr_bytes:
+        error = f"stderr limit {_size(limits.stderr_bytes)} exceeded"
+    elif failed and not timed_out and memory_full:
+        # Out-of-memory shows up as whatever the guest does when malloc fails.
+        error = f"memory limit {_size(limits.memory_bytes)} exceeded"
+    return GuestResult(exit_code, error, stdout_bytes, stderr.value(), ms, cpu_ms,
+                       stderr.counters.counts or None)
 
 
 @dataclass(frozen=True)

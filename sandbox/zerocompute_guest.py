@@ -451,9 +451,15 @@ def main() -> int:
         write_counters()
 
 
+_compiled: dict[tuple[str, str], Any] = {}  # a resident interpreter's scripts, compiled
+
+
 def _run_script(script: str, args: list[str]) -> int:
     with open(script, encoding="utf-8") as f:
-        code = compile(f.read(), script, "exec")
+        source = f.read()
+    code = _compiled.get((script, source))
+    if code is None:
+        code = _compiled[script, source] = compile(source, script, "exec")
     namespace: dict[str, Any] = {"__name__": "__main__", "__file__": script}
     exec(code, namespace)  # noqa: S102 - running the user's script is the point
     if not callable(namespace.get("map")) and not callable(namespace.get("reduce")):
@@ -471,6 +477,53 @@ def _getenv(name: str) -> str | None:
         return os.environ.get(name)
     value = posix.environ.get(name.encode())
     return None if value is None else value.decode("utf-8", "surrogateescape")
+
+
+# A resident interpreter's token (zerocompute.sandbox.resident): written to descriptor
+# 0, it waits for the next task and returns the size of its header (0: none), which
+# descriptor 0's reads then give before the task's input.
+TOKEN_ENV = b"ZEROCOMPUTE_RESIDENT"
+
+
+def serve_tasks() -> None:
+    """Run the tasks the host hands over, one after another, each as :func:`main`
+    runs one in a fresh interpreter, until there is none or one fails (which ends
+    the interpreter, with its status, as it would end a fresh one)."""
+    token = posix.environ.pop(TOKEN_ENV)  # before any script can see it
+    posix.unsetenv(TOKEN_ENV)
+    path = list(sys.path)
+    stdin = sys.stdin
+    while size := posix.write(0, token):
+        header = b""
+        while len(header) < size:
+            header += posix.read(0, size - len(header))
+        _begin_task(header, path, stdin.encoding, stdin.errors)
+        status = main()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if status:
+            end_task(status)
+    end_task(0)
+
+
+def _begin_task(header: bytes, path: list[str], encoding: str, errors: str) -> None:
+    """The task's argv, environment and standard streams, in place of the last one's."""
+    items = header.split(b"\0")[:-1]
+    argc = int(items[0])
+    sys.argv = [arg.decode("utf-8", "surrogateescape") for arg in items[1:1 + argc]]
+    for name in list(posix.environ):
+        posix.unsetenv(name)
+    posix.environ.clear()  # os.environ's own dictionary, when os is imported
+    for item in items[1 + argc:]:
+        name, _, value = item.partition(b"=")
+        posix.environ[name] = value
+        posix.putenv(name, value)
+    sys.path[:] = path
+    # A fresh reader of descriptor 0 (now the task's input), made as the interpreter
+    # makes sys.stdin: nothing the last task left buffered reaches this one.
+    sys.stdin = sys.__stdin__ = open(0, encoding=encoding, errors=errors, newline="\n",
+                                     closefd=False)
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
 def end_task(status: int | None) -> None:
