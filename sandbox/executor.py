@@ -227,9 +227,10 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
 
 
 def resident_key(task: TaskGroup) -> tuple:
-    """The tasks that may share a resident interpreter: of one job, account,
-    executable and limits (its store's)."""
-    return (task.job, task.account, task.exec_etag, tuple(task.limits.to_dict().items()))
+    """The tasks that may share a resident interpreter: of one run of a job, account,
+    executable and limits (its store's).  Tasks of no known run share none."""
+    run = task.run or f"alone-{time.monotonic_ns()}"
+    return (run, task.account, task.exec_etag, tuple(task.limits.to_dict().items()))
 
 
 def shuffle_core(runtime: WasmRuntime, cache_dir: str, task: TaskGroup, spec: Any,

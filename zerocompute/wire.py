@@ -338,6 +338,9 @@ class TaskGroup:
     # The account whose job this is: an object server shares its slots between
     # accounts (middleware/slots.py).
     account: str = ""
+    # The run of the job these tasks belong to (unique, where ``job`` is its name): the
+    # tasks of one run may share an interpreter (sandbox/resident.py); "" shares none.
+    run: str = ""
 
     def encode(self) -> bytes:
         doc = dict(_plain(self), limits=self.limits.to_dict(),
@@ -368,6 +371,7 @@ class TaskGroup:
                    env=tuple((str(k), str(v)) for k, v in doc["env"]),
                    limits=Limits.from_dict(doc["limits"]), tasks=tasks, ts=float(doc["ts"]),
                    kind=str(doc.get("kind", "map")), account=str(doc.get("account", "")),
+                   run=str(doc.get("run", "")),
                    shuffle=ShuffleSpec.from_doc(shuffle) if isinstance(shuffle, dict) else None)
 
 

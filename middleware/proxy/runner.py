@@ -351,8 +351,8 @@ def finish(state: TaskState, report: TaskReport) -> None:
 
 
 def template(manifest: Manifest, stage: Stage, etag: str, kind: str = "map",
-             shuffle: wire.ShuffleSpec | None = None) -> wire.TaskGroup:
-    """What every task of a phase shares."""
+             shuffle: wire.ShuffleSpec | None = None, run: str = "") -> wire.TaskGroup:
+    """What every task of a phase shares (``run``: the job's id)."""
     env = [*stage.env, ("ZEROCOMPUTE_JOB", manifest.name),
            ("ZEROCOMPUTE_RECORDS", manifest.records),
            ("ZEROCOMPUTE_PHASE", kind if shuffle is not None else wire.PHASE_MAP_ONLY)]
@@ -366,7 +366,7 @@ def template(manifest: Manifest, stage: Stage, etag: str, kind: str = "map",
     return wire.TaskGroup(
         job=manifest.name, exec_etag=etag, exec_name=stage.exec.obj.rsplit("/", 1)[-1],
         runtime=runtime_of(stage.exec), args=stage.args, env=tuple(env),
-        limits=manifest.limits, tasks=(), kind=kind, shuffle=shuffle)
+        limits=manifest.limits, tasks=(), kind=kind, shuffle=shuffle, run=run)
 
 
 def erasure_code(policy_index: int, partition: int, path: str,
@@ -475,9 +475,10 @@ class MapJob:
         try:
             if self.resume:
                 self.skip_committed()
-            self.phases.run(Phase(self.task_states(), template(
-                self.manifest, self.manifest.map, self.etag), {self.etag: self.code},
-                self.take_result, self.reports, self.input_of))
+            self.phases.run(Phase(
+                self.task_states(),
+                template(self.manifest, self.manifest.map, self.etag, run=self.job_id),
+                {self.etag: self.code}, self.take_result, self.reports, self.input_of))
             error = self.write_gathered()
         except Exception as err:  # noqa: BLE001 - the report says what happened
             self.ctx.logger.exception("zerocompute: job %s failed", self.manifest.name)
@@ -680,8 +681,8 @@ class MapReduceJob(MapJob):
         if self.ranged and not self.sample_split_points(map_states):
             return
         maps = Phase(map_states, template(self.manifest, self.manifest.map, self.etag,
-                                          shuffle=self.shuffle), self.map_executables,
-                     self.take_map_result, self.reports, self.input_of)
+                                          shuffle=self.shuffle, run=self.job_id),
+                     self.map_executables, self.take_map_result, self.reports, self.input_of)
         self.phases.run(maps)
         if not all(r.ok for r in self.reports) or self.cancelled:
             return
@@ -766,7 +767,8 @@ class MapReduceJob(MapJob):
                 continue
             etag, code = self.executables[out.reduce.exec]
             pile.spawn(self.phases.run, Phase(
-                states, template(self.manifest, out.reduce, etag, "reduce", self.shuffle),
+                states, template(self.manifest, out.reduce, etag, "reduce", self.shuffle,
+                              self.job_id),
                 {etag: code}, self.take_reduce_result, self.reduce_reports))
         list(pile)
 

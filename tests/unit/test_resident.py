@@ -33,7 +33,7 @@ def run(sandbox, tmp_path, source, data=b"", args=(), env=(), job="j", time_s=10
     etag = hashlib.md5(script).hexdigest()
     executables.add(etag, script, "python")
     group = wire.TaskGroup(
-        job=job, exec_etag=etag, exec_name="main.py", runtime="python", args=tuple(args),
+        job="job", run=job, exec_etag=etag, exec_name="main.py", runtime="python", args=tuple(args),
         env=(), limits=wire.Limits.from_dict({
             "time_s": time_s, "cpu_s": 100, "memory_mb": 256, "output_mb": 16,
             "stderr_mb": 1, "stderr_tail_kb": 4, "table_elements": 100000, "instances": 10}),
@@ -122,10 +122,13 @@ def test_the_time_limit_is_per_task(sandbox, tmp_path):
     assert [(r.ok, out) for r, out in outs] == [(True, b"0\n"), (True, b"1\n"), (True, b"2\n")]
 
 
-def test_another_job_gets_another_interpreter(sandbox, tmp_path):
+def test_another_run_gets_another_interpreter_and_tasks_of_no_known_run_share_none(
+        sandbox, tmp_path):
+    """``run`` is the job's id (its name, ``job``, is the same in every run)."""
     source = TASKS_SEEN + "print(seen)"
-    outs = [run(sandbox, tmp_path, source, job=job, task=job)[1] for job in ("a", "a", "b")]
-    assert outs == [b"0\n", b"1\n", b"0\n"]
+    outs = [run(sandbox, tmp_path, source, job=job, task=f"t{n}")[1]
+            for n, job in enumerate(("a", "a", "b", "", ""))]
+    assert outs == [b"0\n", b"1\n", b"0\n", b"0\n", b"0\n"]
 
 
 def test_descriptor_0_is_the_tasks_input_for_seek_stat_and_read(sandbox, tmp_path):
