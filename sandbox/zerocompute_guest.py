@@ -499,8 +499,7 @@ def serve_tasks() -> None:
             header += posix.read(0, size - len(header))
         _begin_task(header, path, stdin.encoding, stdin.errors)
         status = main()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush()
         if status:
             end_task(status)
     end_task(0)
@@ -523,16 +522,30 @@ def _begin_task(header: bytes, path: list[str], encoding: str, errors: str) -> N
     # makes sys.stdin: nothing the last task left buffered reaches this one.
     sys.stdin = sys.__stdin__ = open(0, encoding=encoding, errors=errors, newline="\n",
                                      closefd=False)
-    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    # The interpreter's own stdout and stderr, whatever the last task made of sys's.
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__ = _STREAMS
 
 
 def end_task(status: int | None) -> None:
     """End the task with ``status``, without the interpreter's finalisation: the
     instance is thrown away whole, so tearing its objects down one by one would be
     time spent on nothing."""
+    _flush()
+    posix._exit(status or 0)
+
+
+# The interpreter's own stdout and stderr, whatever a script makes of sys's.
+_STREAMS = (sys.stdout, sys.stderr)
+
+
+def _flush() -> None:
+    """Flush stdout and stderr, and the interpreter's own if a script replaced them
+    (their buffers would otherwise be lost: the task ends without finalisation)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    posix._exit(status or 0)
+    for stream in _STREAMS:
+        if stream is not sys.stdout and stream is not sys.stderr and not stream.closed:
+            stream.flush()
 
 
 if __name__ == "__main__":

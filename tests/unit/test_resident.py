@@ -89,6 +89,15 @@ def test_stdout_and_stderr_are_each_tasks_own(sandbox, tmp_path):
     assert (out1, first.stderr, out2, second.stderr) == (b"out0", "err0", b"out1", "err1")
 
 
+def test_a_task_that_replaced_the_standard_streams_leaves_the_next_its_own(
+        sandbox, tmp_path):
+    source = TASKS_SEEN + (
+        "import io\nprint(seen)\nsys.stdout = sys.__stdout__ = io.StringIO()\n"
+        "sys.stderr = sys.__stderr__ = io.StringIO()\n")
+    outs = [run(sandbox, tmp_path, source, job="streams", task=f"t{n}")[1] for n in range(2)]
+    assert outs == [b"0\n", b"1\n"]
+
+
 def test_counters_are_each_tasks_own(sandbox, tmp_path):
     source = TASKS_SEEN + (
         "import zerocompute_guest\nzerocompute_guest.increment_counter('g', 'n', seen + 1)\n")
