@@ -422,6 +422,7 @@ class Executor:
         self.sock = parent
         self.control = control
         self.calls = 0  # tasks sent: the executor numbers them the same way
+        self.resident: tuple | None = None  # the key of its last Python task's interpreter
 
     def call(self, task: TaskGroup, fds: list[int], time_s: float) -> TaskResult:
         self.calls += 1
@@ -531,7 +532,10 @@ class ExecutorPool:
         self.started = 0
         self.restarts = 0
 
-    def _acquire(self) -> Executor:
+    def _acquire(self, resident: tuple | None = None) -> Executor:
+        """An idle executor, or a new one while there are fewer than ``size``; among
+        the idle, the one whose resident interpreter is ``resident``'s if any
+        (a Python task there skips the interpreter's start)."""
         if self.idle.qsize() == 0 and self.started < self.size:
             self.started += 1
             try:
@@ -539,7 +543,14 @@ class ExecutorPool:
             except BaseException:
                 self.started -= 1
                 raise
-        return self.idle.get()
+        if resident is None or self.idle.qsize() < 2:
+            return self.idle.get()
+        idle = [self.idle.get_nowait() for _ in range(self.idle.qsize())]
+        chosen = next((e for e in idle if e.resident == resident), idle[0])
+        for executor in idle:  # the others keep their order
+            if executor is not chosen:
+                self.idle.put_nowait(executor)
+        return chosen
 
     def run(self, task: TaskGroup, fds: list[int], time_s: float,
             client: Any = None) -> TaskResult:
@@ -548,7 +559,10 @@ class ExecutorPool:
         ``client`` is the requester's socket: if it closes while the guest runs
         (the proxy cancelled this attempt), the executor is killed at once.
         """
-        executor = self._acquire()
+        resident = resident_key(task) if task.runtime == "python" else None
+        executor = self._acquire(resident)
+        if resident is not None:
+            executor.resident = resident
         began = time.perf_counter()
         cancelled: list[bool] = []
         watcher = eventlet.spawn(_watch_hang_up, client, executor, cancelled) if client else None

@@ -12,6 +12,7 @@ import pytest
 from wasmtime import wat2wasm
 
 from zerocompute import wire
+from zerocompute.sandbox import python
 from zerocompute.sandbox.executor import CANCELLED, INTERRUPT_GRACE_S, ExecutorPool, guest_env
 from zerocompute.sandbox.wasm import ExecutableStore
 
@@ -118,3 +119,39 @@ def test_the_runtime_adds_its_variables_only_where_the_task_sets_none():
     assert guest_env([("A", "1"), ("PYTHONPATH", "/mine")],
                      [("PYTHONPATH", "/app/startup.zip"), ("B", "2")]) == [
         ("A", "1"), ("PYTHONPATH", "/mine"), ("B", "2")]
+
+
+@pytest.mark.skipif(not python.available(), reason="no Python runtime")
+def test_a_python_task_goes_to_the_idle_executor_that_kept_its_runs_interpreter(
+        cache, tmp_path):
+    """Two runs' interpreters in two executors: each run's next tasks find their own,
+    whichever executor went idle first (without the preference the queue's order
+    would hand every other task to the other run's executor, a fresh start each)."""
+    script = (b"import sys, time\nseen = getattr(sys, 'zc_seen', 0)\nsys.zc_seen = seen + 1\n"
+              b"time.sleep(float(sys.argv[1]))\nprint(seen)\n")
+    etag = hashlib.md5(script).hexdigest()
+    ExecutableStore(cache).add(etag, script, "python")
+    stdin = tmp_path / "in"
+    stdin.write_bytes(b"")
+    pool = ExecutorPool(2, cache)
+
+    def run(run_id, sleep_s=0.0):
+        task = wire.TaskGroup(
+            job="j", run=run_id, exec_etag=etag, exec_name="main.py", runtime="python",
+            args=(str(sleep_s),), env=(), limits=wire.Limits.from_dict({"time_s": 60}),
+            tasks=(wire.TaskSpec(task="t", device="sd1", partition=0, path="/a/c/o"),))
+        out = tmp_path / f"out-{run_id}"
+        with open(stdin, "rb") as inp, open(out, "wb") as outp:
+            result = pool.run(task, [os.dup(inp.fileno()), os.dup(outp.fileno())], 60)
+        assert result.exit == 0 and result.error is None, result
+        return out.read_bytes()
+
+    try:
+        with eventlet.Timeout(120):
+            first = [eventlet.spawn(run, "a", 1.0), eventlet.spawn(run, "b", 1.5)]
+            assert [t.wait() for t in first] == [b"0\n", b"0\n"]
+            assert pool.started == 2
+            assert [run(r) for r in ("a", "a", "b", "b", "a")] == \
+                [b"1\n", b"2\n", b"1\n", b"2\n", b"3\n"]
+    finally:
+        pool.close()
