@@ -38,6 +38,7 @@ other write to descriptor 0 fails with ``EBADF``, as in any guest.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import struct
@@ -104,19 +105,18 @@ class Resident:
     thread, parked in the control write between tasks, runs the guest.
     """
 
-    def __init__(self, pre: Any, engine: Engine, key: Any, limits: Any,
-                 argv: Sequence[str], env: Sequence[tuple[str, str]],
+    def __init__(self, pre: Any, store: Store, linking: ResidentLinking, key: Any,
+                 limits: Any, argv: Sequence[str], env: Sequence[tuple[str, str]],
                  mounts: Sequence[Any], memory_full) -> None:
+        """``store`` has the task's limits; ``memory_full(instance, store, limits)``
+        says whether a failed guest's memory was at its limit."""
         self.key = key
         self.limits = limits
         self.token = os.urandom(16).hex().encode()
         self._pre = pre
+        self._linking = linking
         self._memory_full = memory_full
-        self.store = Store(engine)
-        self.store.set_limits(memory_size=limits.memory_bytes,
-                              table_elements=limits.table_elements,
-                              instances=limits.instances, tables=limits.instances,
-                              memories=limits.instances)
+        self.store = store
         wasi = WasiConfig()
         wasi.argv = list(argv)
         wasi.env = [list(pair) for pair in env] + [[TOKEN_ENV, self.token.decode()]]
@@ -124,7 +124,6 @@ class Resident:
         for mount in mounts:
             wasi.preopen_dir(mount.host, mount.guest, mount.writable)
         self.store.set_wasi(wasi)
-        self.engine = engine
         self.wasi: dict[str, Any] = {}  # WASI's own functions (_serve)
         self._inbox: queue.SimpleQueue[Handover | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[Ending] = queue.SimpleQueue()
@@ -161,7 +160,7 @@ class Resident:
         error: Exception | None = None
         try:
             self._instance = self._pre.instantiate(self.store)
-            self.wasi = _wasi_functions(self.engine, self.store, self._instance)
+            self.wasi = self._linking.wasi_functions(self.store, self._instance)
             self._instance.exports(self.store)["_start"](self.store)
             exit_code = 0
         except ExitTrap as trap:
@@ -182,8 +181,8 @@ class Resident:
         self.task, self._pending = None, False
         self._outbox.put(ending)
 
-    def control(self, caller: Any, message: bytes) -> int:
-        """The SDK's write to the control descriptor: the task running now is done
+    def control(self, caller: Any) -> int:
+        """The SDK's write of the token: the task running now is done
         (unless it is the first write), so answer it; then wait for the next task, set
         it up and return its header's size, or 0: no next task, exit."""
         if self.task is not None:
@@ -235,30 +234,28 @@ _TRAMPOLINE = "\n".join([
       + " ".join(f"local.get {n}" for n in range(len(SHADOWED[name]))) + f" call ${name})"
       for name, params in _PARAMS.items()),
     ")"])
-_trampolines: dict[int, Module] = {}  # by engine
-
-
-def _wasi_functions(engine: Engine, store: Store, instance: Any) -> dict[str, Any]:
-    """WASI's own functions of ``store``, as they would be called by ``instance``."""
-    module = _trampolines.get(id(engine))
-    if module is None:
-        module = _trampolines[id(engine)] = Module(engine, wat2wasm(_TRAMPOLINE))
-    linker = Linker(engine)
-    linker.define_wasi()
-    linker.define(store, "env", "memory", instance.exports(store)["memory"])
-    exports = linker.instantiate(store, module).exports(store)
-    return {name: exports[name] for name in SHADOWED}
-
-
 class ResidentLinking:
-    """The WASI functions of a resident interpreter's linker that answer for its task's
-    input (descriptor 0) and for the control descriptor, and pass every other
-    descriptor to the resident's own WASI functions.  ``current`` is the resident
-    (one per executor at a time)."""
+    """The WASI functions of a resident interpreter's linker that answer for descriptor
+    0 (the handover, then the task's input), and pass every other descriptor to the
+    resident's own WASI functions (writes to the runtime's ``stdio_write``).
+    ``current`` is the resident (one per executor at a time)."""
 
-    def __init__(self, stdio_write) -> None:
+    def __init__(self, engine: Engine, stdio_write) -> None:
         self.current: Resident | None = None
+        self._engine = engine
         self._stdio_write = stdio_write
+
+    @functools.cached_property
+    def _trampoline(self) -> Module:
+        return Module(self._engine, wat2wasm(_TRAMPOLINE))
+
+    def wasi_functions(self, store: Store, instance: Any) -> dict[str, Any]:
+        """WASI's own functions of ``store``, as they would be called by ``instance``."""
+        linker = Linker(self._engine)
+        linker.define_wasi()
+        linker.define(store, "env", "memory", instance.exports(store)["memory"])
+        exports = linker.instantiate(store, self._trampoline).exports(store)
+        return {name: exports[name] for name in SHADOWED}
 
     def define(self, linker: Linker) -> None:
         linker.allow_shadowing = True
@@ -275,7 +272,7 @@ class ResidentLinking:
                            for start, size in _vectors(caller, iovs, count))
         if message != resident.token:
             return _EBADF  # stdin, as in any guest
-        size = resident.control(caller, message)
+        size = resident.control(caller)
         memory.write(caller, struct.pack("<I", size), nwritten)
         return _SUCCESS
 
@@ -286,15 +283,23 @@ class ResidentLinking:
                  nread: int) -> int:
         return self._read(caller, fd, iovs, count, nread, offset)
 
+    def _wasi(self, name: str, caller: Any, *args: int) -> int:
+        """WASI's own function ``name`` (``EBADF`` with no resident)."""
+        if self.current is None:
+            return _EBADF
+        return self.current.wasi[name](caller, *args)
+
+    def _input(self, fd: int) -> Handover | None:
+        """The task whose input ``fd`` is, if it is descriptor 0 during a task."""
+        return self.current.task if fd == 0 and self.current is not None else None
+
     def _read(self, caller: Any, fd: int, iovs: int, count: int, nread: int,
               offset: int | None) -> int:
         resident = self.current
-        if resident is None:
-            return _EBADF
-        if fd != 0:
+        if fd != 0 or resident is None:
             if offset is None:
-                return resident.wasi["fd_read"](caller, fd, iovs, count, nread)
-            return resident.wasi["fd_pread"](caller, fd, iovs, count, offset, nread)
+                return self._wasi("fd_read", caller, fd, iovs, count, nread)
+            return self._wasi("fd_pread", caller, fd, iovs, count, offset, nread)
         memory = caller["memory"]
         total = 0
         try:
@@ -312,24 +317,20 @@ class ResidentLinking:
         return _SUCCESS
 
     def fd_seek(self, caller: Any, fd: int, offset: int, whence: int, newoffset: int) -> int:
-        resident = self.current
-        if resident is None:
-            return _EBADF
-        if fd != 0 or resident.task is None:
-            return resident.wasi["fd_seek"](caller, fd, offset, whence, newoffset)
+        task = self._input(fd)
+        if task is None:
+            return self._wasi("fd_seek", caller, fd, offset, whence, newoffset)
         if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
             return _EINVAL  # WASI's numbers are POSIX's
-        return self._answer_offset(caller, lambda: os.lseek(resident.task.stdin_fd, offset,
-                                                            whence), newoffset)
+        return self._answer_offset(caller, lambda: os.lseek(task.stdin_fd, offset, whence),
+                                   newoffset)
 
     def fd_tell(self, caller: Any, fd: int, result: int) -> int:
-        resident = self.current
-        if resident is None:
-            return _EBADF
-        if fd != 0 or resident.task is None:
-            return resident.wasi["fd_tell"](caller, fd, result)
-        return self._answer_offset(caller, lambda: os.lseek(resident.task.stdin_fd, 0,
-                                                            os.SEEK_CUR), result)
+        task = self._input(fd)
+        if task is None:
+            return self._wasi("fd_tell", caller, fd, result)
+        return self._answer_offset(caller, lambda: os.lseek(task.stdin_fd, 0, os.SEEK_CUR),
+                                   result)
 
     @staticmethod
     def _answer_offset(caller: Any, seek, result: int) -> int:
@@ -341,13 +342,11 @@ class ResidentLinking:
         return _SUCCESS
 
     def fd_filestat_get(self, caller: Any, fd: int, result: int) -> int:
-        resident = self.current
-        if resident is None:
-            return _EBADF
-        if fd != 0 or resident.task is None:
-            return resident.wasi["fd_filestat_get"](caller, fd, result)
+        task = self._input(fd)
+        if task is None:
+            return self._wasi("fd_filestat_get", caller, fd, result)
         try:
-            st = os.fstat(resident.task.stdin_fd)
+            st = os.fstat(task.stdin_fd)
         except OSError:
             return _EIO
         kind = _FILETYPES.get(st.st_mode & 0o170000, 0)  # 0: unknown (a pipe)

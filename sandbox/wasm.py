@@ -199,8 +199,8 @@ class WasmRuntime:
         self._guest_linker.define_func(WASI, "fd_write", FuncType([I32] * 4, [I32]),
                                        self._stdio.fd_write, access_caller=True)
         # Python guests' resident interpreters: a third linker, whose descriptor 0 is
-        # the task's input and which has the control descriptor (resident.py).
-        self._residents = ResidentLinking(self._stdio.fd_write)
+        # the handover and then the task's input (resident.py).
+        self._residents = ResidentLinking(self.engine, self._stdio.fd_write)
         self._resident_linker = Linker(self.engine)
         self._resident_linker.define_wasi()
         self._residents.define(self._resident_linker)
@@ -299,11 +299,7 @@ class WasmRuntime:
         """
         started, cpu_started = time.perf_counter(), time.thread_time()
         stderr = _Tail(limits.stderr_tail_bytes, limits.stderr_bytes)
-        store = Store(self.engine)
-        store.set_limits(memory_size=limits.memory_bytes,
-                         table_elements=limits.table_elements,
-                         instances=limits.instances, tables=limits.instances,
-                         memories=limits.instances)
+        store = self._store(limits)
         ticks = max(1, int(limits.time_s / TICK_S))
         store.set_epoch_deadline(ticks)
         wasi = WasiConfig()
@@ -324,14 +320,10 @@ class WasmRuntime:
         exit_code: int | None = None
         error: str | None = None
         instance = None
-        with self._lock:
-            if self._cancelled:
-                if stdout_fd >= 0:
-                    os.close(stdout_fd)
-                return GuestResult(None, INTERRUPTED, 0, b"", 0.0)
-            self._deadline_ticks = ticks
-            self._running.set()
-        self._stdio.open(stdout_fd, stderr)
+        if not self._begin_guest(ticks, stdout_fd, stderr):
+            if stdout_fd >= 0:
+                os.close(stdout_fd)
+            return GuestResult(None, INTERRUPTED, 0, b"", 0.0)
         with soft_rlimit(resource.RLIMIT_FSIZE, limits.output_bytes + 1):
             try:
                 instance = prepared.pre.instantiate(store)
@@ -342,18 +334,11 @@ class WasmRuntime:
                 exit_code = 0
             except ExitTrap as trap:
                 exit_code = trap.code
-            except _OverLimit:
-                pass  # named below, from what the guest wrote
-            except Trap as trap:
-                error = _explain_trap(trap, limits)
             except Exception as err:  # noqa: BLE001 - instantiation errors are the guest's
-                error = _explain_failure(err, limits)
+                error = _explain(err, limits)
             finally:
-                self._stdio.close()
-                with self._lock:
-                    self._running.clear()
-                    if self._cancelled:
-                        exit_code, error = None, INTERRUPTED
+                if self._end_guest():
+                    exit_code, error = None, INTERRUPTED
         ms = (time.perf_counter() - started) * 1000
         cpu_ms = (time.thread_time() - cpu_started) * 1000
         if stdout_fd < 0:
@@ -361,6 +346,33 @@ class WasmRuntime:
         failed = error is not None or exit_code != 0
         return _result(exit_code, error, stdout_fd, stderr, limits, ms, cpu_ms,
                        failed and _memory_exhausted(instance, store, limits))
+
+    def _store(self, limits: GuestLimits) -> Store:
+        """A store for one guest, under ``limits``."""
+        store = Store(self.engine)
+        store.set_limits(memory_size=limits.memory_bytes,
+                         table_elements=limits.table_elements,
+                         instances=limits.instances, tables=limits.instances,
+                         memories=limits.instances)
+        return store
+
+    def _begin_guest(self, ticks: int, stdout_fd: int, stderr: _Tail) -> bool:
+        """Mark a guest running from now (the ticker ticks, an interrupt reaches it),
+        writing to ``stdout_fd`` and ``stderr``; False if its task is cancelled."""
+        with self._lock:
+            if self._cancelled:
+                return False
+            self._deadline_ticks = ticks
+            self._running.set()
+        self._stdio.open(stdout_fd, stderr)
+        return True
+
+    def _end_guest(self) -> bool:
+        """The guest has stopped; whether its task was cancelled meanwhile."""
+        self._stdio.close()
+        with self._lock:
+            self._running.clear()
+            return self._cancelled
 
     def run_resident(self, prepared: Prepared, key: Any, launch: Sequence[str],
                      launch_env: Sequence[tuple[str, str]], mounts: Sequence[Mount],
@@ -376,8 +388,8 @@ class WasmRuntime:
             resident.close()
             self._residents.current = resident = None
         if resident is None:
-            resident = Resident(prepared.pre, self.engine, key, limits,
-                                launch, launch_env, mounts, _memory_exhausted)
+            resident = Resident(prepared.pre, self._store(limits), self._residents, key,
+                                limits, launch, launch_env, mounts, _memory_exhausted)
             self._residents.current = resident
         stderr = _Tail(limits.stderr_tail_bytes, limits.stderr_bytes)
         ticks = max(1, int(limits.time_s / TICK_S))
@@ -385,28 +397,19 @@ class WasmRuntime:
             stdin_fd = os.open(stdin_path, os.O_RDONLY)
             files.callback(os.close, stdin_fd)
             stdout_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with self._lock:
-                if self._cancelled:
-                    os.close(stdout_fd)
-                    return GuestResult(None, INTERRUPTED, 0, b"", 0.0)
-                self._deadline_ticks = ticks
-                self._running.set()
-            self._stdio.open(stdout_fd, stderr)
+            if not self._begin_guest(ticks, stdout_fd, stderr):
+                os.close(stdout_fd)
+                return GuestResult(None, INTERRUPTED, 0, b"", 0.0)
             try:
                 with soft_rlimit(resource.RLIMIT_FSIZE, limits.output_bytes + 1):
                     ending = resident.run(Handover(task_header(argv, env), stdin_fd, ticks))
             finally:
-                self._stdio.close()
-                with self._lock:
-                    self._running.clear()
-                    cancelled = self._cancelled
+                cancelled = self._end_guest()
         exit_code, error = ending.exit, None
         if cancelled:
             exit_code, error = None, INTERRUPTED
-        elif isinstance(ending.error, Trap):
-            error = _explain_trap(ending.error, limits)
-        elif ending.error is not None and not isinstance(ending.error, _OverLimit):
-            error = _explain_failure(ending.error, limits)
+        elif ending.error is not None:
+            error = _explain(ending.error, limits)
         return _result(exit_code, error, stdout_fd, stderr, limits,
                        (time.perf_counter() - started) * 1000, ending.cpu_ms,
                        ending.memory_full)
@@ -563,6 +566,16 @@ _TRAP_WORDS = {
     TrapCode.UNREACHABLE: "guest trapped: unreachable code (abort)",
     TrapCode.MEMORY_OUT_OF_BOUNDS: "guest trapped: out-of-bounds memory access",
 }
+
+
+def _explain(err: Exception, limits: GuestLimits) -> str | None:
+    """What a guest's failure tells its user; None for a write past a limit, which is
+    named from what the guest wrote (:func:`_result`)."""
+    if isinstance(err, _OverLimit):
+        return None
+    if isinstance(err, Trap):
+        return _explain_trap(err, limits)
+    return _explain_failure(err, limits)
 
 
 def _explain_trap(trap: Trap, limits: GuestLimits) -> str:

@@ -45,11 +45,21 @@ def run(sandbox, tmp_path, source, data=b"", args=(), env=(), job="j", time_s=10
     fds = [os.open(stdin, os.O_RDONLY), os.open(stdout, os.O_RDWR)]
     try:
         result = run_task(runtime, executables, cache, group, fds, lambda: None)
-        result.ok = result.exit == 0 and result.error is None
     finally:
         for fd in fds:
             os.close(fd)
     return result, stdout.read_bytes()
+
+
+def in_one_run(sandbox, tmp_path, source, job, tasks=2, **kwargs):
+    """``tasks`` tasks of ``source`` in one run of a job, one after another: their
+    (result, output) pairs."""
+    return [run(sandbox, tmp_path, source, job=job, task=f"t{n}", **kwargs)
+            for n in range(tasks)]
+
+
+def succeeded(result) -> bool:
+    return result.exit == 0 and result.error is None
 
 
 def test_tasks_of_a_job_share_the_interpreter_each_with_its_own_namespace_argv_env_and_input(
@@ -59,7 +69,7 @@ def test_tasks_of_a_job_share_the_interpreter_each_with_its_own_namespace_argv_e
         "print(seen, X, sys.argv[1:], os.environ.get('T'), sys.stdin.read())\n")
     outputs = [run(sandbox, tmp_path, source, f"in{n}".encode(), [f"a{n}"], [("T", str(n))],
                    job="share", task=f"t{n}") for n in range(3)]
-    assert [result.ok for result, _ in outputs] == [True] * 3
+    assert [succeeded(result) for result, _ in outputs] == [True] * 3
     assert [out for _, out in outputs] == [
         f"{n} 1 ['a{n}'] {n} in{n}\n".encode() for n in range(3)]
 
@@ -69,7 +79,7 @@ def test_a_task_reading_part_of_its_input_leaves_nothing_for_the_next(sandbox, t
                    job="part", task="t1")
     second, out = run(sandbox, tmp_path, TASKS_SEEN + "sys.stdout.write(sys.stdin.read())\n",
                       b"only this\n", job="part", task="t2")
-    assert first.ok and second.ok
+    assert succeeded(first) and succeeded(second)
     assert out == b"only this\n"
 
 
@@ -77,15 +87,14 @@ def test_environment_changes_and_the_token_stay_out_of_the_next_task(sandbox, tm
     source = TASKS_SEEN + (
         "import os\nprint(seen, sorted(k for k in os.environ if k.startswith(('ZC', 'ZERO'))))"
         "\nos.environ['ZC_LEAK'] = '1'\n")
-    outs = [run(sandbox, tmp_path, source, job="env", task=f"t{n}")[1] for n in range(2)]
+    outs = [out for _, out in in_one_run(sandbox, tmp_path, source, "env")]
     assert outs == [b"0 []\n", b"1 []\n"]
 
 
 def test_stdout_and_stderr_are_each_tasks_own(sandbox, tmp_path):
     source = TASKS_SEEN + (
         "import sys\nsys.stdout.write(f'out{seen}')\nsys.stderr.write(f'err{seen}')\n")
-    (first, out1), (second, out2) = (run(sandbox, tmp_path, source, job="io", task=f"t{n}")
-                                     for n in range(2))
+    (first, out1), (second, out2) = in_one_run(sandbox, tmp_path, source, "io")
     assert (out1, first.stderr, out2, second.stderr) == (b"out0", "err0", b"out1", "err1")
 
 
@@ -94,15 +103,14 @@ def test_a_task_that_replaced_the_standard_streams_leaves_the_next_its_own(
     source = TASKS_SEEN + (
         "import io\nprint(seen)\nsys.stdout = sys.__stdout__ = io.StringIO()\n"
         "sys.stderr = sys.__stderr__ = io.StringIO()\n")
-    outs = [run(sandbox, tmp_path, source, job="streams", task=f"t{n}")[1] for n in range(2)]
+    outs = [out for _, out in in_one_run(sandbox, tmp_path, source, "streams")]
     assert outs == [b"0\n", b"1\n"]
 
 
 def test_counters_are_each_tasks_own(sandbox, tmp_path):
     source = TASKS_SEEN + (
         "import zerocompute_guest\nzerocompute_guest.increment_counter('g', 'n', seen + 1)\n")
-    results = [run(sandbox, tmp_path, source, job="counters", task=f"t{n}")[0]
-               for n in range(2)]
+    results = [result for result, _ in in_one_run(sandbox, tmp_path, source, "counters")]
     assert [r.counters for r in results] == [{"g": {"n": 1}}, {"g": {"n": 2}}]
 
 
@@ -116,7 +124,7 @@ def test_a_failed_task_is_its_own_and_the_next_gets_a_fresh_interpreter(
     failed, _ = run(sandbox, tmp_path, TASKS_SEEN + failure, job=job, task="t2", time_s=1)
     after, out = run(sandbox, tmp_path, TASKS_SEEN + "print(seen)", job=job, task="t3",
                      time_s=1)
-    assert ok.ok and not failed.ok and after.ok
+    assert succeeded(ok) and not succeeded(failed) and succeeded(after)
     assert failed.error == error
     if error is None:
         assert failed.exit in (1, 3)
@@ -126,9 +134,9 @@ def test_a_failed_task_is_its_own_and_the_next_gets_a_fresh_interpreter(
 def test_the_time_limit_is_per_task(sandbox, tmp_path):
     spin = TASKS_SEEN + ("import time\nend = time.monotonic() + 0.6\n"
                          "while time.monotonic() < end: pass\nprint(seen)")
-    outs = [run(sandbox, tmp_path, spin, job="deadline", task=f"t{n}", time_s=1)
-            for n in range(3)]
-    assert [(r.ok, out) for r, out in outs] == [(True, b"0\n"), (True, b"1\n"), (True, b"2\n")]
+    outs = in_one_run(sandbox, tmp_path, spin, "deadline", tasks=3, time_s=1)
+    assert [(succeeded(r), out) for r, out in outs] == [
+        (True, b"0\n"), (True, b"1\n"), (True, b"2\n")]
 
 
 def test_another_run_gets_another_interpreter_and_tasks_of_no_known_run_share_none(
@@ -161,4 +169,4 @@ def test_an_interrupted_task_ends_and_the_next_runs_fresh(sandbox, tmp_path):
     assert cancelled.error == INTERRUPTED and time.monotonic() - began < 5
     runtime.begin(2)
     after, out = run(sandbox, tmp_path, TASKS_SEEN + "print(seen)", job="cancel", task="t3")
-    assert after.ok and out == b"0\n"
+    assert succeeded(after) and out == b"0\n"
