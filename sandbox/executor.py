@@ -146,8 +146,7 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
     one task) and, in a MapReduce job, the shuffle's work around it; describe the
     result."""
     (spec,) = task.tasks
-    # Python guests run in the interpreter kept for the job's tasks (resident.py).
-    resident = task.runtime == "python"
+    resident = shares_interpreter(task)
     try:
         module, argv, runtime_env, mounts = prepare(
             runtime, executables, cache_dir, task.exec_etag, task.runtime, task.exec_name,
@@ -226,11 +225,16 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
     return result
 
 
+def shares_interpreter(task: TaskGroup) -> bool:
+    """Whether a task runs in the interpreter kept for its run's tasks (resident.py):
+    a Python task of a known run (tasks of none start their own, as on their own)."""
+    return task.runtime == "python" and bool(task.run)
+
+
 def resident_key(task: TaskGroup) -> tuple:
     """The tasks that may share a resident interpreter: of one run of a job, account,
-    executable and limits (its store's).  Tasks of no known run share none."""
-    run = task.run or f"alone-{time.monotonic_ns()}"
-    return (run, task.account, task.exec_etag, tuple(task.limits.to_dict().items()))
+    executable and limits (its store's)."""
+    return (task.run, task.account, task.exec_etag, tuple(task.limits.to_dict().items()))
 
 
 def shuffle_core(runtime: WasmRuntime, cache_dir: str, task: TaskGroup, spec: Any,
@@ -559,7 +563,7 @@ class ExecutorPool:
         ``client`` is the requester's socket: if it closes while the guest runs
         (the proxy cancelled this attempt), the executor is killed at once.
         """
-        resident = resident_key(task) if task.runtime == "python" else None
+        resident = resident_key(task) if shares_interpreter(task) else None
         executor = self._acquire(resident)
         if resident is not None:
             executor.resident = resident

@@ -339,7 +339,8 @@ class TaskGroup:
     # accounts (middleware/slots.py).
     account: str = ""
     # The run of the job these tasks belong to (unique, where ``job`` is its name): the
-    # tasks of one run may share an interpreter (sandbox/resident.py); "" shares none.
+    # Python tasks of one run may share an interpreter (sandbox/resident.py); "" shares
+    # none (the proxy leaves it empty in a phase of one task).
     run: str = ""
 
     def encode(self) -> bytes:

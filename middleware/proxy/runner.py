@@ -369,6 +369,13 @@ def template(manifest: Manifest, stage: Stage, etag: str, kind: str = "map",
         limits=manifest.limits, tasks=(), kind=kind, shuffle=shuffle, run=run)
 
 
+def shared_run(job_id: str, states: list[TaskState]) -> str:
+    """What a phase's tasks name as their run, so that its Python tasks may share an
+    interpreter (sandbox/resident.py): none for a phase of one task, which has no
+    next task to share it with, and whose guest starts sooner on its own."""
+    return job_id if len(states) > 1 else ""
+
+
 def erasure_code(policy_index: int, partition: int, path: str,
                  primaries: list[dict]) -> wire.ErasureCode | None:
     """What a task over an erasure-coded object needs to rebuild it (None when the
@@ -475,9 +482,10 @@ class MapJob:
         try:
             if self.resume:
                 self.skip_committed()
+            states = self.task_states()
             self.phases.run(Phase(
-                self.task_states(),
-                template(self.manifest, self.manifest.map, self.etag, run=self.job_id),
+                states, template(self.manifest, self.manifest.map, self.etag,
+                                 run=shared_run(self.job_id, states)),
                 {self.etag: self.code}, self.take_result, self.reports, self.input_of))
             error = self.write_gathered()
         except Exception as err:  # noqa: BLE001 - the report says what happened
@@ -681,7 +689,8 @@ class MapReduceJob(MapJob):
         if self.ranged and not self.sample_split_points(map_states):
             return
         maps = Phase(map_states, template(self.manifest, self.manifest.map, self.etag,
-                                          shuffle=self.shuffle, run=self.job_id),
+                                          shuffle=self.shuffle,
+                                          run=shared_run(self.job_id, map_states)),
                      self.map_executables, self.take_map_result, self.reports, self.input_of)
         self.phases.run(maps)
         if not all(r.ok for r in self.reports) or self.cancelled:
@@ -768,7 +777,7 @@ class MapReduceJob(MapJob):
             etag, code = self.executables[out.reduce.exec]
             pile.spawn(self.phases.run, Phase(
                 states, template(self.manifest, out.reduce, etag, "reduce", self.shuffle,
-                              self.job_id),
+                              shared_run(self.job_id, states)),
                 {etag: code}, self.take_reduce_result, self.reduce_reports))
         list(pile)
 

@@ -22,6 +22,7 @@ from zerocompute.manifest import SwiftPath
 from zerocompute.middleware.proxy import ProxyMiddleware
 from zerocompute.middleware.proxy.context import JobContext
 from zerocompute.middleware.proxy.dispatch import Dispatcher
+from zerocompute.middleware.proxy.runner import shared_run
 from zerocompute.placement import node_key
 
 WASM_ETAG = hashlib.md5(WASM, usedforsecurity=False).hexdigest()
@@ -281,3 +282,8 @@ def test_the_dispatcher_signs_groups_and_answers_a_412_with_the_executable():
     assert again[0] == b"", "never again to a node that has it"
     assert lacking == (412, []), "a node's need the dispatcher cannot meet: its 412"
     assert forged == (403, []), "a group signed with another secret is refused"
+
+
+def test_only_a_phase_of_several_tasks_names_its_run_for_a_shared_interpreter():
+    assert shared_run("job-id", ["one task"]) == ""
+    assert shared_run("job-id", ["a", "b"]) == "job-id"
