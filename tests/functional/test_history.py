@@ -20,7 +20,9 @@ from zerocompute.dev.demo import count_words
 
 BIN = os.path.dirname(sys.executable)
 # A map that straggles on the input holding the line STRAGGLE (a backup copy of it
-# starts elsewhere, and loses), and counts words everywhere.
+# starts elsewhere; it straggles too, so either copy may win: on a loaded machine the
+# original's head start of about a second is not a guarantee), and counts words
+# everywhere.
 STRAGGLING_COUNT = b"""import re
 import time
 WORD = re.compile(r"[a-z]+")
@@ -120,8 +122,14 @@ def test_a_jobs_page_shows_every_task_and_one_bar_per_attempt(cluster, straggled
     assert [t["input"].rsplit("/", 1)[1] for t in backed_up] == ["doc-slow.txt"], [
         (t["input"][-12:], t["timeline"], t["ms"]) for t in maps]
     (slow,) = backed_up
-    assert sorted((s["backup"], s["outcome"]) for s in slow["timeline"]) == [
-        (False, "succeeded"), (True, "cancelled")], slow["timeline"]
+    # Two attempts, the original and its backup: whichever finished first succeeded,
+    # and the other was cancelled then, not left to run.
+    attempts = slow["timeline"]
+    assert sorted(s["backup"] for s in attempts) == [False, True], attempts
+    assert sorted(s["outcome"] for s in attempts) == ["cancelled", "succeeded"], attempts
+    (won,) = [s for s in attempts if s["outcome"] == "succeeded"]
+    (lost,) = [s for s in attempts if s["outcome"] == "cancelled"]
+    assert lost["end_ms"] <= won["end_ms"] + 1000, attempts
     (moved,) = [t for t in maps if t["input"].endswith("/doc-moved.txt")]
     assert [s["outcome"] for s in moved["timeline"]] == ["failed"] * 3 + ["succeeded"]
     assert all("404 object not on this node" in r["error"] for r in moved["retries"])

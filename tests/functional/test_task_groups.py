@@ -40,7 +40,10 @@ def test_many_small_tasks_each_write_their_own_output(swift, copier, unique):
                                 "output": f"swift://~/out-{unique}/*.out"})
     assert report["status"] == "succeeded", json.dumps(report, indent=1)[:3000]
     assert len(report["tasks"]) == 120 and all(t["local"] for t in report["tasks"])
-    assert len({t["node"] for t in report["tasks"]}) >= 3
+    # Spread over the nodes holding the inputs (no node holds all 120), though not
+    # necessarily over all of them: the load-aware scheduler sends bigger groups to the
+    # nodes that finish this job's tasks soonest, and on a busy machine two may take all.
+    assert len({t["node"] for t in report["tasks"]}) >= 2
     for name, body in bodies.items():
         assert swift.get_object(f"out-{unique}", f"{name}.out")[1] == body
     assert sorted(listing(swift, f"out-{unique}")) == sorted(
