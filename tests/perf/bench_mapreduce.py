@@ -33,7 +33,8 @@ each measurement is the best of ``--rounds``, the rounds interleaved.
    (``zerocompute.dev.terasort``), in 16 objects, PUT through the proxy (the
    floor, timed), sorted by a job with 8 range partitions (``terasort.c``),
    then checked as valsort does: parts in order sorted, every record once
-   (count and checksum), the largest part over the mean.
+   (count and checksum), the largest part over the mean.  ``--rounds`` times,
+   the PUT and the job side by side each time; the best of each.
 3. **Named outputs**: day, month and year counts of ``--events-mib`` MiB of
    events, one job with three named outputs against three jobs.
 """
@@ -285,7 +286,7 @@ def _exists(conn, container: str) -> bool:
 
 
 # -- TeraSort ---------------------------------------------------------------------------------
-def tera_sort(cluster: DevCluster, conn, records: int) -> dict[str, Any]:
+def tera_sort(cluster: DevCluster, conn, records: int, rounds: int) -> dict[str, Any]:
     # Warm: the first job on each node compiles the guest and the core (once per host).
     upload(cluster, "tera-warm", {f"in-{n}": terasort.gensort(n * 100, 100) for n in range(8)})
     run_job(conn, {"map": {"exec": "swift://~/apps/terasort.wasm", "args": ["map"],
@@ -295,34 +296,45 @@ def tera_sort(cluster: DevCluster, conn, records: int) -> dict[str, Any]:
                    "output": "swift://~/tera-warm-sorted/"})
     objects = 16
     per = records // objects
-    container = f"tera-{records}"
     bodies, checksum = {}, 0
     for number in range(objects):
         data = terasort.gensort(number * per, per, seed=records)
         bodies[f"in-{number:02d}"] = data
         checksum = (checksum + terasort.checksum(data)) % (1 << 64)
-    put_s = upload(cluster, container, bodies)
     size = sum(len(b) for b in bodies.values())
-    del bodies
-    took, report = run_job(conn, {
-        "name": f"terasort-{records}",
-        "map": {"exec": "swift://~/apps/terasort.wasm", "args": ["map"],
-                "inputs": [f"swift://~/{container}/in-*"]},
-        "reduce": {"exec": "swift://~/apps/terasort.wasm", "args": ["reduce"],
-                   "partitions": 8, "partitioner": "range"},
-        "output": f"swift://~/{container}-sorted/",
-        "limits": {"time_s": 1200, "cpu_s": 1200, "output_mb": 4096}})
-    parts = [conn.get_object(f"{container}-sorted", f"part-{n:05d}")[1] for n in range(8)]
-    check = terasort.valsort(parts)
-    if not check.sorted or check.records != per * objects or check.checksum != checksum:
-        raise SystemExit(f"TeraSort of {records} records is wrong: {check}")
-    sizes = [len(p) // terasort.RECORD_BYTES for p in parts]
-    for name in conn.get_container(container)[1]:
-        conn.delete_object(container, name["name"])
-    return {"records": per * objects, "bytes": size, "put_s": round(put_s, 3),
-            "job_s": round(took, 3), "job_over_put": round(took / put_s, 3),
-            "largest_part_over_mean": round(max(sizes) / (sum(sizes) / len(sizes)), 3),
-            "phases": report["phases"]}
+    # Each round PUTs the records into a container of its own and sorts them from
+    # there, the PUT and the job side by side: the first PUTs into a fresh cluster
+    # cost less than later ones, so one PUT alone is no fair floor.
+    best: dict[str, Any] = {}
+    for number in range(rounds):
+        container = f"tera-{records}-{number}"
+        put_s = upload(cluster, container, bodies)
+        took, report = run_job(conn, {
+            "name": f"terasort-{records}-{number}",
+            "map": {"exec": "swift://~/apps/terasort.wasm", "args": ["map"],
+                    "inputs": [f"swift://~/{container}/in-*"]},
+            "reduce": {"exec": "swift://~/apps/terasort.wasm", "args": ["reduce"],
+                       "partitions": 8, "partitioner": "range"},
+            "output": f"swift://~/{container}-sorted/",
+            "limits": {"time_s": 1200, "cpu_s": 1200, "output_mb": 4096}})
+        parts = [conn.get_object(f"{container}-sorted", f"part-{n:05d}")[1] for n in range(8)]
+        check = terasort.valsort(parts)
+        if not check.sorted or check.records != per * objects or check.checksum != checksum:
+            raise SystemExit(f"TeraSort of {records} records is wrong: {check}")
+        sizes = [len(p) // terasort.RECORD_BYTES for p in parts]
+        del parts
+        for where in (container, f"{container}-sorted"):
+            for name in conn.get_container(where, full_listing=True)[1]:
+                conn.delete_object(where, name["name"])
+        print(f"  TeraSort {records:,} round {number + 1}: PUT {put_s:.2f} s, "
+              f"job {took:.2f} s = {took / put_s:.2f}x", flush=True)
+        if not best or put_s < best["put_s"]:
+            best["put_s"] = round(put_s, 3)
+        if "job_s" not in best or took < best["job_s"]:
+            best.update(job_s=round(took, 3), phases=report["phases"],
+                        largest_part_over_mean=round(max(sizes) / (sum(sizes) / len(sizes)), 3))
+    return {"records": per * objects, "bytes": size, "rounds": rounds,
+            "job_over_put": round(best["job_s"] / best["put_s"], 3), **best}
 
 
 # -- named outputs ------------------------------------------------------------------------------
@@ -427,10 +439,11 @@ def main(argv: list[str] | None = None) -> int:
                                                     not args.no_python))
             print_word_count(results["word_count"][-1])
         for records in args.records:
-            tera = tera_sort(cluster, conn, records)
+            tera = tera_sort(cluster, conn, records, args.rounds)
             results["terasort"].append(tera)
             print(f"\nTeraSort, {tera['records']:,} records ({tera['bytes'] / 2**20:.0f} MiB), "
-                  f"8 range partitions: PUT {tera['put_s']:.2f} s, job {tera['job_s']:.2f} s = "
+                  f"8 range partitions, best of {tera['rounds']}: PUT {tera['put_s']:.2f} s, "
+                  f"job {tera['job_s']:.2f} s = "
                   f"{tera['job_over_put']:.2f}x the PUT (target <= 2.5); largest part "
                   f"{tera['largest_part_over_mean']:.2f}x the mean (target <= 1.3); sorted, "
                   f"every record once (count, checksum); {phase_split(tera['phases'])}")
