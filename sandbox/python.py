@@ -41,6 +41,7 @@ STARTUP_MODULES = ("encodings/__init__.pyc", "encodings/aliases.pyc", "encodings
 # A resident interpreter's start (zerocompute.sandbox.resident): its tasks come later.
 RESIDENT_LAUNCHER = ("import sys; sys.path.insert(0, '/app'); import zerocompute_guest; "
                      "zerocompute_guest.serve_tasks()")
+RESIDENT_ARGV = ["python", "-S", "-c", RESIDENT_LAUNCHER]
 ENV = [("PYTHONPATH", f"{GUEST_DIR}/{STARTUP_ZIP}")]
 # Run once per script directory by the guest interpreter, with the directory writable.
 # The bytecode is written last: its presence says the directory is complete.  Without
@@ -126,5 +127,3 @@ def task_argv(args: list[str]) -> list[str]:
     interpreter's task is given."""
     return ["-c", f"{GUEST_DIR}/{SCRIPT_NAME}", *args]
 
-
-RESIDENT_ARGV = ["python", "-S", "-c", RESIDENT_LAUNCHER]
