@@ -39,7 +39,6 @@ other write to descriptor 0 fails with ``EBADF``, as in any guest.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import queue
 import struct
@@ -49,26 +48,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from wasmtime import (
-    Engine,
-    ExitTrap,
-    FuncType,
-    Linker,
-    Module,
-    Store,
-    Trap,
-    ValType,
-    WasiConfig,
-    WasmtimeError,
-    _ffi,
-    wat2wasm,
+from wasmtime import Engine, ExitTrap, FuncType, Linker, Store, Trap, WasiConfig, _ffi
+
+from zerocompute.sandbox.wasi_io import (
+    EBADF,
+    EFAULT,
+    EINVAL,
+    EIO,
+    ERRNO,
+    I32,
+    OWN,
+    SUCCESS,
+    WASI,
+    OutOfBounds,
+    OwnFunctions,
+    answer,
+    buffers,
 )
 
 TOKEN_ENV = "ZEROCOMPUTE_RESIDENT"  # the same name as zerocompute_guest's
-WASI = "wasi_snapshot_preview1"
-I32, I64 = ValType.i32(), ValType.i64()
-_SUCCESS, _EBADF, _EFAULT, _EINVAL, _EIO, _ESPIPE = 0, 8, 21, 28, 29, 70
-_WASI_ERRNO = {22: _EINVAL, 29: _ESPIPE}  # the host's EINVAL, ESPIPE
 # WASI's filetype numbers, by the host's file type.
 _FILETYPES = {0o100000: 4, 0o040000: 3, 0o020000: 2, 0o060000: 1, 0o140000: 6}
 
@@ -207,35 +205,24 @@ class Resident:
         self.task, self._header = task, task.header
         return len(task.header)
 
-    def read_stdin(self, size: int, offset: int | None) -> bytes:
-        """What a read of descriptor 0 gets: the rest of the task's header, then the
-        task's input (nothing before the first task)."""
+    def read_stdin(self, views: list[Any], offset: int | None) -> int:
+        """A read of descriptor 0 into ``views`` (of the guest's memory): the rest of
+        the task's header, then the task's input (nothing before the first task)."""
+        if not views:
+            return 0
         if self._header:
-            data, self._header = self._header[:size], self._header[size:]
-            return data
+            size = min(len(views[0]), len(self._header))
+            ctypes.memmove(views[0], self._header, size)
+            self._header = self._header[size:]
+            return size
         if self.task is None:
-            return b""
+            return 0
         if offset is None:
-            return os.read(self.task.stdin_fd, size)
-        return os.pread(self.task.stdin_fd, size, offset)
+            return os.readv(self.task.stdin_fd, views)
+        return os.preadv(self.task.stdin_fd, views, offset)
 
 
 # -- the descriptors a resident interpreter sees differently ------------------------------
-SHADOWED = {"fd_read": [I32] * 4, "fd_pread": [I32, I32, I32, I64, I32],
-            "fd_seek": [I32, I64, I32, I32], "fd_tell": [I32, I32],
-            "fd_filestat_get": [I32, I32]}
-# WASI's own functions, called from here for the descriptors that are not the task's
-# input: WASI reads and writes the memory of the instance that calls it, so they are
-# called through a module that exports the guest's memory as its own.
-_PARAMS = {name: " ".join(map(str, params)) for name, params in SHADOWED.items()}
-_TRAMPOLINE = "\n".join([
-    '(module (import "env" "memory" (memory 1)) (export "memory" (memory 0))',
-    *(f'(import "{WASI}" "{name}" (func ${name} (param {params}) (result i32)))'
-      for name, params in _PARAMS.items()),
-    *(f'(func (export "{name}") (param {params}) (result i32) '
-      + " ".join(f"local.get {n}" for n in range(len(SHADOWED[name]))) + f" call ${name})"
-      for name, params in _PARAMS.items()),
-    ")"])
 class ResidentLinking:
     """The WASI functions of a resident interpreter's linker that answer for descriptor
     0 (the handover, then the task's input), and pass every other descriptor to the
@@ -244,24 +231,16 @@ class ResidentLinking:
 
     def __init__(self, engine: Engine, stdio_write) -> None:
         self.current: Resident | None = None
-        self._engine = engine
         self._stdio_write = stdio_write
-
-    @functools.cached_property
-    def _trampoline(self) -> Module:
-        return Module(self._engine, wat2wasm(_TRAMPOLINE))
+        self.own = OwnFunctions(engine)
 
     def wasi_functions(self, store: Store, instance: Any) -> dict[str, Any]:
         """WASI's own functions of ``store``, as they would be called by ``instance``."""
-        linker = Linker(self._engine)
-        linker.define_wasi()
-        linker.define(store, "env", "memory", instance.exports(store)["memory"])
-        exports = linker.instantiate(store, self._trampoline).exports(store)
-        return {name: _RawCall(exports[name], params) for name, params in SHADOWED.items()}
+        return self.own.of(store, instance)
 
     def define(self, linker: Linker) -> None:
         linker.allow_shadowing = True
-        for name, params in {"fd_write": [I32] * 4, **SHADOWED}.items():
+        for name, params in {"fd_write": [I32] * 4, **OWN}.items():
             linker.define_func(WASI, name, FuncType(params, [I32]), getattr(self, name),
                                access_caller=True)
 
@@ -269,14 +248,13 @@ class ResidentLinking:
         resident = self.current
         if fd != 0 or resident is None:
             return self._stdio_write(caller, fd, iovs, count, nwritten)
-        memory = caller["memory"]
-        message = b"".join(bytes(memory.read(caller, start, start + size))
-                           for start, size in _vectors(caller, iovs, count))
+        try:
+            message = b"".join(bytes(view) for view in buffers(caller, iovs, count))
+        except OutOfBounds:
+            return EFAULT
         if message != resident.token:
-            return _EBADF  # stdin, as in any guest
-        size = resident.control(caller)
-        memory.write(caller, struct.pack("<I", size), nwritten)
-        return _SUCCESS
+            return EBADF  # stdin, as in any guest
+        return answer(caller, nwritten, resident.control(caller))
 
     def fd_read(self, caller: Any, fd: int, iovs: int, count: int, nread: int) -> int:
         return self._read(caller, fd, iovs, count, nread, None)
@@ -288,7 +266,7 @@ class ResidentLinking:
     def _wasi(self, name: str, caller: Any, *args: int) -> int:
         """WASI's own function ``name`` (``EBADF`` with no resident)."""
         if self.current is None:
-            return _EBADF
+            return EBADF
         return self.current.wasi[name](caller, *args)
 
     def _input(self, fd: int) -> Handover | None:
@@ -302,28 +280,20 @@ class ResidentLinking:
             if offset is None:
                 return self._wasi("fd_read", caller, fd, iovs, count, nread)
             return self._wasi("fd_pread", caller, fd, iovs, count, offset, nread)
-        memory = caller["memory"]
-        total = 0
         try:
-            for start, size in _vectors(caller, iovs, count):
-                data = resident.read_stdin(size, None if offset is None else offset + total)
-                memory.write(caller, data, start)
-                total += len(data)
-                if len(data) < size:
-                    break
+            total = resident.read_stdin(buffers(caller, iovs, count), offset)
         except OSError as err:
-            return _WASI_ERRNO.get(err.errno, _EIO)
-        except Exception:  # noqa: BLE001 - a pointer outside the guest's memory
-            return _EFAULT
-        memory.write(caller, struct.pack("<I", total), nread)
-        return _SUCCESS
+            return ERRNO.get(err.errno, EIO)
+        except OutOfBounds:
+            return EFAULT
+        return answer(caller, nread, total)
 
     def fd_seek(self, caller: Any, fd: int, offset: int, whence: int, newoffset: int) -> int:
         task = self._input(fd)
         if task is None:
             return self._wasi("fd_seek", caller, fd, offset, whence, newoffset)
         if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
-            return _EINVAL  # WASI's numbers are POSIX's
+            return EINVAL  # WASI's numbers are POSIX's
         return self._answer_offset(caller, lambda: os.lseek(task.stdin_fd, offset, whence),
                                    newoffset)
 
@@ -339,9 +309,8 @@ class ResidentLinking:
         try:
             position = seek()
         except OSError as err:
-            return _WASI_ERRNO.get(err.errno, _EIO)
-        caller["memory"].write(caller, struct.pack("<Q", position), result)
-        return _SUCCESS
+            return ERRNO.get(err.errno, EIO)
+        return answer(caller, result, position, "<Q")
 
     def fd_filestat_get(self, caller: Any, fd: int, result: int) -> int:
         task = self._input(fd)
@@ -350,42 +319,10 @@ class ResidentLinking:
         try:
             st = os.fstat(task.stdin_fd)
         except OSError:
-            return _EIO
+            return EIO
         kind = _FILETYPES.get(st.st_mode & 0o170000, 0)  # 0: unknown (a pipe)
         # WASI's filestat: dev, ino, filetype (a byte, padded), nlink, size, atim, mtim, ctim.
         caller["memory"].write(caller, struct.pack(
             "<QQB7xQQQQQ", st.st_dev, st.st_ino, kind, st.st_nlink, st.st_size,
             st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns), result)
-        return _SUCCESS
-
-
-class _RawCall:
-    """A wasm function taking integers and returning an i32, called through wasmtime's
-    unchecked C call: ``Func.__call__`` builds the function's type and converts each
-    value at every call, about 100 µs a call here, and a fresh interpreter's start
-    makes some 60 of them (its library's zip, its script)."""
-
-    def __init__(self, func: Any, params: list[ValType]) -> None:
-        self._func = func._func
-        self._fields = ["i64" if param == I64 else "i32" for param in params]
-        self._values = (_ffi.wasmtime_val_raw_t * len(params))()
-
-    def __call__(self, caller: Any, *args: int) -> int:
-        values = self._values  # WASI's functions never call back: never in use twice
-        for number, (field, value) in enumerate(zip(self._fields, args, strict=True)):
-            setattr(values[number], field, value)
-        trap = ctypes.POINTER(_ffi.wasm_trap_t)()
-        error = _ffi.wasmtime_func_call_unchecked(
-            caller._context(), ctypes.byref(self._func), values, len(values),
-            ctypes.byref(trap))
-        if error:
-            raise WasmtimeError._from_ptr(error)
-        if trap:
-            raise Trap._from_ptr(trap)
-        return values[0].i32
-
-
-def _vectors(caller: Any, iovs: int, count: int) -> list[tuple[int, int]]:
-    """A WASI call's (pointer, length) buffers."""
-    data = caller["memory"].read(caller, iovs, iovs + 8 * count)
-    return [struct.unpack_from("<II", data, 8 * n) for n in range(count)]
+        return SUCCESS

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import threading
 import time
 import types
 
@@ -41,6 +42,30 @@ FLOOD = f"""(module {IMPORTS}
   (i32.store (i32.const 0) (i32.const 1024)) (i32.store (i32.const 4) (i32.const 65536))
   (loop $l (drop (call $fd_write (i32.const {{fd}}) (i32.const 0) (i32.const 1) (i32.const 8)))
    (br $l))))"""
+# Calls ``{call}`` on descriptor {fd} with one buffer at {start}, {size} bytes long, its
+# list at {iovs}, and exits with the errno it returns.
+BAD_BUFFER = f"""(module {IMPORTS}
+ (memory (export "memory") 1)
+ (func (export "_start")
+  (i32.store (i32.const 0) (i32.const {{start}})) (i32.store (i32.const 4) (i32.const {{size}}))
+  (call $exit (call ${{call}} (i32.const {{fd}}) (i32.const {{iovs}}) (i32.const 1)
+                              (i32.const 8)))))"""
+# Reads stdin into two buffers at once (a short one, then the rest), as wasi-libc's
+# fread does, and writes both out with one call.
+SCATTER = f"""(module {IMPORTS}
+ (memory (export "memory") 1)
+ (func (export "_start")
+  (loop $l
+   (i32.store (i32.const 0) (i32.const 1024)) (i32.store (i32.const 4) (i32.const 7))
+   (i32.store (i32.const 8) (i32.const 2048)) (i32.store (i32.const 12) (i32.const 5000))
+   (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 2) (i32.const 16)))
+   (if (i32.eqz (i32.load (i32.const 16))) (then (return)))
+   (if (i32.lt_u (i32.load (i32.const 16)) (i32.const 7))
+    (then (i32.store (i32.const 4) (i32.load (i32.const 16)))
+          (i32.store (i32.const 12) (i32.const 0)))
+    (else (i32.store (i32.const 12) (i32.sub (i32.load (i32.const 16)) (i32.const 7)))))
+   (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 2) (i32.const 16)))
+   (br $l))))"""
 SPIN = '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
 GROW = '(module (memory (export "memory") 1) (func (export "_start") ' \
        '(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable))'
@@ -78,6 +103,49 @@ def test_stdin_reaches_stdout(runtime, cache, tmp_path):
     data = os.urandom(100_000)
     result, out = run(runtime, cache, tmp_path, CAT, data)
     assert result.ok and result.exit == 0 and out == data and result.stdout_bytes == len(data)
+
+
+def test_stdin_fills_several_buffers_of_one_read(runtime, cache, tmp_path):
+    data = os.urandom(300_001)
+    result, out = run(runtime, cache, tmp_path, SCATTER, data)
+    assert result.ok and out == data
+
+
+@pytest.mark.parametrize("call, fd", [("fd_read", 0), ("fd_write", 1), ("fd_write", 2)])
+@pytest.mark.parametrize("start, size, iovs", [
+    (65536 - 10, 100, 0),  # a buffer running past the end of its memory
+    (1 << 31, 16, 0),  # one far outside it
+    (1024, 16, 65536 - 4),  # the list of buffers itself outside it
+])
+def test_a_buffer_outside_the_guests_memory_is_refused(runtime, cache, tmp_path, call, fd,
+                                                      start, size, iovs):
+    """A hostile guest's pointers get WASI's EFAULT (21); nothing is read or written."""
+    result, out = run(runtime, cache, tmp_path,
+                      BAD_BUFFER.format(call=call, fd=fd, start=start, size=size, iovs=iovs),
+                      b"input" * 100)
+    assert result.exit == 21 and result.error is None, result
+    assert out == b"" and result.stderr_tail == b""
+
+
+def test_stdin_from_a_pipe_reaches_the_guest_whole(runtime, cache, tmp_path):
+    """As a streamed input (an encrypted object's plaintext) does: every byte once,
+    none read away by anyone else."""
+    data = os.urandom(3 * MIB + 17)
+    module = runtime.prepare(ExecutableStore(cache).path(store_wat(cache, CAT)))
+    read_end, write_end = os.pipe()
+
+    def feed():
+        with os.fdopen(write_end, "wb") as f:
+            f.write(data)
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        result = runtime.run(module, f"/proc/self/fd/{read_end}", str(tmp_path / "out"),
+                             ["guest"], [], GuestLimits())
+    finally:
+        feeder.join()
+        os.close(read_end)
+    assert result.ok and (tmp_path / "out").read_bytes() == data
 
 
 def test_exit_status(runtime, cache, tmp_path):
