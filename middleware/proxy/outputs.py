@@ -19,8 +19,9 @@ from zerocompute.middleware.proxy.context import JobContext
 from zerocompute.planning import job_file
 from zerocompute.report import REPORT_NAME, SUCCEEDED, SUCCESS_NAME, JobReport
 
-# A task's output is kept in memory up to this size while it waits to be written,
-# and spooled to a temporary file beyond it.
+# A task's output is kept in memory up to this size while it waits to be written;
+# beyond it, a part streams from its node straight into its PUT (OutputStream), and
+# any other output is spooled to a temporary file.
 SPOOL_MEMORY = 1 << 20
 GATHER_MEMORY = 16 << 20
 WRITE_TRIES = 3
@@ -28,6 +29,11 @@ WRITE_TRIES = 3
 # an async job over can tell what the job has committed already.
 JOB_ID_META = "X-Object-Meta-Zerocompute-Job"
 _COPY_CHUNK = 65536
+
+
+class OutputLost(OSError):
+    """A streamed output that could not be written: its bytes are gone, so its task
+    runs again."""
 
 
 class Outputs:
@@ -58,6 +64,28 @@ class Outputs:
             if resp.status_int // 100 == 4:
                 break  # refused (401, 403, 413 ...): trying again changes nothing
         return f"writing output {target} failed: {status}"
+
+    def write_streamed(self, target: SwiftPath, output: OutputStream,
+                       cancelled: Any = lambda: None) -> str | None:
+        """PUT ``output`` as ``target`` as it arrives from its node: the error if the
+        write was refused (the task failed); :class:`OutputLost` if it failed otherwise
+        (the task runs again: what was sent is gone).  Either way every byte of
+        ``output`` is read or its stream fails."""
+        reason = cancelled()
+        if reason:
+            output.drain()
+            return reason
+        resp = self.ctx.subrequest("PUT", target.path, stream=output, length=output.length,
+                                   headers={JOB_ID_META: self.job_id})
+        if output.failed is not None:
+            raise OutputLost(f"its output ended early: {output.failed}")
+        if resp.is_success:
+            self.bytes += output.length
+            return None
+        if resp.status_int // 100 == 4:  # refused (401, 403, 413 ...): anywhere the same
+            output.drain()
+            return f"writing output {target} failed: {resp.status}"
+        raise OutputLost(f"writing output {target} failed: {resp.status}")
 
     def write_gathered(self, target: SwiftPath, gathered: Gathered) -> str | None:
         """The one output every task's output went into, in task order."""
@@ -115,6 +143,40 @@ def read_output(stream: Any, length: int) -> Any:
         left -= len(chunk)
     spool.seek(0)
     return spool
+
+
+class OutputStream:
+    """A large task output still on its node's answer: read once, in order, by its PUT
+    (no spool: its bytes are copied once on their way through the proxy)."""
+
+    def __init__(self, stream: Any, length: int):
+        self.stream = stream
+        self.length = self.left = length
+        self.failed: BaseException | None = None  # why reading it stopped short
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes of it (all that is left if negative, as a file gives)."""
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(_COPY_CHUNK), b""))
+        if self.left <= 0:
+            return b""
+        try:
+            chunk = self.stream.read(min(size, self.left))
+            if not chunk:
+                raise OSError(f"output ended {self.left} bytes short")
+        except BaseException as err:  # a timeout too: the PUT must not commit it
+            self.failed = err
+            raise
+        self.left -= len(chunk)
+        return chunk
+
+    def drain(self) -> None:
+        """Read what is left of it, unsent (the stream's next frame follows it)."""
+        while self.left > 0:
+            self.read(_COPY_CHUNK)
+
+    def close(self) -> None:
+        pass
 
 
 class Gathered:

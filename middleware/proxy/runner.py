@@ -42,7 +42,13 @@ from zerocompute.errors import JobError
 from zerocompute.manifest import Manifest, NamedOutput, Stage, SwiftPath, runtime_of
 from zerocompute.middleware.proxy.context import JobContext
 from zerocompute.middleware.proxy.dispatch import Dispatcher, PhaseDispatch, ResultHandler
-from zerocompute.middleware.proxy.outputs import Gathered, Outputs, read_output
+from zerocompute.middleware.proxy.outputs import (
+    SPOOL_MEMORY,
+    Gathered,
+    Outputs,
+    OutputStream,
+    read_output,
+)
 from zerocompute.placement import RunSettings, TaskState, node_key, node_label
 from zerocompute.planning import InputObject, MapTask, evenly_spaced, plan_map_tasks
 from zerocompute.report import SUCCEEDED, Attempt, JobReport, TaskReport
@@ -312,10 +318,14 @@ class PhaseRunner:
             run.abort(reason)
 
     def claim(self, report: TaskReport, state: TaskState, node: dict,
-              result: wire.TaskResult, stream: Any) -> Any:
-        """A task's claiming result into its report, and its output (a file), unless
-        the task failed (then None: its output, read off the stream, is dropped)."""
+              result: wire.TaskResult, stream: Any, streamed: bool = False) -> Any:
+        """A task's claiming result into its report, and its output (a file; with
+        ``streamed``, an :class:`OutputStream` when larger than ``SPOOL_MEMORY``, to be
+        read before the next frame), unless the task failed (then None: its output,
+        read off the stream, is dropped)."""
         record(report, state, node, result)
+        if streamed and report.ok and result.stdout_bytes > SPOOL_MEMORY:
+            return OutputStream(stream, result.stdout_bytes)
         output = read_output(stream, result.stdout_bytes)
         if report.ok:
             return output
@@ -563,7 +573,8 @@ class MapJob:
                     stream: Any) -> None:
         """A map-only task's claiming result: record it and hand its output on."""
         report = self.reports[state.index]
-        output = self.phases.claim(report, state, node, result, stream)
+        output = self.phases.claim(report, state, node, result, stream,
+                                   streamed=self.gathered is None)
         if output is None:
             return
         if self.gathered is not None:
@@ -571,9 +582,21 @@ class MapJob:
             report.bytes_out = result.stdout_bytes
             finish(state, report)
             return
+        self.hand_on(state, report, output, result.stdout_bytes, self.tasks[state.index].output)
+
+    def hand_on(self, state: TaskState, report: TaskReport, output: Any, length: int,
+                target: SwiftPath) -> None:
+        """Write a claimed output: a streamed one now, from the stream (a failure the
+        task's output cannot survive raises :class:`OutputLost`: the task runs again);
+        a spooled one by the writers, which retry it."""
+        if isinstance(output, OutputStream):
+            report.error = self.outputs.write_streamed(target, output, lambda: self.cancelled)
+            if report.error is None:
+                report.bytes_out = length
+            finish(state, report)
+            return
         # Blocks while every writer is busy: the stream waits, memory stays bounded.
-        self.phases.writes.spawn_n(self.write_output, state, report, output,
-                                   result.stdout_bytes, self.tasks[state.index].output)
+        self.phases.writes.spawn_n(self.write_output, state, report, output, length, target)
 
     def write_output(self, state: TaskState, report: TaskReport, output: Any,
                      length: int, target: SwiftPath) -> None:
@@ -830,13 +853,12 @@ class MapReduceJob(MapJob):
         report.bytes_in = sum(self.map_outputs[i][1][state.index] for i in self.map_outputs)
         if result.lost:
             self.lost[state.index] = list(result.lost)
-        output = self.phases.claim(report, state, node, result, stream)
+        output = self.phases.claim(report, state, node, result, stream, streamed=True)
         report.local = False  # a reduce reads from every map's node, wherever it runs
         if output is None:
             return
         out, local = self.parts[state.index]
-        self.phases.writes.spawn_n(self.write_output, state, report, output,
-                                   result.stdout_bytes, out.part(local))
+        self.hand_on(state, report, output, result.stdout_bytes, out.part(local))
 
     def delete_parts(self) -> None:
         """A failed job leaves no part objects of its own."""

@@ -283,6 +283,26 @@ class FakeNodes(Dispatcher):
                 if ran and group.tasks and group.kind == kind]
 
 
+class CutShort(bytes):
+    """A task's stdout whose node dies after sending ``sent`` bytes of it."""
+
+    def __new__(cls, data: bytes, sent: int):
+        made = super().__new__(cls, data)
+        made.sent = sent
+        return made
+
+
+class _DiesAfter(io.BytesIO):
+    def __init__(self, out: CutShort):
+        super().__init__(out[:out.sent])
+
+    def read(self, n=-1):
+        data = super().read(n)
+        if not data:
+            raise ConnectionResetError("the node went away")
+        return data
+
+
 class Answer:
     """An object server's answer to a group: a status, and one frame per task."""
 
@@ -301,7 +321,7 @@ class Answer:
             return b""
         spec, result, out = self.frames.pop(0)
         result.stdout_bytes = len(out)
-        self.body = io.BytesIO(out)
+        self.body = _DiesAfter(out) if isinstance(out, CutShort) else io.BytesIO(out)
         return result.frame_head()
 
     def read(self, n=-1):

@@ -16,12 +16,13 @@ import pytest
 from eventlet import wsgi
 from swift.common.swob import Request, Response
 
-from tests.unit.fakes import WASM, FakeNodes, FakeSwift, config, manifest, post
+from tests.unit.fakes import WASM, CutShort, FakeNodes, FakeSwift, config, manifest, post
 from zerocompute import wire
 from zerocompute.manifest import SwiftPath
 from zerocompute.middleware.proxy import ProxyMiddleware
 from zerocompute.middleware.proxy.context import JobContext
 from zerocompute.middleware.proxy.dispatch import Dispatcher
+from zerocompute.middleware.proxy.outputs import SPOOL_MEMORY
 from zerocompute.middleware.proxy.runner import shared_run
 from zerocompute.placement import node_key
 
@@ -77,6 +78,88 @@ def test_a_lost_map_output_reruns_that_map_elsewhere_and_the_reduce_gets_its_new
     (m1,) = [t for t in report["tasks"] if t["task"] == "m00001"]
     assert [r["error"] for r in m1["retries"]] == ["map output lost: a reduce could not fetch it"]
     assert mw.app.objects["/v1/AUTH_a/out/part-00000"] == b"part 0"
+
+
+# -- large outputs, streamed into their PUT ------------------------------------------------
+LARGE = SPOOL_MEMORY * 2 + 3  # past what is spooled: it streams from its node
+
+
+def part_of(partition):
+    return bytes([65 + partition]) * LARGE
+
+
+def reduce_job(mw):
+    return post(mw, manifest(reduce={"exec": "swift://~/apps/g.wasm", "partitions": 2},
+                             output="swift://~/out/"))
+
+
+def large_parts(cut=None):
+    """Maps that shuffle, reduces whose parts are LARGE; ``cut(partition, runs)`` may
+    make a part's stream die part way (a CutShort)."""
+    runs = {}
+
+    def answer(port, group, spec, streamed):
+        if group.kind == "map":
+            return wire.TaskResult(spec.task, exit=0, partitions=[5, 5]), b""
+        partition = spec.reduce_partition
+        runs[partition] = runs.get(partition, 0) + 1
+        out = part_of(partition)
+        if cut is not None and cut(partition, runs[partition]):
+            out = CutShort(out, SPOOL_MEMORY)
+        return wire.TaskResult(spec.task, exit=0), out
+    return answer, runs
+
+
+def test_a_large_part_streams_into_its_put_whole(swift_dir):
+    answer, runs = large_parts()
+    mw = proxy(swift_dir, answer)
+    resp, report = reduce_job(mw)
+    assert report["status"] == "succeeded", report
+    assert runs == {0: 1, 1: 1}
+    for partition in range(2):
+        assert mw.app.objects[f"/v1/AUTH_a/out/part-{partition:05d}"] == part_of(partition)
+    (r1,) = [t for t in report["tasks"] if t["kind"] == "reduce" and t["input"] == "partition 1"]
+    assert r1["bytes_out"] == LARGE and r1["error"] is None
+
+
+def test_a_large_part_whose_put_is_refused_fails_the_job_and_leaves_no_part(swift_dir):
+    answer, runs = large_parts()
+    mw = proxy(swift_dir, answer)
+    mw.app.errors[("PUT", "/v1/AUTH_a/out/part-00001")] = [413]
+    resp, report = reduce_job(mw)
+    assert report["status"] == "failed"
+    assert runs == {0: 1, 1: 1}, "a refusal is the same anywhere: not run again"
+    (r1,) = [t for t in report["tasks"] if t["kind"] == "reduce" and t["input"] == "partition 1"]
+    assert r1["error"] == "writing output swift://AUTH_a/out/part-00001 failed: 413 " \
+                          "Request Entity Too Large"
+    left = [p for p in mw.app.objects if p.startswith("/v1/AUTH_a/out/")]
+    assert left == ["/v1/AUTH_a/out/_report.json"], "no part, no _SUCCESS"
+
+
+def test_a_large_part_whose_put_fails_on_the_server_runs_its_reduce_again(swift_dir):
+    answer, runs = large_parts()
+    mw = proxy(swift_dir, answer)
+    mw.app.errors[("PUT", "/v1/AUTH_a/out/part-00000")] = [503]
+    resp, report = reduce_job(mw)
+    assert report["status"] == "succeeded", report
+    assert runs == {0: 2, 1: 1}, "its bytes were sent once: only a new run has them"
+    assert mw.app.objects["/v1/AUTH_a/out/part-00000"] == part_of(0)
+    (r0,) = [t for t in report["tasks"] if t["kind"] == "reduce" and t["input"] == "partition 0"]
+    assert [r["error"] for r in r0["retries"]] == [
+        "reading its output failed: OutputLost: writing output "
+        "swift://AUTH_a/out/part-00000 failed: 503 Service Unavailable"]
+
+
+def test_a_large_part_cut_short_by_its_node_is_never_committed_and_runs_again(swift_dir):
+    answer, runs = large_parts(cut=lambda partition, run: partition == 1 and run == 1)
+    mw = proxy(swift_dir, answer)
+    resp, report = reduce_job(mw)
+    assert report["status"] == "succeeded", report
+    assert runs == {0: 1, 1: 2}
+    assert mw.app.objects["/v1/AUTH_a/out/part-00001"] == part_of(1)
+    (r1,) = [t for t in report["tasks"] if t["kind"] == "reduce" and t["input"] == "partition 1"]
+    assert [r["error"] for r in r1["retries"]] == [
+        "reading its output failed: ConnectionResetError: the node went away"]
 
 
 # -- steps ----------------------------------------------------------------------------------
