@@ -118,10 +118,12 @@ def test_a_jobs_page_shows_every_task_and_one_bar_per_attempt(cluster, straggled
     report, words, swift, unique = straggled
     assert report["status"] == "succeeded", json.dumps(report, indent=1)[:4000]
     maps = [t for t in report["tasks"] if t["kind"] == "map"]
-    backed_up = [t for t in maps if t["backup"]]
-    assert [t["input"].rsplit("/", 1)[1] for t in backed_up] == ["doc-slow.txt"], [
-        (t["input"][-12:], t["timeline"], t["ms"]) for t in maps]
-    (slow,) = backed_up
+    # The straggler is backed up; on a loaded machine another task may be too (it ran
+    # long for the machine, not for its guest): the page shows whatever ran.
+    backed_up = {t["input"].rsplit("/", 1)[1]: t for t in maps if t["backup"]}
+    assert "doc-slow.txt" in backed_up, [(t["input"][-12:], t["timeline"], t["ms"])
+                                         for t in maps]
+    slow = backed_up["doc-slow.txt"]
     # Two attempts, the original and its backup: whichever finished first succeeded,
     # and the other was cancelled then, not left to run.
     attempts = slow["timeline"]

@@ -142,6 +142,43 @@ def test_terasort_parts_in_order_are_the_input_sorted(swift, terasort_wasm, uniq
     assert len(samples) == 4 and all(t["exit"] == 0 and t["error"] is None for t in samples)
 
 
+# -- a reducer reads its merged input from a pipe ------------------------------------------
+# More merged input than the pipe holds (1 MiB): the merge is still writing when they end.
+EARLY_EXITS = {
+    "reads nothing": b"import sys\nsys.stdout.write('read nothing\\n')\n",
+    "reads one record": b"import sys\nsys.stdout.buffer.write(sys.stdin.buffer.readline())\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EARLY_EXITS))
+def test_a_reducer_that_stops_reading_early_keeps_its_output(swift, terasort_wasm, unique,
+                                                             kind):
+    """Its merge, still writing into the reducer's stdin, stops; the task is as the
+    reducer left it, not a failure."""
+    swift.put_container(f"apps-{unique}")
+    swift.put_object(f"apps-{unique}", "terasort.wasm", terasort_wasm)
+    swift.put_object(f"apps-{unique}", "early.py", EARLY_EXITS[kind])
+    swift.put_container(f"ts-{unique}")
+    records = [terasort.gensort(number * 20000, 20000, seed=3) for number in range(2)]
+    for number, data in enumerate(records):
+        swift.put_object(f"ts-{unique}", f"in-{number}", data)
+    report = submit_job(swift, {
+        "map": {"exec": f"swift://~/apps-{unique}/terasort.wasm", "args": ["map"],
+                "inputs": [f"swift://~/ts-{unique}/in-*"]},
+        "reduce": {"exec": f"swift://~/apps-{unique}/early.py", "partitions": 1},
+        "output": f"swift://~/early-{unique}/"})
+    assert report["status"] == "succeeded", json.dumps(report, indent=1)[:3000]
+    (reduce,) = [t for t in report["tasks"] if t["kind"] == "reduce"]
+    assert reduce["bytes_in"] > 3 << 20 and reduce["attempts"] == 1
+    part = swift.get_object(f"early-{unique}", "part-00000")[1]
+    if kind == "reads nothing":
+        assert part == b"read nothing\n"
+    else:
+        first = min(r for data in records for r in (data[at:at + 100] for at in
+                                                    range(0, len(data), 100)))
+        assert part == first[:10] + b"\t" + first[10:98] + b"\n"
+
+
 # -- a map's memory, whatever its output -------------------------------------------------------
 BUFFER = 8 << 20  # the sort buffer this module's cluster gives its maps
 # An executor's own memory beside the buffer: Python and wasmtime (about 55 MiB
