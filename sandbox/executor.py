@@ -191,31 +191,23 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
                                     limits)
             except CoreFailed as err:
                 return TaskResult(spec.task, error=str(err))
-        merged = None
         if task.kind == "reduce":
-            merged, lost = shuffle_io.reduce_input(core, spec, task.shuffle.id)
-            if merged is None:
+            stdin, lost = shuffle_io.reduce_input(core, spec, task.shuffle.id)
+            if lost:
                 return TaskResult(spec.task, lost=lost, shuffle_steps=core.steps.as_list(),
                                   error=f"map output lost: {', '.join(lost)}")
-            stdin = merged.path
         elif core is not None:  # a map's output stays here, for the shuffle
             stdout = os.path.join(core.scratch, shuffle_io.MAP_OUTPUT)
         started()
         cpu_before = _cpu_seconds()
         with _cpu_limit(float(task.limits.cpu_s)):
             env = guest_env([*task.env, *spec.env], runtime_env)
-            try:
-                if resident:
-                    ran = runtime.run_resident(module, resident_key(task), python.RESIDENT_ARGV,
-                                               runtime_env, mounts, stdin, stdout, argv, env,
-                                               limits)
-                else:
-                    ran = runtime.run(module, stdin, stdout, argv, env, limits, mounts)
-            finally:
-                merge_failed = merged.finish() if merged is not None else None
+            if resident:
+                ran = runtime.run_resident(module, resident_key(task), python.RESIDENT_ARGV,
+                                           runtime_env, mounts, stdin, stdout, argv, env, limits)
+            else:
+                ran = runtime.run(module, stdin, stdout, argv, env, limits, mounts)
             cpu_ms = (_cpu_seconds() - cpu_before) * 1000
-            if merged is not None:  # its merge ran beside it: that CPU is the shuffle's
-                cpu_ms = max(0.0, cpu_ms - core.steps.times.get("merge", [0.0, 0.0])[1])
             result = TaskResult(spec.task, exit=ran.exit, error=ran.error, cpu_ms=cpu_ms,
                                 stdout_bytes=ran.stdout_bytes, bytes_in=bytes_in,
                                 bytes_local=rebuilt.local_bytes if rebuilt else 0,
@@ -223,8 +215,6 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
                                 fragments=rebuilt.fragments if rebuilt else None,
                                 stderr=ran.stderr_tail.decode("utf-8", "replace"), ms=ran.ms,
                                 counters=ran.counters)
-            if merge_failed is not None:  # its input was cut short: whatever it made is no result
-                result.error = str(merge_failed)
             if core is not None and task.kind == "map":
                 result.stdout_bytes = 0
                 if ran.ok:

@@ -240,7 +240,7 @@ class ResidentLinking:
 
     def define(self, linker: Linker) -> None:
         linker.allow_shadowing = True
-        for name, params in OWN.items():
+        for name, params in {"fd_write": [I32] * 4, **OWN}.items():
             linker.define_func(WASI, name, FuncType(params, [I32]), getattr(self, name),
                                access_caller=True)
 

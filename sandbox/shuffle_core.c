@@ -20,10 +20,7 @@
  * The job's layout (record form, partitions, named outputs, range split
  * points, sort buffer) is in /s/layout, written by the host.  The command's
  * summary (JSON, one line) goes to stdout; a data error goes to stderr as
- * one line and exits 65, anything else exits 70.  `reduce -` writes the
- * merged records to stdout (a pipe into the reducer, which the host runs
- * beside it) and its summary to stderr, and exits 66 if the reader stops
- * reading (its guest ended without reading all of it).
+ * one line and exits 65, anything else exits 70.
  *
  * Formats:
  *   job form   text (key TAB value NEWLINE) or framed (4-byte big-endian
@@ -62,7 +59,6 @@
 #define COMBINE_WORTH 8
 #define EXIT_DATA 65
 #define EXIT_SOFTWARE 70
-#define EXIT_CLOSED 66  /* the reader of stdout stopped reading */
 
 #ifdef __wasm__
 /* The host's clock of this thread's CPU time (the executor defines it). */
@@ -236,16 +232,12 @@ typedef struct {
     uint64_t written;
 } writer;
 
-static void w_open_fd(writer *w, int fd) {
-    w->fd = fd;
+static void w_open(writer *w, const char *path) {
+    w->fd = open_or_die(path, O_WRONLY | O_CREAT | O_TRUNC);
     w->cap = WRITE_CHUNK;
     w->buf = xmalloc(w->cap);
     w->len = 0;
     w->written = 0;
-}
-
-static void w_open(writer *w, const char *path) {
-    w_open_fd(w, open_or_die(path, O_WRONLY | O_CREAT | O_TRUNC));
 }
 
 static void w_flush(writer *w) {
@@ -254,7 +246,6 @@ static void w_flush(writer *w) {
         ssize_t n = write(w->fd, w->buf + at, w->len - at);
         if (n < 0) {
             if (errno == EINTR) continue;
-            if (errno == EPIPE) exit(EXIT_CLOSED);
             die(errno == EFBIG ? EXIT_DATA : EXIT_SOFTWARE, "write failed: %s",
                 errno == EFBIG ? "the task's output limit was reached" : strerror(errno));
         }
@@ -272,7 +263,6 @@ static inline void w_put(writer *w, const void *p, size_t n) {
                 ssize_t k = write(w->fd, q, n);
                 if (k < 0) {
                     if (errno == EINTR) continue;
-                    if (errno == EPIPE) exit(EXIT_CLOSED);
                     die(EXIT_SOFTWARE, "write failed: %s", strerror(errno));
                 }
                 q += k;
@@ -928,8 +918,6 @@ static void say(const char *fmt, ...) {
     if (summary_len >= sizeof summary) die(EXIT_SOFTWARE, "summary too long");
 }
 
-static FILE *summary_out;  /* stdout, or stderr when stdout carries the records */
-
 static void say_times_and_end(void) {
     step(-1);
     say("\"steps\":{");
@@ -937,8 +925,8 @@ static void say_times_and_end(void) {
         say("%s\"%s\":[%lld,%lld]", s ? "," : "", step_names[s], (long long)step_wall[s],
             (long long)step_cpu[s]);
     say("}}\n");
-    fwrite(summary, 1, summary_len, summary_out ? summary_out : stdout);
-    fflush(summary_out ? summary_out : stdout);
+    fwrite(summary, 1, summary_len, stdout);
+    fflush(stdout);
 }
 
 /* -- writing a sorted buffer -------------------------------------------------------------------- */
@@ -1531,20 +1519,9 @@ static int cmd_reduce(int argc, char **argv) {
     paths = merge_down(paths, &n);
     run *runs = open_runs(paths, n);
     writer w;
-    int to_stdout = !strcmp(out, "-");
-    if (to_stdout) {
-        w_open_fd(&w, STDOUT_FILENO);
-        summary_out = stderr;
-    } else {
-        w_open(&w, out);
-    }
+    w_open(&w, out);
     merge_partition(runs, n, 0, emit_job_form, &w);
-    if (to_stdout) {
-        w_flush(&w);
-        free(w.buf);
-    } else {
-        w_close(&w);
-    }
+    w_close(&w);
     close_runs(runs, n);
     remove_runs(paths, n);
     L.partitions = saved;

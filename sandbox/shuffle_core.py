@@ -26,7 +26,6 @@ from zerocompute.guests import build_c_guest
 from zerocompute.sandbox.wasm import (
     MIB,
     GuestLimits,
-    GuestResult,
     InvalidExecutable,
     Mount,
     WasmRuntime,
@@ -38,7 +37,6 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shuffle_core.
 FLAGS = ("-msimd128",)  # WebAssembly's SIMD (wasmtime runs it): 16 bytes a step
 SCRATCH, OUTPUT = "/s", "/o"  # the core's two directories, as it sees them
 EXIT_DATA = 65  # the records are not what they should be: the task's fault
-EXIT_CLOSED = 66  # the reader of its stdout stopped reading
 # What the core needs beyond its sort buffer: read and write buffers, a merge's
 # sources, its code and stack.
 ALLOWANCE_BYTES = 64 * MIB
@@ -154,24 +152,16 @@ class Core:
         summary_path = os.path.join(self.scratch, f"summary-{self.runs}")
         ran = self.runtime.run(self.module, os.devnull, summary_path,
                                ["shuffle_core", *map(str, argv)], [], self.limits, self.mounts)
-        _check(ran)
+        message = ran.stderr_tail.decode("utf-8", "replace").strip().splitlines()
+        if ran.error is not None or ran.exit != 0:
+            if ran.exit == EXIT_DATA and message:
+                raise CoreFailed(message[-1], data=True)
+            why = ran.error or f"exit status {ran.exit}"
+            raise CoreFailed(f"the shuffle failed: {why}"
+                             + (f": {message[-1]}" if message else ""), data=False)
         with open(summary_path, "rb") as f:
             summary = json.loads(f.read())
         os.unlink(summary_path)
-        self.steps.add_core(summary)
-        return summary
-
-    def beside(self, *argv: str | int, stdout: str) -> dict | None:
-        """Run a command whose records go to ``stdout``, a pipe a guest on another thread
-        reads (``reduce -``): its summary (which it writes to stderr), or None if the
-        guest stopped reading first (:class:`CoreFailed` if it fails)."""
-        ran = self.runtime.run(self.module, os.devnull, stdout,
-                               ["shuffle_core", *map(str, argv)], [], self.limits, self.mounts,
-                               beside=True)
-        if ran.exit == EXIT_CLOSED and ran.error is None:
-            return None
-        _check(ran)
-        summary = json.loads(ran.stderr_tail)
         self.steps.add_core(summary)
         return summary
 
@@ -180,18 +170,6 @@ class Core:
         for ``step``: work done beside the core (a combiner's guest, fetches)."""
         self.steps.add(step, (time.perf_counter() - started) * 1000,
                        (time.thread_time() - cpu_started) * 1000)
-
-
-def _check(ran: GuestResult) -> None:
-    """:class:`CoreFailed` unless the command succeeded."""
-    if ran.error is None and ran.exit == 0:
-        return
-    message = ran.stderr_tail.decode("utf-8", "replace").strip().splitlines()
-    if ran.exit == EXIT_DATA and message:
-        raise CoreFailed(message[-1], data=True)
-    why = ran.error or f"exit status {ran.exit}"
-    raise CoreFailed(f"the shuffle failed: {why}" + (f": {message[-1]}" if message else ""),
-                     data=False)
 
 
 def run_names(prefix: str, count: int) -> Sequence[str]:

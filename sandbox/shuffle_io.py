@@ -7,22 +7,19 @@ partitions by the shuffle core (``zerocompute.sandbox.shuffle_core``), under
 filter serves those files to reducers (signed ``GET``) and deletes a job's
 directory when the job ends (signed ``DELETE``) or once it is older than
 ``shuffle_max_age_s`` (a job whose proxy died).  A reduce task fetches its
-partition from every map's node, and the core merges the sorted runs into
-the reducer's stdin (a pipe) while the reducer runs.  This runs in the executor processes,
+partition from every map's node, merges the sorted runs and hands the
+result to the reducer as its stdin.  This runs in the executor processes,
 never on the object server's event loop; the records themselves are only
 ever touched by the core.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import http.client
 import itertools
 import os
 import re
 import shutil
-import threading
 import time
 from collections.abc import Callable
 
@@ -34,7 +31,6 @@ ROOT_ENV = "ZEROCOMPUTE_SHUFFLE_DIR"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 FETCH_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20  # a fetch's reads: a MiB of a map's output at a time
-PIPE_BYTES = 1 << 20  # the merge's pipe into a reducer (Linux's default most a user may set)
 
 
 def safe_name(name: str) -> str:
@@ -130,10 +126,9 @@ def sample_keys(core: Core, keys: int) -> str:
     return os.path.join(core.scratch, "sample")
 
 
-def reduce_input(core: Core, spec: wire.TaskSpec, shuffle_id: str) -> tuple[
-        MergedInput | None, list[str]]:
-    """Fetch the task's partition from every map and start merging them into the
-    reducer's input; the map tasks whose output could not be fetched (then nothing is
+def reduce_input(core: Core, spec: wire.TaskSpec, shuffle_id: str) -> tuple[str, list[str]]:
+    """Fetch the task's partition from every map, merge them into the reducer's input:
+    its path, and the map tasks whose output could not be fetched (then nothing is
     merged)."""
     fetched, lost = [], []
     started, cpu_started = time.perf_counter(), time.thread_time()
@@ -147,43 +142,9 @@ def reduce_input(core: Core, spec: wire.TaskSpec, shuffle_id: str) -> tuple[
             lost.append(map_task)
     core.timed("fetch", started, cpu_started)
     if lost:
-        return None, lost
-    return MergedInput(core, fetched), []
-
-
-class MergedInput:
-    """A reducer's input: the core merging the fetched map outputs into a pipe, on a
-    thread of its own, while the reducer reads the other end as its stdin.  The merged
-    records are never a file: their bytes go once, straight into the reducer (at ten
-    million TeraSort records a file of them was a GiB of page cache written and read).
-    The core removes the runs it merged."""
-
-    def __init__(self, core: Core, runs: list[str]):
-        self._read, write = os.pipe()
-        with contextlib.suppress(OSError):  # larger than the merge's writes: fewer switches
-            fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        self.path = f"/proc/self/fd/{self._read}"  # the reducer's stdin
-        self.failure: CoreFailed | None = None
-        self._thread = threading.Thread(target=self._merge, args=(core, runs, write),
-                                        name="zerocompute-merge", daemon=True)
-        self._thread.start()
-
-    def _merge(self, core: Core, runs: list[str], write: int) -> None:
-        try:
-            core.beside("reduce", "-", *runs, stdout=f"/proc/self/fd/{write}")
-        except CoreFailed as err:
-            self.failure = err
-        except Exception as err:  # noqa: BLE001 - said as the task's error
-            self.failure = CoreFailed(f"the shuffle failed: {err}", data=False)
-        finally:
-            os.close(write)  # the reducer reads to its end
-
-    def finish(self) -> CoreFailed | None:
-        """Once the reducer has ended: stop the merge if it still runs (it writes to no
-        one now) and say whether it failed: then the reducer's input was cut short."""
-        os.close(self._read)
-        self._thread.join()
-        return self.failure
+        return "", lost
+    core("reduce", core.path("input"), *fetched)  # (it removes what it merged)
+    return os.path.join(core.scratch, "input"), []
 
 
 def fetch(node: str, path: str, target: str) -> None:

@@ -185,11 +185,9 @@ class WasmRuntime:
         self._prepared: dict[str, Prepared] = {}
         # Two WASI linkers, each linking a module once, not per task: the runtime's own
         # tools (the shuffle core, compiling the Python SDK) write files in the
-        # directories they are given; a task's guest writes only stdout and stderr.
-        # Both write their stdout and stderr through the runtime (_Stdio), a guest
-        # reads its stdin through it too; a tool has sinks of its own, since one may
-        # run beside a guest (run_beside).
-        self._stdio, self._tool_stdio = _Stdio(), _Stdio()
+        # directories they are given; a task's guest writes only stdout and stderr,
+        # which the runtime writes itself (_Stdio).
+        self._stdio = _Stdio()
         self._tools_linker = Linker(self.engine)
         self._guest_linker = Linker(self.engine)
         for linker in (self._tools_linker, self._guest_linker):
@@ -198,12 +196,10 @@ class WasmRuntime:
             # none); a guest that imports it learns no more than its own time.
             linker.define_func("zerocompute", "thread_cpu_ns", FuncType([], [ValType.i64()]),
                                time.thread_time_ns)
-            linker.allow_shadowing = True
+        self._guest_linker.allow_shadowing = True
         for name in ("fd_read", "fd_write"):
             self._guest_linker.define_func(WASI, name, FuncType([I32] * 4, [I32]),
                                            getattr(self._stdio, name), access_caller=True)
-        self._tools_linker.define_func(WASI, "fd_write", FuncType([I32] * 4, [I32]),
-                                       self._tool_stdio.fd_write, access_caller=True)
         # Python guests' resident interpreters: a third linker, whose descriptor 0 is
         # the handover and then the task's input (resident.py).
         self._residents = ResidentLinking(self.engine, self._stdio.fd_write)
@@ -211,7 +207,6 @@ class WasmRuntime:
         self._resident_linker.define_wasi()
         self._residents.define(self._resident_linker)
         self._running = threading.Event()
-        self._active = 0  # guests and tools running now (a tool may run beside a guest)
         # A task is cancelled by its number (``interrupt``): a late cancel must not
         # stop the next task.  The lock orders it against ``begin`` and ``run``.
         self._lock = threading.Lock()
@@ -296,15 +291,13 @@ class WasmRuntime:
 
     def run(self, prepared: Prepared, stdin_path: str, stdout_path: str,
             argv: Sequence[str], env: Sequence[tuple[str, str]], limits: GuestLimits,
-            mounts: Sequence[Mount] = (), beside: bool = False) -> GuestResult:
+            mounts: Sequence[Mount] = ()) -> GuestResult:
         """Run the module's ``_start`` to completion (blocking).
 
         ``mounts`` map host directories into the guest, read-only unless
         marked writable (only ever for the runtime's own work: compiling the
         Python SDK, the shuffle core's scratch; never for a task's guest);
-        nothing else of the host is visible.  ``beside``: a tool run on
-        another thread while a guest runs (its stdout a pipe the guest reads):
-        the process's file size limit stays the guest's.
+        nothing else of the host is visible.
         """
         started, cpu_started = time.perf_counter(), time.thread_time()
         stderr = _Tail(limits.stderr_tail_bytes, limits.stderr_bytes)
@@ -314,36 +307,37 @@ class WasmRuntime:
         wasi = WasiConfig()
         wasi.argv = list(argv)
         wasi.env = [list(pair) for pair in env]
-        # Written (and a guest's stdin read) by _Stdio.  WASI's own streams stay,
-        # empty, for what asks about them (a stream's type, whatever file is behind
-        # it); never a guest's input itself: WASI may read ahead of the guest, and a
-        # pipe's data read is gone.
-        wasi.stdin_file = stdin_path if prepared.tool else os.devnull
-        wasi.stdout_file = wasi.stderr_file = os.devnull
-        stdio = self._tool_stdio if prepared.tool else self._stdio
-        stdin_fd = -1 if prepared.tool else os.open(stdin_path, os.O_RDONLY)
-        stdout_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        stdin_fd = stdout_fd = -1
+        if prepared.tool:
+            wasi.stdin_file = stdin_path
+            wasi.stdout_file = stdout_path
+            wasi.stderr_custom = stderr.write
+        else:
+            # Read and written by _Stdio.  WASI's own streams stay, empty, for what asks
+            # about them (a stream's type, whatever file is behind it); never the input
+            # itself: WASI may read ahead of the guest, and a pipe's data read is gone.
+            wasi.stdin_file = wasi.stdout_file = wasi.stderr_file = os.devnull
+            stdin_fd = os.open(stdin_path, os.O_RDONLY)
+            stdout_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         for mount in mounts:
             wasi.preopen_dir(mount.host, mount.guest, mount.writable)
         store.set_wasi(wasi)
         exit_code: int | None = None
         error: str | None = None
         instance = None
-        if not self._begin_guest(ticks, stdin_fd, stdout_fd, stderr, stdio):
+        if not self._begin_guest(ticks, stdin_fd, stdout_fd, stderr):
             for fd in (stdin_fd, stdout_fd):
                 if fd >= 0:
                     os.close(fd)
             return GuestResult(None, INTERRUPTED, 0, b"", 0.0)
-        limit = contextlib.nullcontext() if beside else soft_rlimit(
-            resource.RLIMIT_FSIZE, limits.output_bytes + 1)
-        with limit:
+        with soft_rlimit(resource.RLIMIT_FSIZE, limits.output_bytes + 1):
             try:
                 instance = prepared.pre.instantiate(store)
                 start = instance.exports(store).get("_start")
                 if start is None:
                     raise InvalidExecutable("module has no _start: not a WASI command")
-                if mounts:  # it reads (a tool: and writes) files of its own too
-                    stdio.own = self._residents.own.of(store, instance)
+                if mounts and not prepared.tool:  # it reads files of its own too
+                    self._stdio.own = self._residents.own.of(store, instance)
                 start(store)
                 exit_code = 0
             except ExitTrap as trap:
@@ -353,10 +347,12 @@ class WasmRuntime:
             finally:
                 if stdin_fd >= 0:
                     os.close(stdin_fd)
-                if self._end_guest(stdio):
+                if self._end_guest():
                     exit_code, error = None, INTERRUPTED
         ms = (time.perf_counter() - started) * 1000
         cpu_ms = (time.thread_time() - cpu_started) * 1000
+        if stdout_fd < 0:
+            stdout_fd = os.open(stdout_path, os.O_RDONLY)
         failed = error is not None or exit_code != 0
         return _result(exit_code, error, stdout_fd, stderr, limits, ms, cpu_ms,
                        failed and _memory_exhausted(instance, store, limits))
@@ -370,28 +366,23 @@ class WasmRuntime:
                          memories=limits.instances)
         return store
 
-    def _begin_guest(self, ticks: int, stdin_fd: int, stdout_fd: int, stderr: _Tail,
-                     stdio: _Stdio | None = None) -> bool:
-        """Mark a guest (or a tool) running from now (the ticker ticks, an interrupt
-        reaches it), reading ``stdin_fd``, writing to ``stdout_fd`` and ``stderr``
-        through ``stdio`` (the guests'); False if its task is cancelled."""
+    def _begin_guest(self, ticks: int, stdin_fd: int, stdout_fd: int, stderr: _Tail) -> bool:
+        """Mark a guest running from now (the ticker ticks, an interrupt reaches it),
+        reading ``stdin_fd``, writing to ``stdout_fd`` and ``stderr``; False if its
+        task is cancelled."""
         with self._lock:
             if self._cancelled:
                 return False
-            # A cancel pushes the epoch past every deadline of the task's runs.
-            self._deadline_ticks = max(self._deadline_ticks, ticks) if self._active else ticks
-            self._active += 1
+            self._deadline_ticks = ticks
             self._running.set()
-        (stdio or self._stdio).open(stdin_fd, stdout_fd, stderr)
+        self._stdio.open(stdin_fd, stdout_fd, stderr)
         return True
 
-    def _end_guest(self, stdio: _Stdio | None = None) -> bool:
-        """The guest (or tool) has stopped; whether its task was cancelled meanwhile."""
-        (stdio or self._stdio).close()
+    def _end_guest(self) -> bool:
+        """The guest has stopped; whether its task was cancelled meanwhile."""
+        self._stdio.close()
         with self._lock:
-            self._active -= 1
-            if not self._active:
-                self._running.clear()
+            self._running.clear()
             return self._cancelled
 
     def run_resident(self, prepared: Prepared, key: Any, launch: Sequence[str],
@@ -514,8 +505,7 @@ class _Stdio:
 
     def fd_write(self, caller: Any, fd: int, iovs: int, count: int, nwritten: int) -> int:
         if (fd != 1 or self.stdout_fd < 0) and (fd != 2 or self.stderr is None):
-            own = self.own.get("fd_write")  # a tool's files; a guest has none to write
-            return own(caller, fd, iovs, count, nwritten) if own else wasi_io.EBADF
+            return wasi_io.EBADF  # a guest has no other file to write
         try:
             views = wasi_io.buffers(caller, iovs, count)
             if fd == 2:
@@ -538,7 +528,7 @@ class _Stdio:
         except OSError as err:
             if err.errno == errno.EFBIG:
                 raise _OverLimit from None
-            return wasi_io.ERRNO.get(err.errno, wasi_io.EIO)  # EPIPE: its reader is gone
+            return wasi_io.EIO
         except wasi_io.OutOfBounds:
             return wasi_io.EFAULT
 

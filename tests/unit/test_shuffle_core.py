@@ -12,10 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import reference_shuffle as ref
-from tests.unit.test_sandbox import CAT, store_wat
 from zerocompute.sandbox import shuffle_io
 from zerocompute.sandbox.shuffle_core import Core, CoreFailed
-from zerocompute.sandbox.wasm import ExecutableStore, GuestLimits, WasmRuntime
+from zerocompute.sandbox.wasm import GuestLimits, WasmRuntime
 from zerocompute.shuffle import FRAMED, TEXT, partition_of, range_partition_of
 from zerocompute.wire import ShuffleSpec
 
@@ -287,48 +286,6 @@ def test_a_damaged_map_output_fails_the_reduce(runtime):
         f.write(_varint(5) + _varint(1) + b"ab")  # cut short
     with pytest.raises(CoreFailed, match="damaged"):
         core("reduce", core.path("input"), core.path("in-00000"))
-
-
-def merged_into_a_guest(runtime, runs: list[bytes]):
-    """The runs (internal form) merged into a guest that copies its stdin to its
-    stdout, through the reducer's pipe: the guest's result and output, and the merge's
-    failure (None if it succeeded)."""
-    cache, rt = runtime
-    scratch = tempfile.mkdtemp()
-    core = Core(rt, cache, ShuffleSpec(id="t", partitions=1), scratch, None,
-                GuestLimits(time_s=60))
-    names = []
-    for number, run in enumerate(runs):
-        with open(os.path.join(scratch, f"in-{number:05d}"), "wb") as f:
-            f.write(run)
-        names.append(core.path(f"in-{number:05d}"))
-    merged = shuffle_io.MergedInput(core, names)
-    guest = rt.prepare(ExecutableStore(cache).path(store_wat(cache, CAT)))
-    try:
-        ran = rt.run(guest, merged.path, os.path.join(scratch, "out"), ["cat"], [],
-                     GuestLimits(time_s=60))
-    finally:
-        failure = merged.finish()
-    with open(os.path.join(scratch, "out"), "rb") as f:
-        return ran, f.read(), failure
-
-
-def test_runs_merged_into_a_reducers_pipe_arrive_whole_and_in_order(runtime):
-    runs = [[(b"k%06d" % (n * 3 + i), b"v" * 200) for n in range(8000)] for i in range(3)]
-    ran, out, failure = merged_into_a_guest(runtime, [
-        b"".join(_varint(len(k)) + _varint(len(v)) + k + v for k, v in run) for run in runs])
-    assert failure is None and ran.ok
-    assert len(out) > 4 << 20  # far more than the pipe holds
-    assert list(ref.read_records(io.BytesIO(out), TEXT)) == list(ref.merge_sorted(runs))
-
-
-def test_a_damaged_map_output_fails_the_reduce_it_was_piped_into(runtime):
-    """The reducer sees its input end early and may well succeed: the merge's failure
-    is what the task reports."""
-    whole = b"".join(_varint(1) + _varint(1) + b"k" + b"v" for _ in range(10))
-    ran, out, failure = merged_into_a_guest(runtime, [whole, _varint(5) + _varint(1) + b"ab"])
-    assert ran.ok, "the guest itself only saw its input end"
-    assert isinstance(failure, CoreFailed) and failure.data and "damaged" in str(failure)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
