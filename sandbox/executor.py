@@ -192,7 +192,10 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
             except CoreFailed as err:
                 return TaskResult(spec.task, error=str(err))
         if task.kind == "reduce":
-            stdin, lost = shuffle_io.reduce_input(core, spec, task.shuffle.id)
+            try:
+                stdin, lost = shuffle_io.reduce_input(core, spec, task.shuffle.id)
+            except CoreFailed as err:  # a damaged map output: the records' fault
+                return TaskResult(spec.task, error=str(err), shuffle_steps=core.steps.as_list())
             if lost:
                 return TaskResult(spec.task, lost=lost, shuffle_steps=core.steps.as_list(),
                                   error=f"map output lost: {', '.join(lost)}")

@@ -2,9 +2,11 @@
 what a cancelled attempt (the requester hung up) costs."""
 
 import hashlib
+import http.server
 import os
 import socket
 import subprocess
+import threading
 import time
 
 import eventlet
@@ -13,8 +15,14 @@ from wasmtime import wat2wasm
 
 from zerocompute import wire
 from zerocompute.sandbox import python
-from zerocompute.sandbox.executor import CANCELLED, INTERRUPT_GRACE_S, ExecutorPool, guest_env
-from zerocompute.sandbox.wasm import ExecutableStore
+from zerocompute.sandbox.executor import (
+    CANCELLED,
+    INTERRUPT_GRACE_S,
+    ExecutorPool,
+    guest_env,
+    run_task,
+)
+from zerocompute.sandbox.wasm import ExecutableStore, WasmRuntime
 
 SPIN = '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
 READ = """(module
@@ -155,3 +163,39 @@ def test_a_python_task_goes_to_the_idle_executor_that_kept_its_runs_interpreter(
                 [b"1\n", b"2\n", b"1\n", b"2\n", b"3\n"]
     finally:
         pool.close()
+
+
+# -- a reduce whose map output arrives damaged ------------------------------------------------
+def test_a_damaged_map_output_fails_its_reduce_with_the_cores_reason(cache, tmp_path):
+    """A run cut short in its record (a truncated fetch, a damaged disk): the reduce
+    fails with the shuffle core's reason; its executor lives on."""
+    damaged = bytes([5, 1]) + b"ab"  # a key of five bytes, two of them sent
+
+    class MapNode(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(damaged)))
+            self.end_headers()
+            self.wfile.write(damaged)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.HTTPServer(("127.0.0.1", 0), MapNode)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    node = f"127.0.0.1:{server.server_port}"
+    cat = group(cache, READ)
+    reduce = wire.TaskGroup(
+        job="j", kind="reduce", exec_etag=cat.exec_etag, exec_name="g.wasm", runtime="wasm",
+        args=(), env=(), limits=cat.limits, shuffle=wire.ShuffleSpec(id="s1", partitions=1),
+        tasks=(wire.TaskSpec(task="r00000", device="", partition=0, path="",
+                             reduce_partition=0, sources=((node, "m00000"),)),))
+    fds = [os.open(os.devnull, os.O_RDONLY), os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)]
+    try:
+        result = run_task(WasmRuntime(cache), ExecutableStore(cache), cache, reduce, fds,
+                          lambda: None)
+    finally:
+        server.shutdown()
+        for fd in fds:
+            os.close(fd)
+    assert result.error is not None and "damaged" in result.error, result
+    assert not result.lost, "the run arrived: nothing to make again"
