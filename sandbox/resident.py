@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from wasmtime import Engine, ExitTrap, FuncType, Linker, Store, Trap, WasiConfig, _ffi
+from wasmtime import ExitTrap, FuncType, Linker, Store, Trap, WasiConfig, _ffi
 
 from zerocompute.sandbox.wasi_io import (
     EBADF,
@@ -160,7 +160,7 @@ class Resident:
         error: Exception | None = None
         try:
             self._instance = self._pre.instantiate(self.store)
-            self.wasi = self._linking.wasi_functions(self.store, self._instance)
+            self.wasi = self._linking.own.of(self.store, self._instance)
             self._instance.exports(self.store)["_start"](self.store)
             exit_code = 0
         except ExitTrap as trap:
@@ -229,14 +229,10 @@ class ResidentLinking:
     resident's own WASI functions (writes to the runtime's ``stdio_write``).
     ``current`` is the resident (one per executor at a time)."""
 
-    def __init__(self, engine: Engine, stdio_write) -> None:
+    def __init__(self, own: OwnFunctions, stdio_write) -> None:
         self.current: Resident | None = None
+        self.own = own
         self._stdio_write = stdio_write
-        self.own = OwnFunctions(engine)
-
-    def wasi_functions(self, store: Store, instance: Any) -> dict[str, Any]:
-        """WASI's own functions of ``store``, as they would be called by ``instance``."""
-        return self.own.of(store, instance)
 
     def define(self, linker: Linker) -> None:
         linker.allow_shadowing = True

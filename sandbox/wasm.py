@@ -55,7 +55,7 @@ from wasmtime import (
 from zerocompute.counters import CounterFilter, Counts
 from zerocompute.sandbox import wasi_io
 from zerocompute.sandbox.resident import Handover, Resident, ResidentLinking, task_header
-from zerocompute.sandbox.wasi_io import I32, WASI
+from zerocompute.sandbox.wasi_io import I32, WASI, OwnFunctions
 from zerocompute.wire import LIMIT_DEFAULTS, Limits
 
 WASM_MAGIC = b"\0asm"
@@ -202,7 +202,8 @@ class WasmRuntime:
                                            getattr(self._stdio, name), access_caller=True)
         # Python guests' resident interpreters: a third linker, whose descriptor 0 is
         # the handover and then the task's input (resident.py).
-        self._residents = ResidentLinking(self.engine, self._stdio.fd_write)
+        self._own = OwnFunctions(self.engine)  # WASI's own fd_read & co., for other descriptors
+        self._residents = ResidentLinking(self._own, self._stdio.fd_write)
         self._resident_linker = Linker(self.engine)
         self._resident_linker.define_wasi()
         self._residents.define(self._resident_linker)
@@ -337,7 +338,7 @@ class WasmRuntime:
                 if start is None:
                     raise InvalidExecutable("module has no _start: not a WASI command")
                 if mounts and not prepared.tool:  # it reads files of its own too
-                    self._stdio.own = self._residents.own.of(store, instance)
+                    self._stdio.own = self._own.of(store, instance)
                 start(store)
                 exit_code = 0
             except ExitTrap as trap:

@@ -175,9 +175,6 @@ class OutputStream:
         while self.left > 0:
             self.read(_COPY_CHUNK)
 
-    def close(self) -> None:
-        pass
-
 
 class Gathered:
     """Every task's output for one object: appended as they come, read in task order."""
