@@ -193,7 +193,8 @@ def run_task(runtime: WasmRuntime, executables: ExecutableStore, cache_dir: str,
                 return TaskResult(spec.task, error=str(err))
         if task.kind == "reduce":
             try:
-                stdin, lost = shuffle_io.reduce_input(core, spec, task.shuffle.id)
+                stdin, lost = shuffle_io.reduce_input(core, spec, task.shuffle.id,
+                                                          os.environ[shuffle_io.ROOT_ENV])
             except CoreFailed as err:  # a damaged map output: the records' fault
                 return TaskResult(spec.task, error=str(err), shuffle_steps=core.steps.as_list())
             if lost:

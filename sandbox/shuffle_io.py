@@ -45,6 +45,11 @@ def shuffle_root(cache_dir: str, server: str) -> str:
     return os.path.join(cache_dir, "shuffle", safe_name(server.replace(":", "-")))
 
 
+def own_root(root: str, node: str) -> bool:
+    """Whether ``root`` is the shuffle root of the object server at ``node``."""
+    return root == shuffle_root(os.path.dirname(os.path.dirname(root)), node)
+
+
 def map_dir(root: str, shuffle_id: str, task: str) -> str:
     return os.path.join(root, safe_name(shuffle_id), safe_name(task))
 
@@ -126,17 +131,22 @@ def sample_keys(core: Core, keys: int) -> str:
     return os.path.join(core.scratch, "sample")
 
 
-def reduce_input(core: Core, spec: wire.TaskSpec, shuffle_id: str) -> tuple[str, list[str]]:
+def reduce_input(core: Core, spec: wire.TaskSpec, shuffle_id: str,
+                 root: str) -> tuple[str, list[str]]:
     """Fetch the task's partition from every map, merge them into the reducer's input:
     its path, and the map tasks whose output could not be fetched (then nothing is
-    merged)."""
+    merged).  ``root`` is this server's shuffle root: its own maps' outputs are
+    linked from there, not fetched."""
     fetched, lost = [], []
     started, cpu_started = time.perf_counter(), time.thread_time()
     for number, (node, map_task) in enumerate(spec.sources):
         name = f"in-{number:05d}"
+        target = os.path.join(core.scratch, name)
         try:
-            fetch(node, wire.shuffle_path(shuffle_id, map_task, spec.reduce_partition),
-                  os.path.join(core.scratch, name))
+            if not (own_root(root, node) and link_own_output(
+                    partition_file(root, shuffle_id, map_task, spec.reduce_partition), target)):
+                fetch(node, wire.shuffle_path(shuffle_id, map_task, spec.reduce_partition),
+                      target)
             fetched.append(core.path(name))
         except (OSError, http.client.HTTPException, ValueError):
             lost.append(map_task)
@@ -145,6 +155,17 @@ def reduce_input(core: Core, spec: wire.TaskSpec, shuffle_id: str) -> tuple[str,
         return "", lost
     core("reduce", core.path("input"), *fetched)  # (it removes what it merged)
     return os.path.join(core.scratch, "input"), []
+
+
+def link_own_output(path: str, target: str) -> bool:
+    """Hard-link a map output this server holds to ``target`` (Hadoop's LocalFetcher):
+    no request, no copy, and the original stays for a rerun of the reduce.  False if
+    it cannot be linked (another file system, gone): then it is fetched as any other."""
+    try:
+        os.link(path, target)
+    except OSError:
+        return False
+    return True
 
 
 def fetch(node: str, path: str, target: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from wasmtime import wat2wasm
 
 from zerocompute import wire
-from zerocompute.sandbox import python
+from zerocompute.sandbox import python, shuffle_io
 from zerocompute.sandbox.executor import (
     CANCELLED,
     INTERRUPT_GRACE_S,
@@ -31,6 +31,18 @@ READ = """(module
  (func (export "_start")
   (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 16))
   (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+CAT = """(module
+ (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+ (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+ (memory (export "memory") 1)
+ (func (export "_start")
+  (loop $copy
+   (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 4096))
+   (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+   (if (i32.load (i32.const 8)) (then
+    (i32.store (i32.const 4) (i32.load (i32.const 8)))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 12)))
+    (br $copy))))))"""
 
 
 @pytest.fixture
@@ -166,7 +178,8 @@ def test_a_python_task_goes_to_the_idle_executor_that_kept_its_runs_interpreter(
 
 
 # -- a reduce whose map output arrives damaged ------------------------------------------------
-def test_a_damaged_map_output_fails_its_reduce_with_the_cores_reason(cache, tmp_path):
+def test_a_damaged_map_output_fails_its_reduce_with_the_cores_reason(cache, tmp_path,
+                                                                     monkeypatch):
     """A run cut short in its record (a truncated fetch, a damaged disk): the reduce
     fails with the shuffle core's reason; its executor lives on."""
     damaged = bytes([5, 1]) + b"ab"  # a key of five bytes, two of them sent
@@ -183,6 +196,7 @@ def test_a_damaged_map_output_fails_its_reduce_with_the_cores_reason(cache, tmp_
     server = http.server.HTTPServer(("127.0.0.1", 0), MapNode)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     node = f"127.0.0.1:{server.server_port}"
+    monkeypatch.setenv(shuffle_io.ROOT_ENV, shuffle_io.shuffle_root(cache, "127.0.0.1:1"))
     cat = group(cache, READ)
     reduce = wire.TaskGroup(
         job="j", kind="reduce", exec_etag=cat.exec_etag, exec_name="g.wasm", runtime="wasm",
@@ -199,3 +213,56 @@ def test_a_damaged_map_output_fails_its_reduce_with_the_cores_reason(cache, tmp_
             os.close(fd)
     assert result.error is not None and "damaged" in result.error, result
     assert not result.lost, "the run arrived: nothing to make again"
+
+
+def test_a_reduce_links_its_own_servers_map_outputs_and_fetches_the_rest(
+        cache, tmp_path, monkeypatch):
+    """Hadoop's LocalFetcher: a map output on the reducer's own server is linked, not
+    requested (nothing listens at that server's address here), and stays for a rerun;
+    another server's is fetched over HTTP."""
+    def run(*records):
+        return b"".join(bytes([len(k), len(v)]) + k + v for k, v in records)
+    remote = run((b"b", b"2"))
+    requested = []
+
+    class MapNode(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            requested.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(remote)))
+            self.end_headers()
+            self.wfile.write(remote)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.HTTPServer(("127.0.0.1", 0), MapNode)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        own = f"127.0.0.1:{unused.getsockname()[1]}"
+    root = shuffle_io.shuffle_root(cache, own)
+    monkeypatch.setenv(shuffle_io.ROOT_ENV, root)
+    kept = shuffle_io.partition_file(root, "s1", "m00000", 0)
+    os.makedirs(os.path.dirname(kept))
+    with open(kept, "wb") as f:
+        f.write(run((b"a", b"1"), (b"c", b"3")))
+    cat = group(cache, CAT)
+    reduce = wire.TaskGroup(
+        job="j", kind="reduce", exec_etag=cat.exec_etag, exec_name="g.wasm", runtime="wasm",
+        args=(), env=(), limits=cat.limits, shuffle=wire.ShuffleSpec(id="s1", partitions=1),
+        tasks=(wire.TaskSpec(task="r00000", device="", partition=0, path="",
+                             reduce_partition=0,
+                             sources=((own, "m00000"),
+                                      (f"127.0.0.1:{server.server_port}", "m00001"))),))
+    fds = [os.open(os.devnull, os.O_RDONLY), os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)]
+    try:
+        result = run_task(WasmRuntime(cache), ExecutableStore(cache), cache, reduce, fds,
+                          lambda: None)
+    finally:
+        server.shutdown()
+        for fd in fds:
+            os.close(fd)
+    assert result.error is None and not result.lost, result
+    assert (tmp_path / "out").read_bytes() == b"a\t1\nb\t2\nc\t3\n"
+    assert requested == [wire.shuffle_path("s1", "m00001", 0)], "only the other server's"
+    assert os.path.exists(kept), "the server's own map output stays for a rerun"
