@@ -178,39 +178,53 @@ def test_a_python_task_goes_to_the_idle_executor_that_kept_its_runs_interpreter(
 
 
 # -- a reduce whose map output arrives damaged ------------------------------------------------
-def test_a_damaged_map_output_fails_its_reduce_with_the_cores_reason(cache, tmp_path,
-                                                                     monkeypatch):
-    """A run cut short in its record (a truncated fetch, a damaged disk): the reduce
-    fails with the shuffle core's reason; its executor lives on."""
-    damaged = bytes([5, 1]) + b"ab"  # a key of five bytes, two of them sent
-
+def serve_map_output(body: bytes, requested: list[str]) -> http.server.HTTPServer:
+    """A map's node that answers every shuffle GET with ``body`` (the paths asked go
+    to ``requested``); shut it down after the test."""
     class MapNode(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
+            requested.append(self.path)
             self.send_response(200)
-            self.send_header("Content-Length", str(len(damaged)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(damaged)
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
     server = http.server.HTTPServer(("127.0.0.1", 0), MapNode)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    node = f"127.0.0.1:{server.server_port}"
-    monkeypatch.setenv(shuffle_io.ROOT_ENV, shuffle_io.shuffle_root(cache, "127.0.0.1:1"))
-    cat = group(cache, READ)
+    return server
+
+
+def run_reduce(cache, wat, sources, out_path, server):
+    """Reduce partition 0 of shuffle ``s1`` from ``sources`` with the guest ``wat``, its
+    output to ``out_path``; ``server`` (the maps' node) is shut down after."""
+    reducer = group(cache, wat)
     reduce = wire.TaskGroup(
-        job="j", kind="reduce", exec_etag=cat.exec_etag, exec_name="g.wasm", runtime="wasm",
-        args=(), env=(), limits=cat.limits, shuffle=wire.ShuffleSpec(id="s1", partitions=1),
+        job="j", kind="reduce", exec_etag=reducer.exec_etag, exec_name="g.wasm",
+        runtime="wasm", args=(), env=(), limits=reducer.limits,
+        shuffle=wire.ShuffleSpec(id="s1", partitions=1),
         tasks=(wire.TaskSpec(task="r00000", device="", partition=0, path="",
-                             reduce_partition=0, sources=((node, "m00000"),)),))
-    fds = [os.open(os.devnull, os.O_RDONLY), os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)]
+                             reduce_partition=0, sources=sources),))
+    fds = [os.open(os.devnull, os.O_RDONLY), os.open(out_path, os.O_RDWR | os.O_CREAT)]
     try:
-        result = run_task(WasmRuntime(cache), ExecutableStore(cache), cache, reduce, fds,
-                          lambda: None)
+        return run_task(WasmRuntime(cache), ExecutableStore(cache), cache, reduce, fds,
+                        lambda: None)
     finally:
         server.shutdown()
         for fd in fds:
             os.close(fd)
+
+
+def test_a_damaged_map_output_fails_its_reduce_with_the_cores_reason(cache, tmp_path,
+                                                                     monkeypatch):
+    """A run cut short in its record (a truncated fetch, a damaged disk): the reduce
+    fails with the shuffle core's reason; its executor lives on."""
+    damaged = bytes([5, 1]) + b"ab"  # a key of five bytes, two of them sent
+    server = serve_map_output(damaged, [])
+    node = f"127.0.0.1:{server.server_port}"
+    monkeypatch.setenv(shuffle_io.ROOT_ENV, shuffle_io.shuffle_root(cache, "127.0.0.1:1"))
+    result = run_reduce(cache, READ, ((node, "m00000"),), tmp_path / "out", server)
     assert result.error is not None and "damaged" in result.error, result
     assert not result.lost, "the run arrived: nothing to make again"
 
@@ -222,21 +236,8 @@ def test_a_reduce_links_its_own_servers_map_outputs_and_fetches_the_rest(
     another server's is fetched over HTTP."""
     def run(*records):
         return b"".join(bytes([len(k), len(v)]) + k + v for k, v in records)
-    remote = run((b"b", b"2"))
     requested = []
-
-    class MapNode(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            requested.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(remote)))
-            self.end_headers()
-            self.wfile.write(remote)
-
-        def log_message(self, *args):
-            pass
-    server = http.server.HTTPServer(("127.0.0.1", 0), MapNode)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_map_output(run((b"b", b"2")), requested)
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         own = f"127.0.0.1:{unused.getsockname()[1]}"
@@ -246,22 +247,8 @@ def test_a_reduce_links_its_own_servers_map_outputs_and_fetches_the_rest(
     os.makedirs(os.path.dirname(kept))
     with open(kept, "wb") as f:
         f.write(run((b"a", b"1"), (b"c", b"3")))
-    cat = group(cache, CAT)
-    reduce = wire.TaskGroup(
-        job="j", kind="reduce", exec_etag=cat.exec_etag, exec_name="g.wasm", runtime="wasm",
-        args=(), env=(), limits=cat.limits, shuffle=wire.ShuffleSpec(id="s1", partitions=1),
-        tasks=(wire.TaskSpec(task="r00000", device="", partition=0, path="",
-                             reduce_partition=0,
-                             sources=((own, "m00000"),
-                                      (f"127.0.0.1:{server.server_port}", "m00001"))),))
-    fds = [os.open(os.devnull, os.O_RDONLY), os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)]
-    try:
-        result = run_task(WasmRuntime(cache), ExecutableStore(cache), cache, reduce, fds,
-                          lambda: None)
-    finally:
-        server.shutdown()
-        for fd in fds:
-            os.close(fd)
+    result = run_reduce(cache, CAT, ((own, "m00000"), (f"127.0.0.1:{server.server_port}",
+                                                       "m00001")), tmp_path / "out", server)
     assert result.error is None and not result.lost, result
     assert (tmp_path / "out").read_bytes() == b"a\t1\nb\t2\nc\t3\n"
     assert requested == [wire.shuffle_path("s1", "m00001", 0)], "only the other server's"
