@@ -13,6 +13,7 @@ import eventlet
 import pytest
 from wasmtime import wat2wasm
 
+from tests.unit.test_shuffle_core import core_run
 from zerocompute import wire
 from zerocompute.sandbox import python, shuffle_io
 from zerocompute.sandbox.executor import (
@@ -234,10 +235,8 @@ def test_a_reduce_links_its_own_servers_map_outputs_and_fetches_the_rest(
     """Hadoop's LocalFetcher: a map output on the reducer's own server is linked, not
     requested (nothing listens at that server's address here), and stays for a rerun;
     another server's is fetched over HTTP."""
-    def run(*records):
-        return b"".join(bytes([len(k), len(v)]) + k + v for k, v in records)
     requested = []
-    server = serve_map_output(run((b"b", b"2")), requested)
+    server = serve_map_output(core_run([(b"b", b"2")]), requested)
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         own = f"127.0.0.1:{unused.getsockname()[1]}"
@@ -246,7 +245,7 @@ def test_a_reduce_links_its_own_servers_map_outputs_and_fetches_the_rest(
     kept = shuffle_io.partition_file(root, "s1", "m00000", 0)
     os.makedirs(os.path.dirname(kept))
     with open(kept, "wb") as f:
-        f.write(run((b"a", b"1"), (b"c", b"3")))
+        f.write(core_run([(b"a", b"1"), (b"c", b"3")]))
     result = run_reduce(cache, CAT, ((own, "m00000"), (f"127.0.0.1:{server.server_port}",
                                                        "m00001")), tmp_path / "out", server)
     assert result.error is None and not result.lost, result

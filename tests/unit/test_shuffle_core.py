@@ -250,8 +250,7 @@ def test_a_reducers_input_is_every_map_output_merged_in_order(runtime, runs, for
     names = []
     for number, run in enumerate(runs):
         with open(os.path.join(scratch, f"in-{number:05d}"), "wb") as f:
-            for key, value in run:
-                f.write(_varint(len(key)) + _varint(len(value)) + key + value)
+            f.write(core_run(run))
         names.append(core.path(f"in-{number:05d}"))
     core("reduce", core.path("input"), *names)
     with open(os.path.join(scratch, "input"), "rb") as f:
@@ -270,7 +269,7 @@ def test_a_reducer_merges_more_maps_than_one_merge_takes(runtime):
                      for i in range(20))
         expected.append(run)
         with open(os.path.join(scratch, f"in-{number:05d}"), "wb") as f:
-            f.write(b"".join(_varint(len(k)) + _varint(len(v)) + k + v for k, v in run))
+            f.write(core_run(run))
         names.append(core.path(f"in-{number:05d}"))
     core("reduce", core.path("input"), *names)
     with open(os.path.join(scratch, "input"), "rb") as f:
@@ -303,6 +302,12 @@ def test_a_total_order_puts_each_key_in_its_range(runtime, keys, points, budget)
         assert [k for k, _ in part] == sorted(k for k, _ in part)
     in_order = [k for part in parts for k, _ in part]
     assert in_order == sorted(keys), "the parts, read in order, are one sorted sequence"
+
+
+def core_run(records) -> bytes:
+    """``(key, value)`` records in the core's own run form: each one's key and value
+    lengths as varints, then both."""
+    return b"".join(_varint(len(k)) + _varint(len(v)) + k + v for k, v in records)
 
 
 def _varint(n: int) -> bytes:
