@@ -48,7 +48,7 @@ Configuration, in ``object-server.conf``::
     # ionice_class = IOPRIO_CLASS_BE
     # ionice_priority = 7
     # cpu_policy =
-    # cpu_cgroup =
+    # cpu_cgroup = auto
     # cpu_weight =
 
 ``GET /zerocompute/shuffle/<id>/<map>/<partition>`` and ``DELETE
@@ -101,7 +101,7 @@ from zerocompute.middleware.bodies import FileIter
 from zerocompute.middleware.slots import FairAdmission, FairSlots
 from zerocompute.sandbox import shuffle_io
 from zerocompute.sandbox.executor import CANCELLED, ExecutorPool, hung_up, reap_scratch
-from zerocompute.sandbox.priority import Priority, check_cgroup, set_cpu_weight
+from zerocompute.sandbox.priority import Priority, resolve_cgroup
 from zerocompute.sandbox.wasm import ExecutableStore, InvalidExecutable
 from zerocompute.scheduler import DEFAULT_SERVICE_MS, update_service_ms
 
@@ -211,12 +211,9 @@ class TaskMiddleware:
         # This server's own map outputs: object servers of one host may share cache_dir.
         self.shuffle_root = shuffle_io.shuffle_root(
             config.cache_dir, f"{conf.get('bind_ip', '0.0.0.0')}:{conf.get('bind_port', 6200)}")
-        if config.priority.cpu_cgroup:
-            check_cgroup(config.priority.cpu_cgroup)
-        if config.cpu_weight is not None:
-            set_cpu_weight(config.priority.cpu_cgroup, config.cpu_weight)
+        priority = resolve_cgroup(config.priority, config.cpu_weight, self.logger)
         self.pool = pool or ExecutorPool(config.slots, config.cache_dir, config.secret,
-                                         self.shuffle_root, config.priority)
+                                         self.shuffle_root, priority)
         self.seen: set[str] = set()  # signatures of groups received lately (replays)
         self.seen_order: collections.deque[tuple[float, str]] = collections.deque()
         self.reaped_at = 0.0

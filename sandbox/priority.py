@@ -21,7 +21,10 @@ section of ``object-server.conf``::
     # A cgroup (v1 cpu controller or v2) the executors join, writable by the
     # server's user, and the CPU weight the server gives it at start (cpu.shares
     # in v1, 1024 a process's default; cpu.weight in v2, 100 the default).
-    # cpu_cgroup =
+    # "auto" makes (or reuses) zerocompute-executors under the host's cpu
+    # controller when this server may, and goes without a group when not;
+    # empty: no group.  The auto group's weight is 64 unless cpu_weight is set.
+    # cpu_cgroup = auto
     # cpu_weight =
     # CPUs kept free of guests: the executors run on the others (the first N
     # CPUs of the server's affinity are the ones kept).
@@ -49,7 +52,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from swift.common.utils import modify_priority
@@ -64,8 +67,14 @@ DEFAULT_IONICE_CLASS = "IOPRIO_CLASS_BE"
 DEFAULT_IONICE_PRIORITY = 7
 DEFAULT_CPU_POLICY = ""  # idle starved guests past their wall-clock limits (doc/sandbox.md)
 CPU_POLICIES = {"idle": os.SCHED_IDLE, "batch": os.SCHED_BATCH}
+AUTO_CGROUP = "auto"
+DEFAULT_CPU_WEIGHT = 64
+EXECUTORS_GROUP = "zerocompute-executors"
+# Where the cpu controller is mounted: cgroup v1 (either name), then a v2 root.
+CPU_CONTROLLERS = ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup")
 # The filter's options that leave executors at their server's priority.
-AT_THE_SERVERS_PRIORITY = {"nice_priority": "", "ionice_class": "", "cpu_policy": ""}
+AT_THE_SERVERS_PRIORITY = {"nice_priority": "", "ionice_class": "", "cpu_policy": "",
+                           "cpu_cgroup": ""}
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class Priority:
     nice_priority: int | None = DEFAULT_NICE
     ionice_class: str | None = DEFAULT_IONICE_CLASS
     ionice_priority: int = DEFAULT_IONICE_PRIORITY
-    cpu_cgroup: str = ""
+    cpu_cgroup: str = ""  # a group's directory, AUTO_CGROUP (resolved at start) or none
     cpu_policy: str | None = None
     reserved_cpus: int = 0
 
@@ -101,7 +110,8 @@ class Priority:
             raise ValueError(f"zerocompute_object: reserved_cpus {reserved} leaves no CPU of "
                              f"this server's {cpus} for guests")
         return cls(nice_priority=None if nice is None else int(nice), ionice_class=io_class,
-                   ionice_priority=io_priority, cpu_cgroup=conf.get("cpu_cgroup", "").strip(),
+                   ionice_priority=io_priority,
+                   cpu_cgroup=conf.get("cpu_cgroup", AUTO_CGROUP).strip(),
                    cpu_policy=cpu_policy, reserved_cpus=reserved)
 
     def encode(self) -> str:
@@ -145,6 +155,53 @@ def guest_cpus(allowed: set[int], reserved: int) -> set[int]:
     1.3-1.4x idle, and the job gets the other cores only."""
     cpus = sorted(allowed)
     return set(cpus[reserved:] or cpus[-1:])
+
+
+def executors_cgroup(controllers: tuple[str, ...] = CPU_CONTROLLERS) -> str:
+    """The host's group for executors, made if need be: ``zerocompute-executors``
+    under the first cpu controller this server may write ("" where there is none)."""
+    for root in controllers:
+        if not has_cpu_controller(root) or not os.access(root, os.W_OK):
+            continue
+        path = os.path.join(root, EXECUTORS_GROUP)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(os.path.join(path, "cgroup.procs"), os.W_OK):
+            return path
+    return ""
+
+
+def has_cpu_controller(root: str) -> bool:
+    """Whether ``root`` is a cgroup v1 cpu hierarchy, or a v2 one that gives its
+    children the cpu controller."""
+    if os.path.exists(os.path.join(root, "cpu.shares")):
+        return True
+    try:
+        with open(os.path.join(root, "cgroup.subtree_control")) as f:
+            return "cpu" in f.read().split()
+    except OSError:
+        return False
+
+
+def resolve_cgroup(priority: Priority, weight: int | None, logger: Any,
+                   controllers: tuple[str, ...] = CPU_CONTROLLERS) -> Priority:
+    """``priority`` with its group made concrete (the host's group for ``auto``) and
+    given ``weight``; refuses, at the server's start, a group executors could not join."""
+    cgroup = priority.cpu_cgroup
+    if cgroup == AUTO_CGROUP:
+        cgroup = executors_cgroup(controllers)
+        if not cgroup:
+            logger.info("zerocompute_object: no cgroup cpu controller this server may "
+                        "write; executors yield by their nice value alone")
+            return replace(priority, cpu_cgroup="")
+        weight = DEFAULT_CPU_WEIGHT if weight is None else weight
+    if cgroup:
+        check_cgroup(cgroup)
+        if weight is not None:
+            set_cpu_weight(cgroup, weight)
+    return replace(priority, cpu_cgroup=cgroup)
 
 
 def check_cgroup(cgroup: str) -> None:

@@ -17,7 +17,15 @@ from tests.unit.test_executor import SPIN, group
 from zerocompute.middleware.task import TaskFilterConfig
 from zerocompute.sandbox import procfs
 from zerocompute.sandbox.executor import CANCELLED, ExecutorPool
-from zerocompute.sandbox.priority import Priority, sessions_share_the_cpu, set_cpu_weight
+from zerocompute.sandbox.priority import (
+    AT_THE_SERVERS_PRIORITY,
+    AUTO_CGROUP,
+    EXECUTORS_GROUP,
+    Priority,
+    resolve_cgroup,
+    sessions_share_the_cpu,
+    set_cpu_weight,
+)
 
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 
@@ -128,8 +136,7 @@ def test_an_executor_in_a_session_of_its_own_dies_with_its_server(cache, tmp_pat
 
 def test_empty_settings_leave_the_executor_at_the_servers_priority(cache, tmp_path):
     seen = threads_while_a_guest_runs(
-        cache, tmp_path, Priority.from_conf({"nice_priority": "", "ionice_class": "",
-                                             "cpu_policy": ""}))
+        cache, tmp_path, Priority.from_conf(AT_THE_SERVERS_PRIORITY))
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     own_io = subprocess.run(["ionice", "-p", str(os.getpid())], capture_output=True,
                             text=True).stdout.strip()
@@ -166,7 +173,7 @@ def test_executors_join_the_configured_cgroup_with_its_weight(cache, tmp_path):
     ({"ionice_class": "IOPRIO_CLASS_FAST"}, "ionice_class 'IOPRIO_CLASS_FAST' is not one of"),
     ({"ionice_priority": "8"}, "ionice_priority 8 is not in 0..7"),
     ({"cpu_policy": "fifo"}, "cpu_policy 'fifo' is not one of batch, idle"),
-    ({"cpu_weight": "64"}, "cpu_weight needs cpu_cgroup"),
+    ({"cpu_cgroup": "", "cpu_weight": "64"}, "cpu_weight needs cpu_cgroup"),
 ])
 def test_a_bad_priority_setting_stops_the_filter_with_its_name(conf, message):
     with pytest.raises(ValueError, match=message):
@@ -175,8 +182,86 @@ def test_a_bad_priority_setting_stops_the_filter_with_its_name(conf, message):
 
 def test_the_defaults_protect_storage():
     config = TaskFilterConfig.from_conf({"secret": "s"})
-    assert config.priority == Priority(19, "IOPRIO_CLASS_BE", 7, "", None)
-    assert config.cpu_weight is None
+    assert config.priority == Priority(19, "IOPRIO_CLASS_BE", 7, AUTO_CGROUP, None)
+    assert config.cpu_weight is None  # the host's group takes DEFAULT_CPU_WEIGHT
+
+
+def fake_controller(root, v2=False, group_files=True):
+    """A directory laid out as a cpu controller's root, whose executors' group (made
+    beforehand, as the kernel would fill it) has the files a group has."""
+    os.makedirs(root)
+    (root / ("cgroup.subtree_control" if v2 else "cpu.shares")).write_text(
+        "cpuset cpu io\n" if v2 else "1024\n")
+    if group_files:
+        group = root / EXECUTORS_GROUP
+        os.makedirs(group)
+        (group / "cgroup.procs").write_text("")
+        (group / ("cpu.weight" if v2 else "cpu.shares")).write_text("100\n" if v2 else "1024\n")
+    return str(root)
+
+
+class Log:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message, *args):
+        self.lines.append(message % args)
+
+
+@pytest.mark.parametrize("v2, weight_file", [(False, "cpu.shares"), (True, "cpu.weight")])
+def test_auto_puts_executors_in_the_hosts_group_with_the_default_weight(tmp_path, v2,
+                                                                        weight_file):
+    no_cpu = tmp_path / "memory"
+    os.makedirs(no_cpu)  # a hierarchy without the cpu controller is passed over
+    v2_without_cpu = tmp_path / "unified"
+    os.makedirs(v2_without_cpu)
+    (v2_without_cpu / "cgroup.subtree_control").write_text("memory pids\n")
+    root = fake_controller(tmp_path / "cpu", v2=v2)
+    log = Log()
+    priority = resolve_cgroup(Priority(cpu_cgroup=AUTO_CGROUP), None, log,
+                              (str(no_cpu), str(v2_without_cpu), root))
+    assert priority == Priority(cpu_cgroup=os.path.join(root, EXECUTORS_GROUP))
+    with open(os.path.join(priority.cpu_cgroup, weight_file)) as f:
+        assert f.read().strip() == "64"
+    assert log.lines == []
+    assert resolve_cgroup(Priority(cpu_cgroup=AUTO_CGROUP), 200, log, (root,)) == priority
+    with open(os.path.join(priority.cpu_cgroup, weight_file)) as f:
+        assert f.read().strip() == "200", "cpu_weight is given to the host's group"
+
+
+def test_auto_without_a_group_it_may_join_falls_back_to_the_nice_value_and_says_so(
+        tmp_path):
+    made_but_empty = fake_controller(tmp_path / "cpu", group_files=False)  # no cgroup.procs
+    log = Log()
+    priority = resolve_cgroup(Priority(cpu_cgroup=AUTO_CGROUP), None, log,
+                              (str(tmp_path / "absent"), made_but_empty))
+    assert priority == Priority(cpu_cgroup="")
+    assert log.lines == ["zerocompute_object: no cgroup cpu controller this server may write; "
+                         "executors yield by their nice value alone"]
+
+
+def test_an_empty_cpu_cgroup_means_no_group_even_where_the_host_has_one(tmp_path):
+    root = fake_controller(tmp_path / "cpu")
+    config = TaskFilterConfig.from_conf({"secret": "s", "cpu_cgroup": ""})
+    assert resolve_cgroup(config.priority, None, Log(), (root,)).cpu_cgroup == ""
+    with open(os.path.join(root, EXECUTORS_GROUP, "cpu.shares")) as f:
+        assert f.read().strip() == "1024", "the host's group was touched"
+
+
+@pytest.mark.skipif(not os.access(CGROUP_CPU, os.W_OK), reason="needs the cgroup v1 cpu "
+                    "controller, writable (root)")
+def test_by_default_executors_run_in_the_hosts_executors_group(cache, tmp_path):
+    priority = resolve_cgroup(TaskFilterConfig.from_conf({"secret": "s"}).priority, None,
+                              Log())
+    assert priority.cpu_cgroup == os.path.join(CGROUP_CPU, EXECUTORS_GROUP)
+    seen = threads_while_a_guest_runs(cache, tmp_path, priority)
+    name = "/" + EXECUTORS_GROUP
+    assert len(seen.threads) > 1
+    for _nice, _io, cgroups in seen.threads.values():
+        assert any(line.split(":")[2] == name for line in cgroups.splitlines()
+                   if "cpu" in line.split(":")[1].split(",")), cgroups
+    with open(os.path.join(priority.cpu_cgroup, "cpu.shares")) as f:
+        assert f.read().strip() == "64"
 
 
 def test_a_directory_without_the_cpu_controller_is_refused(tmp_path):
